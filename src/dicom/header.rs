@@ -1,0 +1,350 @@
+//! Reading the attributes we use from a parsed DICOM object into [`MammoMeta`], plus the Modality
+//! LUT and VOI attributes (PS3.3 C.11.1, C.11.2). Patient name, ID and birth date are never read.
+
+use dicom_core::value::{PrimitiveValue, Value};
+use dicom_core::Tag;
+use dicom_dictionary_std::tags;
+use dicom_object::mem::InMemElement;
+use dicom_object::{DefaultDicomObject, InMemDicomObject};
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use dicom_encoding::TransferSyntaxIndex;
+use serde::Serialize;
+
+use super::grey::{Lut, ModalityLut, Voi, VoiLutFunction};
+use super::{IngestError, Laterality, Vendor, View, ViewModifier};
+
+/// Pixel spacing in mm (row spacing, column spacing) and the attribute it came from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PixelSpacing {
+    /// Distance between rows, mm.
+    pub row_mm: f64,
+    /// Distance between columns, mm.
+    pub column_mm: f64,
+    /// `PixelSpacing` or `ImagerPixelSpacing`.
+    pub source: &'static str,
+}
+
+/// The attributes of one image that the appliance uses. No patient-identifying attribute is read.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MammoMeta {
+    /// SOPClassUID (media storage SOP class when absent from the data set).
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+    pub study_instance_uid: String,
+    pub series_instance_uid: String,
+    /// Modality (0008,0060); may be absent (the SOP class alone can identify a mammogram).
+    pub modality: Option<String>,
+    /// PresentationIntentType (0008,0068): `FOR PRESENTATION` / `FOR PROCESSING`.
+    pub presentation_intent: Option<String>,
+    /// Manufacturer (0008,0070) as written.
+    pub manufacturer: String,
+    /// Manufacturer normalised to the vendor vocabulary.
+    pub vendor: Vendor,
+    /// ManufacturerModelName (0008,1090).
+    pub model_name: String,
+    /// From ImageLaterality, else Laterality; `None` when absent or `B`/`U`.
+    pub laterality: Option<Laterality>,
+    /// Which attribute gave the laterality (`ImageLaterality`, `Laterality`) or `none`.
+    pub laterality_source: &'static str,
+    /// From ViewCodeSequence, else ViewPosition; `Other` when unknown.
+    pub view: View,
+    /// The raw code value or ViewPosition string the view came from (empty when none).
+    pub view_raw: String,
+    /// `ViewCodeSequence`, `ViewPosition` or `none`.
+    pub view_source: &'static str,
+    /// Spot compression / magnification modifiers found in ViewModifierCodeSequence.
+    pub view_modifiers: Vec<ViewModifier>,
+    /// PatientOrientation (0020,0020), e.g. `A\R`.
+    pub patient_orientation: Option<String>,
+    /// PixelSpacing, else ImagerPixelSpacing; `None` when absent or zero (reported, not used).
+    pub pixel_spacing: Option<PixelSpacing>,
+    pub accession_number: Option<String>,
+    /// BreastImplantPresent (0028,1300) = YES/NO.
+    pub breast_implant_present: Option<bool>,
+    /// ImageType (0008,0008) values.
+    pub image_type: Vec<String>,
+    pub transfer_syntax: String,
+    pub transfer_syntax_name: String,
+    pub rows: u32,
+    pub columns: u32,
+    pub bits_allocated: u16,
+    pub bits_stored: u16,
+    pub high_bit: u16,
+    pub pixel_representation: u16,
+    pub samples_per_pixel: u16,
+    /// PhotometricInterpretation, trimmed, upper case.
+    pub photometric: String,
+    /// PresentationLUTShape (2050,0020): `IDENTITY` / `INVERSE`.
+    pub presentation_lut_shape: Option<String>,
+    /// NumberOfFrames (1 when absent).
+    pub number_of_frames: u32,
+}
+
+fn elem(obj: &InMemDicomObject, tag: Tag) -> Option<&InMemElement> {
+    obj.element_opt(tag).ok().flatten()
+}
+
+/// Trimmed, non-empty string value.
+fn string(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
+    let s = elem(obj, tag)?.to_str().ok()?;
+    let s = s.trim_matches(|c: char| c.is_whitespace() || c == '\0');
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+fn strings(obj: &InMemDicomObject, tag: Tag) -> Vec<String> {
+    match elem(obj, tag).map(|e| e.value()) {
+        Some(Value::Primitive(p)) => p
+            .to_multi_str()
+            .iter()
+            .map(|s| s.trim().to_string())
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn floats(obj: &InMemDicomObject, tag: Tag) -> Vec<f64> {
+    elem(obj, tag)
+        .and_then(|e| e.to_multi_float64().ok())
+        .unwrap_or_default()
+}
+
+fn uint(obj: &InMemDicomObject, tag: Tag, name: &'static str) -> Result<u32, IngestError> {
+    let e = elem(obj, tag).ok_or(IngestError::MissingAttribute(name))?;
+    e.to_int::<u32>()
+        .map_err(|_| IngestError::Inconsistent(format!("{name} is not an unsigned integer")))
+}
+
+fn items(obj: &InMemDicomObject, tag: Tag) -> &[InMemDicomObject] {
+    elem(obj, tag).and_then(|e| e.items()).unwrap_or(&[])
+}
+
+impl MammoMeta {
+    /// Read the attributes; errors only for missing or malformed image-pixel attributes.
+    pub fn from_object(obj: &DefaultDicomObject) -> Result<MammoMeta, IngestError> {
+        let file_meta = obj.meta();
+        let ds: &InMemDicomObject = obj;
+        let sop_class_uid = string(ds, tags::SOP_CLASS_UID).unwrap_or_else(|| {
+            file_meta
+                .media_storage_sop_class_uid()
+                .trim_end_matches('\0')
+                .to_string()
+        });
+        let ts_uid = file_meta
+            .transfer_syntax()
+            .trim_end_matches('\0')
+            .to_string();
+        let transfer_syntax_name = TransferSyntaxRegistry
+            .get(&ts_uid)
+            .map(|t| t.name().to_string())
+            .unwrap_or_else(|| "unknown".into());
+
+        let (laterality, laterality_source) =
+            match string(ds, tags::IMAGE_LATERALITY).and_then(|s| Laterality::from_code(&s)) {
+                Some(l) => (Some(l), "ImageLaterality"),
+                None => match string(ds, tags::LATERALITY).and_then(|s| Laterality::from_code(&s)) {
+                    Some(l) => (Some(l), "Laterality"),
+                    None => (None, "none"),
+                },
+            };
+
+        let mut view = None;
+        let mut view_raw = String::new();
+        let mut view_source = "none";
+        let mut view_modifiers = Vec::new();
+        if let Some(item) = items(ds, tags::VIEW_CODE_SEQUENCE).first() {
+            if let Some(code) = string(item, tags::CODE_VALUE) {
+                if let Some(v) = View::from_code_value(&code) {
+                    view = Some(v);
+                    view_source = "ViewCodeSequence";
+                }
+                view_raw = code;
+            }
+            for m in items(item, tags::VIEW_MODIFIER_CODE_SEQUENCE) {
+                if let Some(vm) = string(m, tags::CODE_VALUE).and_then(|c| ViewModifier::from_code_value(&c)) {
+                    view_modifiers.push(vm);
+                }
+            }
+        }
+        if view.is_none() {
+            if let Some(vp) = string(ds, tags::VIEW_POSITION) {
+                view = View::from_view_position(&vp);
+                view_source = "ViewPosition";
+                view_raw = vp;
+            }
+        }
+
+        let pixel_spacing = [
+            (tags::PIXEL_SPACING, "PixelSpacing"),
+            (tags::IMAGER_PIXEL_SPACING, "ImagerPixelSpacing"),
+        ]
+        .iter()
+        .find_map(|&(tag, source)| {
+            let v = floats(ds, tag);
+            (v.len() == 2 && v[0] > 0.0 && v[1] > 0.0).then(|| PixelSpacing {
+                row_mm: v[0],
+                column_mm: v[1],
+                source,
+            })
+        });
+
+        let bits_allocated = uint(ds, tags::BITS_ALLOCATED, "BitsAllocated")? as u16;
+        let bits_stored = elem(ds, tags::BITS_STORED)
+            .and_then(|e| e.to_int::<u16>().ok())
+            .unwrap_or(bits_allocated);
+        let high_bit = elem(ds, tags::HIGH_BIT)
+            .and_then(|e| e.to_int::<u16>().ok())
+            .unwrap_or(bits_stored.saturating_sub(1));
+        let number_of_frames = match string(ds, tags::NUMBER_OF_FRAMES) {
+            Some(s) => s.parse::<u32>().map_err(|_| {
+                IngestError::Inconsistent(format!("NumberOfFrames {s:?} is not a number"))
+            })?,
+            None => 1,
+        };
+        let manufacturer = string(ds, tags::MANUFACTURER).unwrap_or_default();
+        Ok(MammoMeta {
+            sop_class_uid,
+            sop_instance_uid: string(ds, tags::SOP_INSTANCE_UID).unwrap_or_default(),
+            study_instance_uid: string(ds, tags::STUDY_INSTANCE_UID).unwrap_or_default(),
+            series_instance_uid: string(ds, tags::SERIES_INSTANCE_UID).unwrap_or_default(),
+            modality: string(ds, tags::MODALITY).map(|s| s.to_ascii_uppercase()),
+            presentation_intent: string(ds, tags::PRESENTATION_INTENT_TYPE)
+                .map(|s| s.to_ascii_uppercase()),
+            vendor: Vendor::from_manufacturer(&manufacturer),
+            manufacturer,
+            model_name: string(ds, tags::MANUFACTURER_MODEL_NAME).unwrap_or_default(),
+            laterality,
+            laterality_source,
+            view: view.unwrap_or(View::Other),
+            view_raw,
+            view_source,
+            view_modifiers,
+            patient_orientation: string(ds, tags::PATIENT_ORIENTATION),
+            pixel_spacing,
+            accession_number: string(ds, tags::ACCESSION_NUMBER),
+            breast_implant_present: string(ds, tags::BREAST_IMPLANT_PRESENT)
+                .map(|s| s.eq_ignore_ascii_case("YES")),
+            image_type: strings(ds, tags::IMAGE_TYPE),
+            transfer_syntax: ts_uid,
+            transfer_syntax_name,
+            rows: uint(ds, tags::ROWS, "Rows")?,
+            columns: uint(ds, tags::COLUMNS, "Columns")?,
+            bits_allocated,
+            bits_stored,
+            high_bit,
+            pixel_representation: elem(ds, tags::PIXEL_REPRESENTATION)
+                .and_then(|e| e.to_int::<u16>().ok())
+                .unwrap_or(0),
+            samples_per_pixel: elem(ds, tags::SAMPLES_PER_PIXEL)
+                .and_then(|e| e.to_int::<u16>().ok())
+                .unwrap_or(1),
+            photometric: string(ds, tags::PHOTOMETRIC_INTERPRETATION)
+                .map(|s| s.to_ascii_uppercase())
+                .ok_or(IngestError::MissingAttribute("PhotometricInterpretation"))?,
+            presentation_lut_shape: string(ds, tags::PRESENTATION_LUT_SHAPE)
+                .map(|s| s.to_ascii_uppercase()),
+            number_of_frames,
+        })
+    }
+
+    /// For Processing: PresentationIntentType says so, or the SOP class is a For Processing one.
+    pub fn is_for_processing(&self) -> bool {
+        self.presentation_intent.as_deref() == Some("FOR PROCESSING")
+            || self.sop_class_uid == super::sop::MG_PROCESSING
+            || self.sop_class_uid == super::sop::DX_PROCESSING
+    }
+}
+
+/// LUT Data as unsigned entries, whatever VR it was read with (US, SS, OW as bytes).
+fn lut_data(e: &InMemElement) -> Vec<u16> {
+    match e.value() {
+        Value::Primitive(PrimitiveValue::U16(v)) => v.to_vec(),
+        Value::Primitive(PrimitiveValue::I16(v)) => v.iter().map(|&x| x as u16).collect(),
+        Value::Primitive(PrimitiveValue::U8(v)) => v
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect(),
+        Value::Primitive(p) => p.to_multi_int::<i64>().unwrap_or_default().iter().map(|&x| x as u16).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// One LUT item (LUTDescriptor + LUTData + LUTExplanation). `signed_input`: PixelRepresentation = 1,
+/// so the descriptor's first mapped value is read as a signed 16-bit number (PS3.3 C.11.1.1.1).
+fn read_lut(item: &InMemDicomObject, which: &'static str, signed_input: bool) -> Result<Lut, IngestError> {
+    let desc = elem(item, tags::LUT_DESCRIPTOR)
+        .and_then(|e| e.to_multi_int::<i64>().ok())
+        .filter(|d| d.len() == 3)
+        .ok_or_else(|| IngestError::Inconsistent(format!("{which} LUT without a 3-value LUTDescriptor")))?;
+    let declared = if desc[0] == 0 { 65536 } else { desc[0] as usize };
+    let first = if signed_input && desc[1] > 32767 {
+        desc[1] - 65536
+    } else {
+        desc[1]
+    } as i32;
+    let data = elem(item, tags::LUT_DATA).map(lut_data).unwrap_or_default();
+    if data.len() < declared || data.is_empty() {
+        return Err(super::grey::GreyError::BadLut {
+            which,
+            declared,
+            actual: data.len(),
+        }
+        .into());
+    }
+    Ok(Lut {
+        first,
+        bits: desc[2].clamp(1, 16) as u16,
+        data: data[..declared].to_vec(),
+        explanation: string(item, tags::LUT_EXPLANATION).unwrap_or_default(),
+    })
+}
+
+/// Modality LUT: Modality LUT Sequence first item when present, else Rescale Slope/Intercept.
+pub fn modality_lut(obj: &DefaultDicomObject, meta: &MammoMeta) -> Result<ModalityLut, IngestError> {
+    let ds: &InMemDicomObject = obj;
+    if let Some(item) = items(ds, tags::MODALITY_LUT_SEQUENCE).first() {
+        return Ok(ModalityLut::Table(read_lut(item, "Modality", meta.pixel_representation == 1)?));
+    }
+    let slope = floats(ds, tags::RESCALE_SLOPE).first().copied().unwrap_or(1.0);
+    let intercept = floats(ds, tags::RESCALE_INTERCEPT).first().copied().unwrap_or(0.0);
+    Ok(ModalityLut::Rescale {
+        slope: if slope == 0.0 { 1.0 } else { slope },
+        intercept,
+    })
+}
+
+/// VOI from the file: VOI LUT Sequence first (its first item), else the first WindowCenter/Width
+/// pair with VOILUTFunction; `None` when the file has neither.
+pub fn voi(obj: &DefaultDicomObject, meta: &MammoMeta) -> Result<Option<Voi>, IngestError> {
+    let ds: &InMemDicomObject = obj;
+    let seq = items(ds, tags::VOILUT_SEQUENCE);
+    if let Some(item) = seq.first() {
+        // The VOI LUT input is the modality output, signed when that can be negative.
+        let signed = meta.pixel_representation == 1;
+        return Ok(Some(Voi::Table {
+            lut: read_lut(item, "VOI", signed)?,
+            index: 0,
+            count: seq.len(),
+        }));
+    }
+    let centers = floats(ds, tags::WINDOW_CENTER);
+    let widths = floats(ds, tags::WINDOW_WIDTH);
+    if centers.is_empty() || widths.is_empty() {
+        return Ok(None);
+    }
+    let raw = string(ds, tags::VOILUT_FUNCTION);
+    let function = VoiLutFunction::parse(raw.as_deref()).unwrap_or_else(|| {
+        log::warn!(
+            "{}: unknown VOILUTFunction {:?}, using LINEAR (PS3.3 C.11.2.1.3 default)",
+            meta.sop_instance_uid,
+            raw
+        );
+        VoiLutFunction::Linear
+    });
+    Ok(Some(Voi::Window {
+        center: centers[0],
+        width: widths[0],
+        function,
+        index: 0,
+        count: centers.len().min(widths.len()),
+    }))
+}

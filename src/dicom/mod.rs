@@ -1,0 +1,592 @@
+//! DICOM mammogram ingest: one file → [`Mammogram`] (metadata + grey levels in [0, 1]) or an
+//! [`IngestError`] whose [`Category`] says whether the file is damaged (`error`) or valid but not for
+//! the CNN (`skipped`). Uses dicom-object for parsing and dicom-pixeldata for decompression; the
+//! checks before decoding keep memory within [`IngestOptions::max_pixel_bytes`].
+
+pub mod codestream;
+pub mod grey;
+mod header;
+pub mod vendor;
+pub mod view;
+
+use std::path::Path;
+use std::time::Instant;
+
+use dicom_dictionary_std::tags;
+use dicom_object::{DefaultDicomObject, OpenFileOptions};
+use dicom_pixeldata::PixelDecoder;
+use serde::Serialize;
+use thiserror::Error;
+
+use codestream::{CodestreamKind, CodestreamInfo};
+use grey::{GreyError, GreyImage, GreyPipeline, RangeSource, SampleFormat, Voi};
+pub use header::{MammoMeta, PixelSpacing};
+pub use vendor::Vendor;
+pub use view::{Laterality, View, ViewModifier};
+
+/// SOP Class UIDs (PS3.4 B.5).
+pub mod sop {
+    /// Digital Mammography X-Ray Image Storage – For Presentation.
+    pub const MG_PRESENTATION: &str = "1.2.840.10008.5.1.4.1.1.1.2";
+    /// Digital Mammography X-Ray Image Storage – For Processing.
+    pub const MG_PROCESSING: &str = "1.2.840.10008.5.1.4.1.1.1.2.1";
+    /// Digital X-Ray Image Storage – For Presentation.
+    pub const DX_PRESENTATION: &str = "1.2.840.10008.5.1.4.1.1.1.1";
+    /// Digital X-Ray Image Storage – For Processing.
+    pub const DX_PROCESSING: &str = "1.2.840.10008.5.1.4.1.1.1.1.1";
+    /// Computed Radiography Image Storage.
+    pub const CR: &str = "1.2.840.10008.5.1.4.1.1.1";
+    /// Breast Tomosynthesis Image Storage.
+    pub const BREAST_TOMO: &str = "1.2.840.10008.5.1.4.1.1.13.1.3";
+    /// Breast Projection X-Ray Image Storage – For Presentation (DBT projections).
+    pub const BREAST_PROJECTION_PRESENTATION: &str = "1.2.840.10008.5.1.4.1.1.13.1.4";
+    /// Breast Projection X-Ray Image Storage – For Processing.
+    pub const BREAST_PROJECTION_PROCESSING: &str = "1.2.840.10008.5.1.4.1.1.13.1.5";
+}
+
+/// Transfer syntaxes named in rejections (PS3.5 Annex A).
+pub mod ts {
+    pub const JPEG_BASELINE: &str = "1.2.840.10008.1.2.4.50";
+    pub const JPEG_EXTENDED: &str = "1.2.840.10008.1.2.4.51";
+    pub const JPEG_LOSSLESS: &str = "1.2.840.10008.1.2.4.57";
+    pub const JPEG_LOSSLESS_SV1: &str = "1.2.840.10008.1.2.4.70";
+    pub const JPEG_LS_LOSSLESS: &str = "1.2.840.10008.1.2.4.80";
+    pub const JPEG_LS_NEAR_LOSSLESS: &str = "1.2.840.10008.1.2.4.81";
+    pub const JPEG2000_LOSSLESS: &str = "1.2.840.10008.1.2.4.90";
+    pub const JPEG2000: &str = "1.2.840.10008.1.2.4.91";
+}
+
+/// What the daemon does with a rejected file: `error` (damaged, inconsistent, undecodable → MQTT
+/// `error`) or `skipped` (valid DICOM that the CNN does not score → MQTT `skipped`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Category {
+    Error,
+    Skipped,
+}
+
+/// Why a file was not turned into a [`Mammogram`]. Every message is meant for an operator's log.
+#[derive(Debug, Error)]
+pub enum IngestError {
+    #[error("cannot read file: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("empty file")]
+    Empty,
+    #[error("file of {size} bytes exceeds the limit of {limit} bytes")]
+    FileTooLarge { size: u64, limit: u64 },
+    #[error("not a DICOM file: {detail}")]
+    NotDicom { detail: String },
+    #[error("truncated DICOM file: {detail}")]
+    Truncated { detail: String },
+    #[error("damaged DICOM file: {detail}")]
+    Damaged { detail: String },
+    #[error("missing attribute {0}")]
+    MissingAttribute(&'static str),
+    #[error("no pixel data")]
+    NoPixelData,
+    #[error("multi-frame image ({frames} frames): tomosynthesis and cine are not scored")]
+    MultiFrame { frames: u32 },
+    #[error("breast tomosynthesis / projection set (SOP class {sop_class}) is not scored")]
+    Tomosynthesis { sop_class: String },
+    #[error("colour image ({photometric}, {samples} samples per pixel) is not a mammogram")]
+    Colour { photometric: String, samples: u16 },
+    #[error("not a mammogram: Modality {modality}, SOP class {sop_class}")]
+    NotMammogram { modality: String, sop_class: String },
+    #[error("For Processing image (raw detector data) is not scored; set accept_for_processing to score it")]
+    ForProcessing,
+    #[error("not a screening view: {view} (only CC and MLO are scored)")]
+    NotScreeningView { view: String },
+    #[error("not a screening view: {0:?} view modifier")]
+    WorkUpView(ViewModifier),
+    #[error("unsupported transfer syntax {uid} ({name})")]
+    UnsupportedTransferSyntax { uid: String, name: String },
+    #[error("12-bit lossy JPEG (process 4, transfer syntax 1.2.840.10008.1.2.4.51) is not decodable: no well-kept decoder")]
+    LossyJpeg12Bit,
+    #[error("image of {bytes} bytes ({rows}x{columns}x{frames}, {bits_allocated} bits) exceeds the pixel budget of {limit} bytes")]
+    OverPixelBudget {
+        bytes: u64,
+        rows: u32,
+        columns: u32,
+        frames: u32,
+        bits_allocated: u16,
+        limit: u64,
+    },
+    #[error("inconsistent header: {0}")]
+    Inconsistent(String),
+    #[error("undecodable pixel data: {0}")]
+    Undecodable(String),
+    #[error(transparent)]
+    Grey(#[from] GreyError),
+}
+
+impl IngestError {
+    /// `error` for damaged input, `skipped` for valid input the CNN does not score.
+    pub fn category(&self) -> Category {
+        use IngestError::*;
+        match self {
+            MultiFrame { .. }
+            | Tomosynthesis { .. }
+            | Colour { .. }
+            | NotMammogram { .. }
+            | ForProcessing
+            | NotScreeningView { .. }
+            | WorkUpView(_) => Category::Skipped,
+            _ => Category::Error,
+        }
+    }
+
+    /// A short stable machine code for the reason (`truncated`, `not_mammogram` …), for MQTT and metrics.
+    pub fn code(&self) -> &'static str {
+        use IngestError::*;
+        match self {
+            Io(_) => "io",
+            Empty => "empty",
+            FileTooLarge { .. } => "file_too_large",
+            NotDicom { .. } => "not_dicom",
+            Truncated { .. } => "truncated",
+            Damaged { .. } => "damaged",
+            MissingAttribute(_) => "missing_attribute",
+            NoPixelData => "no_pixel_data",
+            MultiFrame { .. } => "multi_frame",
+            Tomosynthesis { .. } => "tomosynthesis",
+            Colour { .. } => "colour",
+            NotMammogram { .. } => "not_mammogram",
+            ForProcessing => "for_processing",
+            NotScreeningView { .. } => "not_screening_view",
+            WorkUpView(_) => "work_up_view",
+            UnsupportedTransferSyntax { .. } => "unsupported_transfer_syntax",
+            LossyJpeg12Bit => "lossy_jpeg_12bit",
+            OverPixelBudget { .. } => "over_pixel_budget",
+            Inconsistent(_) => "inconsistent_header",
+            Undecodable(_) => "undecodable",
+            Grey(GreyError::PixelDataTooShort { .. }) => "inconsistent_header",
+            Grey(_) => "unsupported_pixel_format",
+        }
+    }
+}
+
+/// What the reader accepts. Defaults suit a screening appliance.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestOptions {
+    /// Largest decoded image accepted: Rows × Columns × frames × samples × BitsAllocated / 8, in bytes.
+    /// Default 128 MiB (a 5355 × 4915 16-bit mammogram is 50 MiB).
+    pub max_pixel_bytes: u64,
+    /// Largest file read, in bytes (default 512 MiB).
+    pub max_file_bytes: u64,
+    /// Modalities scored besides a mammography SOP class; `"*"` accepts any (inspection, tests).
+    /// Default `["MG"]`.
+    pub accept_modalities: Vec<String>,
+    /// Score For Processing images with a 0.5–99.5 percentile window (default false: skipped).
+    pub accept_for_processing: bool,
+    /// Accept views other than CC/MLO (default false: skipped as not a screening view).
+    pub accept_any_view: bool,
+}
+
+impl Default for IngestOptions {
+    fn default() -> Self {
+        IngestOptions {
+            max_pixel_bytes: 128 << 20,
+            max_file_bytes: 512 << 20,
+            accept_modalities: vec!["MG".into()],
+            accept_for_processing: false,
+            accept_any_view: false,
+        }
+    }
+}
+
+impl IngestOptions {
+    /// Options that decode any single-frame greyscale image whatever its modality or view
+    /// (for `inspect --any` and codec tests).
+    pub fn any_image() -> Self {
+        IngestOptions {
+            accept_modalities: vec!["*".into()],
+            accept_for_processing: true,
+            accept_any_view: true,
+            ..Default::default()
+        }
+    }
+}
+
+/// How the grey levels were produced, for logs and `inspect`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GreyReport {
+    /// The VOI path taken, e.g. `window 1 of 4: Sigmoid center 1802.31 width 1091.97`.
+    pub voi: String,
+    /// Whether the output was inverted (MONOCHROME1 or PresentationLUTShape INVERSE).
+    pub inverted: bool,
+    /// Smallest and largest modality value (after the Modality LUT) present in the image.
+    pub modality_min: f64,
+    pub modality_max: f64,
+    /// Time to decompress, in ms.
+    pub decode_ms: f64,
+    /// Time for the grey-level pipeline, in ms.
+    pub grey_ms: f64,
+}
+
+/// A decoded mammogram: metadata plus grey levels in [0, 1] at source resolution (`[Rows, Columns]`),
+/// 0 = background / black after MONOCHROME1 inversion.
+#[derive(Debug, Clone)]
+pub struct Mammogram {
+    pub meta: MammoMeta,
+    pub image: GreyImage,
+    pub grey: GreyReport,
+}
+
+/// Read one file into a [`Mammogram`], or say why not. Never panics on damaged input (decoder
+/// panics are caught and reported as [`IngestError::Undecodable`]).
+pub fn read_mammogram(path: &Path, opts: &IngestOptions) -> Result<Mammogram, IngestError> {
+    read_mammogram_detailed(path, opts).map_err(|(_, e)| e)
+}
+
+/// As [`read_mammogram`], but a rejection also returns the metadata when it could be read
+/// (so a skipped file can still be reported with its vendor, view and transfer syntax).
+pub fn read_mammogram_detailed(
+    path: &Path,
+    opts: &IngestOptions,
+) -> Result<Mammogram, (Option<Box<MammoMeta>>, IngestError)> {
+    let obj = open(path, opts).map_err(|e| (None, e))?;
+    let meta = MammoMeta::from_object(&obj).map_err(|e| (None, e))?;
+    if let Err(e) = check_acceptance(&meta, opts) {
+        return Err((Some(Box::new(meta)), e));
+    }
+    let keep = meta.clone();
+    decode(&obj, meta, opts).map_err(|e| (Some(Box::new(keep)), e))
+}
+
+/// Parse a file (header and pixel data), with the file-size limit and a classification of parse
+/// failures (not DICOM / truncated / damaged).
+pub fn open(path: &Path, opts: &IngestOptions) -> Result<DefaultDicomObject, IngestError> {
+    let size = std::fs::metadata(path)?.len();
+    if size == 0 {
+        return Err(IngestError::Empty);
+    }
+    if size > opts.max_file_bytes {
+        return Err(IngestError::FileTooLarge {
+            size,
+            limit: opts.max_file_bytes,
+        });
+    }
+    let mut head = [0u8; 132];
+    let n = {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path)?;
+        let mut n = 0;
+        while n < head.len() {
+            let k = f.read(&mut head[n..])?;
+            if k == 0 {
+                break;
+            }
+            n += k;
+        }
+        n
+    };
+    let has_magic = n == 132 && &head[128..132] == b"DICM" || head.starts_with(b"DICM");
+    match OpenFileOptions::new().open_file(path) {
+        Ok(obj) => Ok(obj),
+        Err(e) => {
+            let detail = error_chain(&e);
+            if !has_magic {
+                Err(IngestError::NotDicom {
+                    detail: format!("no DICM prefix and no readable file meta group ({detail})"),
+                })
+            } else if is_eof(&detail) {
+                Err(IngestError::Truncated { detail })
+            } else {
+                Err(IngestError::Damaged { detail })
+            }
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn is_eof(detail: &str) -> bool {
+    let d = detail.to_ascii_lowercase();
+    d.contains("eof") || d.contains("end of file") || d.contains("fill whole buffer")
+}
+
+/// Decide whether a parsed file is for the CNN (the `skipped` rules), before any pixel is decoded.
+pub fn check_acceptance(meta: &MammoMeta, opts: &IngestOptions) -> Result<(), IngestError> {
+    let sop = meta.sop_class_uid.as_str();
+    if meta.number_of_frames > 1 {
+        return Err(IngestError::MultiFrame {
+            frames: meta.number_of_frames,
+        });
+    }
+    if [
+        sop::BREAST_TOMO,
+        sop::BREAST_PROJECTION_PRESENTATION,
+        sop::BREAST_PROJECTION_PROCESSING,
+    ]
+    .contains(&sop)
+    {
+        return Err(IngestError::Tomosynthesis {
+            sop_class: sop.to_string(),
+        });
+    }
+    let mono = matches!(
+        meta.photometric.as_str(),
+        "MONOCHROME1" | "MONOCHROME2"
+    );
+    if meta.samples_per_pixel != 1 || !mono {
+        return Err(IngestError::Colour {
+            photometric: meta.photometric.clone(),
+            samples: meta.samples_per_pixel,
+        });
+    }
+    let any = opts.accept_modalities.iter().any(|m| m == "*");
+    let mammo_sop = sop == sop::MG_PRESENTATION || sop == sop::MG_PROCESSING;
+    let xray_sop = mammo_sop
+        || [sop::DX_PRESENTATION, sop::DX_PROCESSING, sop::CR].contains(&sop);
+    let accepted = match meta.modality.as_deref() {
+        // Modality absent (real Hologic exports): the SOP class alone identifies a mammogram.
+        None => mammo_sop || any,
+        Some(m) => {
+            any || (xray_sop
+                && opts
+                    .accept_modalities
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(m)))
+        }
+    };
+    if !accepted {
+        return Err(IngestError::NotMammogram {
+            modality: meta.modality.clone().unwrap_or_else(|| "(absent)".into()),
+            sop_class: sop.to_string(),
+        });
+    }
+    if meta.is_for_processing() && !opts.accept_for_processing {
+        return Err(IngestError::ForProcessing);
+    }
+    if !opts.accept_any_view {
+        if let Some(m) = meta.view_modifiers.first() {
+            return Err(IngestError::WorkUpView(*m));
+        }
+        if !meta.view.is_screening() {
+            return Err(IngestError::NotScreeningView {
+                view: if meta.view_raw.is_empty() {
+                    "unknown (no ViewCodeSequence, no ViewPosition)".into()
+                } else {
+                    format!("{} ({})", meta.view, meta.view_raw)
+                },
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The transfer syntaxes whose decoders are compiled in (PS3.5 Annex A), by UID.
+fn transfer_syntax_supported(uid: &str) -> bool {
+    matches!(
+        uid,
+        "1.2.840.10008.1.2"
+            | "1.2.840.10008.1.2.1"
+            | "1.2.840.10008.1.2.1.99"
+            | "1.2.840.10008.1.2.2"
+            | "1.2.840.10008.1.2.5"
+            | ts::JPEG_BASELINE
+            | ts::JPEG_LOSSLESS
+            | ts::JPEG_LOSSLESS_SV1
+            | ts::JPEG_LS_LOSSLESS
+            | ts::JPEG_LS_NEAR_LOSSLESS
+            | ts::JPEG2000_LOSSLESS
+            | ts::JPEG2000
+    )
+}
+
+fn check_pixel_layout(
+    obj: &DefaultDicomObject,
+    meta: &MammoMeta,
+    opts: &IngestOptions,
+) -> Result<(), IngestError> {
+    let ts_uid = meta.transfer_syntax.as_str();
+    if ts_uid == ts::JPEG_EXTENDED && meta.bits_stored > 8 {
+        return Err(IngestError::LossyJpeg12Bit);
+    }
+    if !transfer_syntax_supported(ts_uid) {
+        return Err(IngestError::UnsupportedTransferSyntax {
+            uid: ts_uid.to_string(),
+            name: meta.transfer_syntax_name.clone(),
+        });
+    }
+    if meta.pixel_representation > 1 {
+        return Err(IngestError::Inconsistent(format!(
+            "PixelRepresentation {} (must be 0 or 1)",
+            meta.pixel_representation
+        )));
+    }
+    let bytes = meta.rows as u64
+        * meta.columns as u64
+        * meta.number_of_frames.max(1) as u64
+        * meta.samples_per_pixel as u64
+        * (meta.bits_allocated as u64).div_ceil(8);
+    if bytes > opts.max_pixel_bytes {
+        return Err(IngestError::OverPixelBudget {
+            bytes,
+            rows: meta.rows,
+            columns: meta.columns,
+            frames: meta.number_of_frames,
+            bits_allocated: meta.bits_allocated,
+            limit: opts.max_pixel_bytes,
+        });
+    }
+    let px = obj
+        .element_opt(tags::PIXEL_DATA)
+        .ok()
+        .flatten()
+        .ok_or(IngestError::NoPixelData)?;
+    if let Some(fragments) = px.fragments() {
+        let first = fragments.first().ok_or(IngestError::NoPixelData)?;
+        check_codestream(first, meta)?;
+    } else {
+        let actual = px.value().primitive().map(|p| p.calculate_byte_len()).unwrap_or(0) as u64;
+        if actual == 0 {
+            return Err(IngestError::NoPixelData);
+        }
+        if actual < bytes {
+            return Err(IngestError::Inconsistent(format!(
+                "pixel data length mismatch: {rows}x{cols}x{bits} bits needs {bytes} bytes, Pixel Data has {actual}",
+                rows = meta.rows,
+                cols = meta.columns,
+                bits = meta.bits_allocated
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_codestream(fragment: &[u8], meta: &MammoMeta) -> Result<(), IngestError> {
+    let expected_kind = match meta.transfer_syntax.as_str() {
+        ts::JPEG_BASELINE | ts::JPEG_EXTENDED | ts::JPEG_LOSSLESS | ts::JPEG_LOSSLESS_SV1 => "JPEG",
+        ts::JPEG_LS_LOSSLESS | ts::JPEG_LS_NEAR_LOSSLESS => "JPEG-LS",
+        ts::JPEG2000_LOSSLESS | ts::JPEG2000 => "JPEG 2000",
+        _ => return Ok(()),
+    };
+    let kind = codestream::sniff_kind(fragment);
+    let found = match kind {
+        CodestreamKind::Jpeg { .. } => "JPEG",
+        CodestreamKind::JpegLs => "JPEG-LS",
+        CodestreamKind::Jpeg2000 { .. } => "JPEG 2000",
+        CodestreamKind::Unknown => "unrecognised data",
+    };
+    if found != expected_kind {
+        return Err(IngestError::Inconsistent(format!(
+            "transfer syntax {} ({}) but the first fragment is {found}",
+            meta.transfer_syntax, meta.transfer_syntax_name
+        )));
+    }
+    if let Some(CodestreamInfo {
+        width,
+        height,
+        precision,
+        kind,
+        ..
+    }) = codestream::sniff(fragment)
+    {
+        if width != meta.columns || height != meta.rows {
+            return Err(IngestError::Inconsistent(format!(
+                "{found} codestream is {width}x{height} but Columns x Rows is {}x{}",
+                meta.columns, meta.rows
+            )));
+        }
+        if kind == (CodestreamKind::Jpeg { sof: 0xc1 }) && precision > 8 {
+            return Err(IngestError::LossyJpeg12Bit);
+        }
+    }
+    Ok(())
+}
+
+/// Decompress and run the grey-level pipeline.
+fn decode(
+    obj: &DefaultDicomObject,
+    meta: MammoMeta,
+    opts: &IngestOptions,
+) -> Result<Mammogram, IngestError> {
+    check_pixel_layout(obj, &meta, opts)?;
+    let format = SampleFormat {
+        bits_allocated: meta.bits_allocated,
+        bits_stored: meta.bits_stored,
+        high_bit: meta.high_bit,
+        signed: meta.pixel_representation == 1,
+    };
+    format.validate()?;
+    let t0 = Instant::now();
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        obj.decode_pixel_data()
+    }))
+    .map_err(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied())
+            .unwrap_or("decoder panicked");
+        IngestError::Undecodable(format!("decoder panicked: {msg}"))
+    })?
+    .map_err(|e| IngestError::Undecodable(error_chain(&e)))?;
+    let decode_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let data = decoded.data();
+    let n = meta.rows as usize * meta.columns as usize;
+    let expected = n * (meta.bits_allocated as usize / 8);
+    if data.len() < expected {
+        return Err(IngestError::Inconsistent(format!(
+            "decoded pixel data has {} bytes, Rows x Columns needs {expected}",
+            data.len()
+        )));
+    }
+
+    let t1 = Instant::now();
+    let modality = header::modality_lut(obj, &meta)?;
+    let counts = grey::histogram(&format, data, n)?;
+    let (modality_min, modality_max) = grey::modality_range(&format, &modality, &counts);
+    let voi = if meta.is_for_processing() {
+        let (lo, hi) = grey::modality_percentiles(&format, &modality, &counts, 0.5, 99.5);
+        Voi::Range {
+            lo,
+            hi,
+            source: RangeSource::Percentile,
+        }
+    } else {
+        header::voi(obj, &meta)?.unwrap_or(Voi::Range {
+            lo: modality_min,
+            hi: modality_max,
+            source: RangeSource::MinMax,
+        })
+    };
+    let invert = meta.photometric == "MONOCHROME1"
+        || meta.presentation_lut_shape.as_deref() == Some("INVERSE");
+    log::debug!(
+        "{}: VOI {voi}; modality LUT {modality:?}; invert {invert}",
+        meta.sop_instance_uid
+    );
+    let pipeline = GreyPipeline {
+        format,
+        modality,
+        voi,
+        invert,
+    };
+    let image = pipeline.render(data, meta.columns as usize, meta.rows as usize)?;
+    drop(decoded);
+    let grey_ms = t1.elapsed().as_secs_f64() * 1e3;
+    Ok(Mammogram {
+        grey: GreyReport {
+            voi: pipeline.voi.to_string(),
+            inverted: invert,
+            modality_min,
+            modality_max,
+            decode_ms,
+            grey_ms,
+        },
+        meta,
+        image,
+    })
+}

@@ -1,0 +1,9 @@
+//! mammo-edge: DICOM mammogram ingest, the shared preprocessing, and (in later modules) the
+//! model runner, exam aggregation and MQTT publishing of the edge appliance.
+//! See docs/ARCHITECTURE.md for the map of modules and the data flow.
+
+pub mod demo;
+pub mod dicom;
+pub mod inspect;
+pub mod preprocess;
+pub mod synth;

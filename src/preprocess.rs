@@ -1,0 +1,502 @@
+//! THE preprocessing shared by trainer, evaluator and daemon: [`Mammogram`] grey levels → model
+//! input `[1, H, W]` plus the [`Geometry`] that maps model pixels back to source pixels.
+//!
+//! Steps (version [`PREPROCESS_VERSION`]): area-downsample to a small segmentation grid → threshold
+//! (half-way between the background level and Otsu's threshold) → 3×3 opening → largest
+//! 4-connected component = breast (drops burned-in labels, lead markers and line artefacts) →
+//! bounding box + margin in source pixels → chest-wall side from the image (the side the breast
+//! touches), else from laterality → area resize of the crop (fast_image_resize, box filter) to fit
+//! H × W keeping aspect → chest wall on the left, vertically centred, zero padding →
+//! `(x − mean) / std`. The source image is never copied: the resize reads the crop in place.
+
+use fast_image_resize::images::{Image, ImageRef};
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::dicom::grey::GreyImage;
+use crate::dicom::{Laterality, Mammogram};
+
+/// Version of the preprocessing contract, stored in the model metadata (`mammo.preprocess_version`);
+/// bump it whenever the output for the same input changes.
+pub const PREPROCESS_VERSION: u32 = 1;
+
+/// Errors of preprocessing.
+#[derive(Debug, Error)]
+pub enum PreprocessError {
+    /// A configuration value out of range (the message names the key).
+    #[error("invalid preprocessing config: {0}")]
+    Config(String),
+    /// The image has no pixels.
+    #[error("empty image ({width}x{height})")]
+    EmptyImage { width: usize, height: usize },
+    /// The resize library refused the buffers.
+    #[error("resize failed: {0}")]
+    Resize(String),
+}
+
+/// Preprocessing parameters. In production they come from the model's ONNX metadata, so the
+/// daemon applies exactly what the trainer applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PreprocessConfig {
+    /// Model input height H, pixels (default 512).
+    pub height: usize,
+    /// Model input width W, pixels (default 320).
+    pub width: usize,
+    /// Normalisation mean, in grey-level units [0, 1].
+    pub mean: f32,
+    /// Normalisation standard deviation, in grey-level units (> 0).
+    pub std: f32,
+    /// Crop margin around the breast bounding box, as a fraction of the image's width/height.
+    pub margin: f32,
+    /// Longest side of the segmentation grid, pixels (default 256).
+    pub seg_size: usize,
+}
+
+impl Default for PreprocessConfig {
+    fn default() -> Self {
+        PreprocessConfig {
+            height: 512,
+            width: 320,
+            mean: 0.2,
+            std: 0.25,
+            margin: 0.01,
+            seg_size: 256,
+        }
+    }
+}
+
+impl PreprocessConfig {
+    /// Check ranges; the error names the key.
+    pub fn validate(&self) -> Result<(), PreprocessError> {
+        let bad = |k: &str, v: String| Err(PreprocessError::Config(format!("{k} = {v}")));
+        if self.height < 8 || self.height > 8192 {
+            return bad("height", self.height.to_string());
+        }
+        if self.width < 8 || self.width > 8192 {
+            return bad("width", self.width.to_string());
+        }
+        if !(self.std > 0.0) || !self.std.is_finite() {
+            return bad("std", self.std.to_string());
+        }
+        if !self.mean.is_finite() {
+            return bad("mean", self.mean.to_string());
+        }
+        if !(0.0..=0.25).contains(&self.margin) {
+            return bad("margin", self.margin.to_string());
+        }
+        if self.seg_size < 32 || self.seg_size > 2048 {
+            return bad("seg_size", self.seg_size.to_string());
+        }
+        Ok(())
+    }
+}
+
+/// A rectangle in source pixels, `[x0, x1) × [y0, y1)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CropBox {
+    pub x0: usize,
+    pub y0: usize,
+    pub x1: usize,
+    pub y1: usize,
+}
+
+impl CropBox {
+    pub fn width(&self) -> usize {
+        self.x1 - self.x0
+    }
+    pub fn height(&self) -> usize {
+        self.y1 - self.y0
+    }
+}
+
+/// Image side, in the source image's own coordinates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    Left,
+    Right,
+}
+
+/// How model pixels relate to source pixels. Source `(x, y)` inside the crop maps to model
+/// `(offset_x + (x − x0)·scale, offset_y + (y − y0)·scale)`, then mirrored (`W − 1 − x`) when `flipped`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Geometry {
+    /// Breast crop in source pixels.
+    pub crop: CropBox,
+    /// Whether the image was mirrored left-right so the chest wall is on the left.
+    pub flipped: bool,
+    /// Model pixels per source pixel.
+    pub scale: f32,
+    /// Placement of the resized crop in the `W × H` model input, pixels (before mirroring).
+    pub offset_x: usize,
+    pub offset_y: usize,
+    /// Size of the resized crop in model pixels.
+    pub resized_width: usize,
+    pub resized_height: usize,
+    /// The chest-wall side in the source image and how it was decided (`image` or `laterality`).
+    pub chest_wall: Side,
+    pub chest_wall_source: &'static str,
+    /// Laterality used: the header's, or inferred from the chest-wall side when the header has none.
+    pub laterality: Laterality,
+    /// The header's laterality disagrees with the side the breast is on (the header is kept).
+    pub orientation_mismatch: bool,
+    /// Fraction of the segmentation grid classified as breast.
+    pub breast_fraction: f32,
+}
+
+/// The model input for one image: `tensor` is `[1, H, W]` row-major, normalised with mean/std.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preprocessed {
+    pub height: usize,
+    pub width: usize,
+    pub tensor: Vec<f32>,
+    pub geometry: Geometry,
+}
+
+impl Preprocessed {
+    /// The tensor mapped back to grey levels [0, 1] (`x·std + mean`), e.g. for a preview PNG.
+    pub fn grey_levels(&self, cfg: &PreprocessConfig) -> Vec<f32> {
+        self.tensor
+            .iter()
+            .map(|v| (v * cfg.std + cfg.mean).clamp(0.0, 1.0))
+            .collect()
+    }
+}
+
+/// In the usual display orientation, where the chest wall of each breast lies in its own image:
+/// a right breast's on the right edge, a left breast's on the left (hanging "back to back").
+pub fn expected_chest_wall(laterality: Laterality) -> Side {
+    match laterality {
+        Laterality::R => Side::Right,
+        Laterality::L => Side::Left,
+    }
+}
+
+/// Preprocess a decoded mammogram (see the module docs for the steps).
+pub fn preprocess(m: &Mammogram, cfg: &PreprocessConfig) -> Result<Preprocessed, PreprocessError> {
+    preprocess_image(&m.image, m.meta.laterality, cfg)
+}
+
+/// Preprocess grey levels in [0, 1] with the header's laterality (if any).
+pub fn preprocess_image(
+    img: &GreyImage,
+    laterality: Option<Laterality>,
+    cfg: &PreprocessConfig,
+) -> Result<Preprocessed, PreprocessError> {
+    cfg.validate()?;
+    if img.width == 0 || img.height == 0 || img.data.len() < img.width * img.height {
+        return Err(PreprocessError::EmptyImage {
+            width: img.width,
+            height: img.height,
+        });
+    }
+    let mut resizer = Resizer::new();
+    let src = ImageRef::new(
+        img.width as u32,
+        img.height as u32,
+        bytemuck::cast_slice(&img.data[..img.width * img.height]),
+        PixelType::F32,
+    )
+    .map_err(|e| PreprocessError::Resize(e.to_string()))?;
+    let area = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Box));
+
+    // 1. segmentation grid
+    let f = cfg.seg_size as f64 / img.width.max(img.height) as f64;
+    let f = f.min(1.0);
+    let sw = ((img.width as f64 * f).round() as usize).max(1);
+    let sh = ((img.height as f64 * f).round() as usize).max(1);
+    let mut small = Image::new(sw as u32, sh as u32, PixelType::F32);
+    resizer
+        .resize(&src, &mut small, &area)
+        .map_err(|e| PreprocessError::Resize(e.to_string()))?;
+    let small: Vec<f32> = bytemuck::cast_slice::<u8, f32>(small.buffer()).to_vec();
+    let seg = segment(&small, sw, sh);
+
+    // 2. crop box in source pixels
+    let sx = img.width as f64 / sw as f64;
+    let sy = img.height as f64 / sh as f64;
+    let (bx0, by0, bx1, by1) = seg.bbox;
+    let mx = (cfg.margin as f64 * img.width as f64).ceil() + sx;
+    let my = (cfg.margin as f64 * img.height as f64).ceil() + sy;
+    let clamp = |v: f64, hi: usize| (v.max(0.0).round() as usize).min(hi);
+    let crop = CropBox {
+        x0: clamp(bx0 as f64 * sx - mx, img.width - 1),
+        y0: clamp(by0 as f64 * sy - my, img.height - 1),
+        x1: clamp(bx1 as f64 * sx + mx, img.width),
+        y1: clamp(by1 as f64 * sy + my, img.height),
+    };
+    let crop = CropBox {
+        x1: crop.x1.max(crop.x0 + 1),
+        y1: crop.y1.max(crop.y0 + 1),
+        ..crop
+    };
+
+    // 3. chest-wall side
+    let (chest_wall, chest_wall_source) = match seg.side {
+        Some(side) => (side, "image"),
+        None => (
+            laterality.map(expected_chest_wall).unwrap_or(Side::Left),
+            "laterality",
+        ),
+    };
+    let inferred = match chest_wall {
+        Side::Right => Laterality::R,
+        Side::Left => Laterality::L,
+    };
+    let orientation_mismatch = matches!(laterality, Some(l) if seg.side.is_some() && l != inferred);
+    let flipped = chest_wall == Side::Right;
+
+    // 4. resize the crop keeping aspect, place with the chest wall on the left
+    let (h, w) = (cfg.height, cfg.width);
+    let scale = (w as f64 / crop.width() as f64).min(h as f64 / crop.height() as f64);
+    let rw = ((crop.width() as f64 * scale).round() as usize).clamp(1, w);
+    let rh = ((crop.height() as f64 * scale).round() as usize).clamp(1, h);
+    let mut resized = Image::new(rw as u32, rh as u32, PixelType::F32);
+    let opts = area.crop(
+        crop.x0 as f64,
+        crop.y0 as f64,
+        crop.width() as f64,
+        crop.height() as f64,
+    );
+    resizer
+        .resize(&src, &mut resized, &opts)
+        .map_err(|e| PreprocessError::Resize(e.to_string()))?;
+    let resized: &[f32] = bytemuck::cast_slice(resized.buffer());
+    let oy = (h - rh) / 2;
+    let pad = (0.0 - cfg.mean) / cfg.std;
+    let mut tensor = vec![pad; h * w];
+    for y in 0..rh {
+        let row = &resized[y * rw..(y + 1) * rw];
+        let out = &mut tensor[(oy + y) * w..(oy + y) * w + rw];
+        for (x, o) in out.iter_mut().enumerate() {
+            let v = if flipped { row[rw - 1 - x] } else { row[x] };
+            *o = (v.clamp(0.0, 1.0) - cfg.mean) / cfg.std;
+        }
+    }
+    Ok(Preprocessed {
+        height: h,
+        width: w,
+        tensor,
+        geometry: Geometry {
+            crop,
+            flipped,
+            scale: scale as f32,
+            offset_x: 0,
+            offset_y: oy,
+            resized_width: rw,
+            resized_height: rh,
+            chest_wall,
+            chest_wall_source,
+            laterality: laterality.unwrap_or(inferred),
+            orientation_mismatch,
+            breast_fraction: seg.fraction,
+        },
+    })
+}
+
+/// Result of segmenting the small grid.
+struct Segmentation {
+    /// Bounding box `[x0, x1) × [y0, y1)` of the breast on the grid (whole grid when nothing found).
+    bbox: (usize, usize, usize, usize),
+    /// Chest-wall side when the breast clearly touches one vertical edge more than the other.
+    side: Option<Side>,
+    fraction: f32,
+}
+
+/// Otsu's threshold (Otsu 1979, IEEE Trans. SMC 9(1)) over 256 bins of [0, 1].
+fn otsu(values: &[f32]) -> f32 {
+    let mut hist = [0u64; 256];
+    for &v in values {
+        hist[((v.clamp(0.0, 1.0) * 255.0).round()) as usize] += 1;
+    }
+    let total = values.len() as f64;
+    let sum_all: f64 = hist.iter().enumerate().map(|(i, &c)| i as f64 * c as f64).sum();
+    let (mut w0, mut sum0, mut best, mut best_t) = (0f64, 0f64, -1f64, 0usize);
+    for (t, &c) in hist.iter().enumerate() {
+        w0 += c as f64;
+        sum0 += t as f64 * c as f64;
+        let w1 = total - w0;
+        if w0 == 0.0 || w1 == 0.0 {
+            continue;
+        }
+        let m0 = sum0 / w0;
+        let m1 = (sum_all - sum0) / w1;
+        let between = w0 * w1 * (m0 - m1) * (m0 - m1);
+        if between > best {
+            best = between;
+            best_t = t;
+        }
+    }
+    (best_t as f32 + 0.5) / 255.0
+}
+
+fn segment(small: &[f32], w: usize, h: usize) -> Segmentation {
+    let t_otsu = otsu(small);
+    let below: Vec<f32> = small.iter().copied().filter(|&v| v < t_otsu).collect();
+    let bg = if below.is_empty() {
+        0.0
+    } else {
+        below.iter().sum::<f32>() / below.len() as f32
+    };
+    let t = bg + 0.5 * (t_otsu - bg);
+    let mask: Vec<bool> = small.iter().map(|&v| v > t).collect();
+    let mask = dilate(&erode(&mask, w, h), w, h);
+    let (label, count) = largest_component(&mask, w, h);
+    if count == 0 {
+        return Segmentation {
+            bbox: (0, 0, w, h),
+            side: None,
+            fraction: 0.0,
+        };
+    }
+    let (mut x0, mut y0, mut x1, mut y1) = (w, h, 0, 0);
+    for y in 0..h {
+        for x in 0..w {
+            if label[y * w + x] {
+                x0 = x0.min(x);
+                x1 = x1.max(x + 1);
+                y0 = y0.min(y);
+                y1 = y1.max(y + 1);
+            }
+        }
+    }
+    // Chest wall: the vertical edge the breast touches along more rows (edge band of 2 % width).
+    let band = (w / 50).max(1);
+    let rows_touching = |cols: std::ops::Range<usize>| {
+        (0..h)
+            .filter(|&y| cols.clone().any(|x| label[y * w + x]))
+            .count()
+    };
+    let left = rows_touching(0..band);
+    let right = rows_touching(w - band..w);
+    let side = if left > 2 * right && left >= h / 10 {
+        Some(Side::Left)
+    } else if right > 2 * left && right >= h / 10 {
+        Some(Side::Right)
+    } else {
+        None
+    };
+    Segmentation {
+        bbox: (x0, y0, x1, y1),
+        side,
+        fraction: count as f32 / (w * h) as f32,
+    }
+}
+
+fn erode(m: &[bool], w: usize, h: usize) -> Vec<bool> {
+    morph(m, w, h, true)
+}
+
+fn dilate(m: &[bool], w: usize, h: usize) -> Vec<bool> {
+    morph(m, w, h, false)
+}
+
+/// 3×3 erosion (`all`) or dilation (any); pixels outside the image count as background for
+/// dilation and as foreground for erosion (so a breast touching the edge is not eaten).
+fn morph(m: &[bool], w: usize, h: usize, all: bool) -> Vec<bool> {
+    let mut out = vec![false; w * h];
+    for y in 0..h {
+        for x in 0..w {
+            let mut acc = all;
+            for dy in -1i64..=1 {
+                for dx in -1i64..=1 {
+                    let (nx, ny) = (x as i64 + dx, y as i64 + dy);
+                    let v = if nx < 0 || ny < 0 || nx >= w as i64 || ny >= h as i64 {
+                        all
+                    } else {
+                        m[ny as usize * w + nx as usize]
+                    };
+                    if all {
+                        acc &= v;
+                    } else {
+                        acc |= v;
+                    }
+                }
+            }
+            out[y * w + x] = acc;
+        }
+    }
+    out
+}
+
+/// Mask of the largest 4-connected foreground component and its pixel count.
+fn largest_component(m: &[bool], w: usize, h: usize) -> (Vec<bool>, usize) {
+    let mut labels = vec![0u32; w * h];
+    let (mut best, mut best_n, mut next) = (0u32, 0usize, 0u32);
+    let mut stack = Vec::new();
+    for start in 0..w * h {
+        if !m[start] || labels[start] != 0 {
+            continue;
+        }
+        next += 1;
+        let mut n = 0;
+        labels[start] = next;
+        stack.push(start);
+        while let Some(i) = stack.pop() {
+            n += 1;
+            let (x, y) = (i % w, i / w);
+            let mut visit = |j: usize| {
+                if m[j] && labels[j] == 0 {
+                    labels[j] = next;
+                    stack.push(j);
+                }
+            };
+            if x > 0 {
+                visit(i - 1);
+            }
+            if x + 1 < w {
+                visit(i + 1);
+            }
+            if y > 0 {
+                visit(i - w);
+            }
+            if y + 1 < h {
+                visit(i + w);
+            }
+        }
+        if n > best_n {
+            best_n = n;
+            best = next;
+        }
+    }
+    (labels.iter().map(|&l| l == best && best != 0).collect(), best_n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn otsu_splits_two_levels() {
+        let mut v = vec![0.1f32; 100];
+        v.extend(vec![0.7f32; 50]);
+        let t = otsu(&v);
+        assert!(t > 0.1 && t < 0.7, "{t}");
+    }
+
+    #[test]
+    fn largest_component_ignores_small_blobs() {
+        let (w, h) = (10, 5);
+        let mut m = vec![false; w * h];
+        for y in 0..5 {
+            for x in 0..4 {
+                m[y * w + x] = true;
+            }
+        }
+        m[2 * w + 8] = true;
+        let (lab, n) = largest_component(&m, w, h);
+        assert_eq!(n, 20);
+        assert!(!lab[2 * w + 8]);
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let cfg = PreprocessConfig {
+            std: 0.0,
+            ..Default::default()
+        };
+        assert!(cfg.validate().unwrap_err().to_string().contains("std"));
+    }
+}
