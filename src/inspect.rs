@@ -9,7 +9,9 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::dicom::grey::{GreyImage, Stats};
-use crate::dicom::{self, Category, IngestError, IngestOptions, Laterality, MammoMeta, Vendor, View};
+use crate::dicom::{
+    self, Category, IngestError, IngestOptions, Laterality, MammoMeta, Vendor, View,
+};
 use crate::preprocess::{self, CropBox, PreprocessConfig, Preprocessed, Side};
 
 /// Errors of writing inspection artefacts (PNG files).
@@ -254,7 +256,11 @@ pub fn write_grey16(img: &GreyImage, path: &Path) -> Result<(), InspectError> {
 }
 
 /// Write the preprocessed model input (de-normalised to [0, 1]) as an 8-bit PNG.
-pub fn write_preview(p: &Preprocessed, cfg: &PreprocessConfig, path: &Path) -> Result<(), InspectError> {
+pub fn write_preview(
+    p: &Preprocessed,
+    cfg: &PreprocessConfig,
+    path: &Path,
+) -> Result<(), InspectError> {
     let data: Vec<u8> = p
         .grey_levels(cfg)
         .iter()

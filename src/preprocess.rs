@@ -77,7 +77,7 @@ impl PreprocessConfig {
         if self.width < 8 || self.width > 8192 {
             return bad("width", self.width.to_string());
         }
-        if !(self.std > 0.0) || !self.std.is_finite() {
+        if self.std.is_nan() || self.std <= 0.0 || !self.std.is_finite() {
             return bad("std", self.std.to_string());
         }
         if !self.mean.is_finite() {
@@ -312,7 +312,11 @@ fn otsu(values: &[f32]) -> f32 {
         hist[((v.clamp(0.0, 1.0) * 255.0).round()) as usize] += 1;
     }
     let total = values.len() as f64;
-    let sum_all: f64 = hist.iter().enumerate().map(|(i, &c)| i as f64 * c as f64).sum();
+    let sum_all: f64 = hist
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| i as f64 * c as f64)
+        .sum();
     let (mut w0, mut sum0, mut best, mut best_t) = (0f64, 0f64, -1f64, 0usize);
     for (t, &c) in hist.iter().enumerate() {
         w0 += c as f64;
@@ -461,7 +465,10 @@ fn largest_component(m: &[bool], w: usize, h: usize) -> (Vec<bool>, usize) {
             best = next;
         }
     }
-    (labels.iter().map(|&l| l == best && best != 0).collect(), best_n)
+    (
+        labels.iter().map(|&l| l == best && best != 0).collect(),
+        best_n,
+    )
 }
 
 #[cfg(test)]

@@ -10,7 +10,11 @@ use mammo_edge::inspect::{self, Outputs};
 use mammo_edge::preprocess::PreprocessConfig;
 
 #[derive(Parser)]
-#[command(name = "mammo-edge", version, about = "Scores mammograms at the modality and publishes results over MQTT")]
+#[command(
+    name = "mammo-edge",
+    version,
+    about = "Scores mammograms at the modality and publishes results over MQTT"
+)]
 struct Cli {
     /// More log output (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -60,7 +64,10 @@ fn main() -> ExitCode {
         1 => "debug",
         _ => "trace",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(format!("{level},jpeg2k=warn"))).init();
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or(format!("{level},jpeg2k=warn")),
+    )
+    .init();
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {

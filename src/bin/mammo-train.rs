@@ -10,7 +10,11 @@ use mammo_edge::dicom::{read_mammogram, IngestOptions};
 use mammo_edge::preprocess::{preprocess, PreprocessConfig, PREPROCESS_VERSION};
 
 #[derive(Parser)]
-#[command(name = "mammo-train", version, about = "Host trainer for the mammo-edge multi-task CNN")]
+#[command(
+    name = "mammo-train",
+    version,
+    about = "Host trainer for the mammo-edge multi-task CNN"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -26,7 +30,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,jpeg2k=warn")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,jpeg2k=warn"))
+        .init();
     match run(Cli::parse().command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -170,7 +170,11 @@ impl VoiLutFunction {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Voi {
     /// VOI LUT Sequence (0028,3010): `index` of `count` items used.
-    Table { lut: Lut, index: usize, count: usize },
+    Table {
+        lut: Lut,
+        index: usize,
+        count: usize,
+    },
     /// WindowCenter / WindowWidth pair `index` of `count`, with its VOILUTFunction.
     Window {
         center: f64,
@@ -180,7 +184,11 @@ pub enum Voi {
         count: usize,
     },
     /// No usable VOI in the file: linear over [lo, hi] of modality values (full range or percentiles).
-    Range { lo: f64, hi: f64, source: RangeSource },
+    Range {
+        lo: f64,
+        hi: f64,
+        source: RangeSource,
+    },
 }
 
 /// Where a fallback [`Voi::Range`] comes from.
@@ -422,7 +430,12 @@ impl GreyPipeline {
 
     /// Apply the pipeline to one frame of native little-endian samples (`rows × columns`).
     /// Errors when the buffer is shorter than the frame.
-    pub fn render(&self, bytes: &[u8], columns: usize, rows: usize) -> Result<GreyImage, GreyError> {
+    pub fn render(
+        &self,
+        bytes: &[u8],
+        columns: usize,
+        rows: usize,
+    ) -> Result<GreyImage, GreyError> {
         self.format.validate()?;
         let n = rows * columns;
         let bps = (self.format.bits_allocated / 8) as usize;
@@ -439,7 +452,9 @@ impl GreyPipeline {
         } else {
             bytes[..2 * n]
                 .chunks_exact(2)
-                .map(|c| table[((u16::from_le_bytes([c[0], c[1]]) as u32) >> shift & mask) as usize])
+                .map(|c| {
+                    table[((u16::from_le_bytes([c[0], c[1]]) as u32) >> shift & mask) as usize]
+                })
                 .collect()
         };
         Ok(GreyImage {

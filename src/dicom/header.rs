@@ -4,10 +4,10 @@
 use dicom_core::value::{PrimitiveValue, Value};
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
+use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::mem::InMemElement;
 use dicom_object::{DefaultDicomObject, InMemDicomObject};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-use dicom_encoding::TransferSyntaxIndex;
 use serde::Serialize;
 
 use super::grey::{Lut, ModalityLut, Voi, VoiLutFunction};
@@ -138,14 +138,15 @@ impl MammoMeta {
             .map(|t| t.name().to_string())
             .unwrap_or_else(|| "unknown".into());
 
-        let (laterality, laterality_source) =
-            match string(ds, tags::IMAGE_LATERALITY).and_then(|s| Laterality::from_code(&s)) {
-                Some(l) => (Some(l), "ImageLaterality"),
-                None => match string(ds, tags::LATERALITY).and_then(|s| Laterality::from_code(&s)) {
-                    Some(l) => (Some(l), "Laterality"),
-                    None => (None, "none"),
-                },
-            };
+        let (laterality, laterality_source) = match string(ds, tags::IMAGE_LATERALITY)
+            .and_then(|s| Laterality::from_code(&s))
+        {
+            Some(l) => (Some(l), "ImageLaterality"),
+            None => match string(ds, tags::LATERALITY).and_then(|s| Laterality::from_code(&s)) {
+                Some(l) => (Some(l), "Laterality"),
+                None => (None, "none"),
+            },
+        };
 
         let mut view = None;
         let mut view_raw = String::new();
@@ -160,7 +161,9 @@ impl MammoMeta {
                 view_raw = code;
             }
             for m in items(item, tags::VIEW_MODIFIER_CODE_SEQUENCE) {
-                if let Some(vm) = string(m, tags::CODE_VALUE).and_then(|c| ViewModifier::from_code_value(&c)) {
+                if let Some(vm) =
+                    string(m, tags::CODE_VALUE).and_then(|c| ViewModifier::from_code_value(&c))
+                {
                     view_modifiers.push(vm);
                 }
             }
@@ -263,19 +266,34 @@ fn lut_data(e: &InMemElement) -> Vec<u16> {
             .chunks_exact(2)
             .map(|c| u16::from_le_bytes([c[0], c[1]]))
             .collect(),
-        Value::Primitive(p) => p.to_multi_int::<i64>().unwrap_or_default().iter().map(|&x| x as u16).collect(),
+        Value::Primitive(p) => p
+            .to_multi_int::<i64>()
+            .unwrap_or_default()
+            .iter()
+            .map(|&x| x as u16)
+            .collect(),
         _ => Vec::new(),
     }
 }
 
 /// One LUT item (LUTDescriptor + LUTData + LUTExplanation). `signed_input`: PixelRepresentation = 1,
 /// so the descriptor's first mapped value is read as a signed 16-bit number (PS3.3 C.11.1.1.1).
-fn read_lut(item: &InMemDicomObject, which: &'static str, signed_input: bool) -> Result<Lut, IngestError> {
+fn read_lut(
+    item: &InMemDicomObject,
+    which: &'static str,
+    signed_input: bool,
+) -> Result<Lut, IngestError> {
     let desc = elem(item, tags::LUT_DESCRIPTOR)
         .and_then(|e| e.to_multi_int::<i64>().ok())
         .filter(|d| d.len() == 3)
-        .ok_or_else(|| IngestError::Inconsistent(format!("{which} LUT without a 3-value LUTDescriptor")))?;
-    let declared = if desc[0] == 0 { 65536 } else { desc[0] as usize };
+        .ok_or_else(|| {
+            IngestError::Inconsistent(format!("{which} LUT without a 3-value LUTDescriptor"))
+        })?;
+    let declared = if desc[0] == 0 {
+        65536
+    } else {
+        desc[0] as usize
+    };
     let first = if signed_input && desc[1] > 32767 {
         desc[1] - 65536
     } else {
@@ -299,13 +317,26 @@ fn read_lut(item: &InMemDicomObject, which: &'static str, signed_input: bool) ->
 }
 
 /// Modality LUT: Modality LUT Sequence first item when present, else Rescale Slope/Intercept.
-pub fn modality_lut(obj: &DefaultDicomObject, meta: &MammoMeta) -> Result<ModalityLut, IngestError> {
+pub fn modality_lut(
+    obj: &DefaultDicomObject,
+    meta: &MammoMeta,
+) -> Result<ModalityLut, IngestError> {
     let ds: &InMemDicomObject = obj;
     if let Some(item) = items(ds, tags::MODALITY_LUT_SEQUENCE).first() {
-        return Ok(ModalityLut::Table(read_lut(item, "Modality", meta.pixel_representation == 1)?));
+        return Ok(ModalityLut::Table(read_lut(
+            item,
+            "Modality",
+            meta.pixel_representation == 1,
+        )?));
     }
-    let slope = floats(ds, tags::RESCALE_SLOPE).first().copied().unwrap_or(1.0);
-    let intercept = floats(ds, tags::RESCALE_INTERCEPT).first().copied().unwrap_or(0.0);
+    let slope = floats(ds, tags::RESCALE_SLOPE)
+        .first()
+        .copied()
+        .unwrap_or(1.0);
+    let intercept = floats(ds, tags::RESCALE_INTERCEPT)
+        .first()
+        .copied()
+        .unwrap_or(0.0);
     Ok(ModalityLut::Rescale {
         slope: if slope == 0.0 { 1.0 } else { slope },
         intercept,

@@ -18,7 +18,7 @@ use dicom_pixeldata::PixelDecoder;
 use serde::Serialize;
 use thiserror::Error;
 
-use codestream::{CodestreamKind, CodestreamInfo};
+use codestream::{CodestreamInfo, CodestreamKind};
 use grey::{GreyError, GreyImage, GreyPipeline, RangeSource, SampleFormat, Voi};
 pub use header::{MammoMeta, PixelSpacing};
 pub use vendor::Vendor;
@@ -100,7 +100,7 @@ pub enum IngestError {
     WorkUpView(ViewModifier),
     #[error("unsupported transfer syntax {uid} ({name})")]
     UnsupportedTransferSyntax { uid: String, name: String },
-    #[error("12-bit lossy JPEG (process 4, transfer syntax 1.2.840.10008.1.2.4.51) is not decodable: no well-kept decoder")]
+    #[error("12-bit lossy JPEG (process 4) is not decodable: no well-kept decoder (transfer syntax 1.2.840.10008.1.2.4.51)")]
     LossyJpeg12Bit,
     #[error("image of {bytes} bytes ({rows}x{columns}x{frames}, {bits_allocated} bits) exceeds the pixel budget of {limit} bytes")]
     OverPixelBudget {
@@ -334,10 +334,7 @@ pub fn check_acceptance(meta: &MammoMeta, opts: &IngestOptions) -> Result<(), In
             sop_class: sop.to_string(),
         });
     }
-    let mono = matches!(
-        meta.photometric.as_str(),
-        "MONOCHROME1" | "MONOCHROME2"
-    );
+    let mono = matches!(meta.photometric.as_str(), "MONOCHROME1" | "MONOCHROME2");
     if meta.samples_per_pixel != 1 || !mono {
         return Err(IngestError::Colour {
             photometric: meta.photometric.clone(),
@@ -346,8 +343,7 @@ pub fn check_acceptance(meta: &MammoMeta, opts: &IngestOptions) -> Result<(), In
     }
     let any = opts.accept_modalities.iter().any(|m| m == "*");
     let mammo_sop = sop == sop::MG_PRESENTATION || sop == sop::MG_PROCESSING;
-    let xray_sop = mammo_sop
-        || [sop::DX_PRESENTATION, sop::DX_PROCESSING, sop::CR].contains(&sop);
+    let xray_sop = mammo_sop || [sop::DX_PRESENTATION, sop::DX_PROCESSING, sop::CR].contains(&sop);
     let accepted = match meta.modality.as_deref() {
         // Modality absent (real Hologic exports): the SOP class alone identifies a mammogram.
         None => mammo_sop || any,
@@ -449,7 +445,11 @@ fn check_pixel_layout(
         let first = fragments.first().ok_or(IngestError::NoPixelData)?;
         check_codestream(first, meta)?;
     } else {
-        let actual = px.value().primitive().map(|p| p.calculate_byte_len()).unwrap_or(0) as u64;
+        let actual = px
+            .value()
+            .primitive()
+            .map(|p| p.calculate_byte_len())
+            .unwrap_or(0) as u64;
         if actual == 0 {
             return Err(IngestError::NoPixelData);
         }
@@ -521,18 +521,17 @@ fn decode(
     };
     format.validate()?;
     let t0 = Instant::now();
-    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        obj.decode_pixel_data()
-    }))
-    .map_err(|p| {
-        let msg = p
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| p.downcast_ref::<&str>().copied())
-            .unwrap_or("decoder panicked");
-        IngestError::Undecodable(format!("decoder panicked: {msg}"))
-    })?
-    .map_err(|e| IngestError::Undecodable(error_chain(&e)))?;
+    let decoded =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| obj.decode_pixel_data()))
+            .map_err(|p| {
+                let msg = p
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| p.downcast_ref::<&str>().copied())
+                    .unwrap_or("decoder panicked");
+                IngestError::Undecodable(format!("decoder panicked: {msg}"))
+            })?
+            .map_err(|e| IngestError::Undecodable(error_chain(&e)))?;
     let decode_ms = t0.elapsed().as_secs_f64() * 1e3;
     let data = decoded.data();
     let n = meta.rows as usize * meta.columns as usize;

@@ -55,9 +55,11 @@ impl SplitMix64 {
 
 /// A UID under the 2.25 root (PS3.5 B.2: UUID-derived), deterministic in `seed` and `kind`.
 pub fn uid(seed: u64, kind: &str) -> String {
-    let mut r = SplitMix64::new(seed ^ kind.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    }));
+    let mut r = SplitMix64::new(
+        seed ^ kind.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        }),
+    );
     let v = ((r.next_u64() as u128) << 64 | r.next_u64() as u128) >> 2;
     format!("2.25.{v}")
 }
@@ -244,14 +246,39 @@ impl DicomSpec {
         };
         s(&mut o, tags::SOP_CLASS_UID, VR::UI, &self.sop_class_uid);
         s(&mut o, tags::SOP_INSTANCE_UID, VR::UI, &sop_uid);
-        s(&mut o, tags::STUDY_INSTANCE_UID, VR::UI, &uid(self.seed, "study"));
-        s(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, &uid(self.seed, "series"));
+        s(
+            &mut o,
+            tags::STUDY_INSTANCE_UID,
+            VR::UI,
+            &uid(self.seed, "study"),
+        );
+        s(
+            &mut o,
+            tags::SERIES_INSTANCE_UID,
+            VR::UI,
+            &uid(self.seed, "series"),
+        );
         s(&mut o, tags::PATIENT_NAME, VR::PN, "SYNTH^PATIENT");
-        s(&mut o, tags::PATIENT_ID, VR::LO, &format!("SYNTH-{}", self.seed));
+        s(
+            &mut o,
+            tags::PATIENT_ID,
+            VR::LO,
+            &format!("SYNTH-{}", self.seed),
+        );
         s(&mut o, tags::PATIENT_BIRTH_DATE, VR::DA, "19700101");
-        s(&mut o, tags::ACCESSION_NUMBER, VR::SH, &format!("ACC{}", self.seed));
+        s(
+            &mut o,
+            tags::ACCESSION_NUMBER,
+            VR::SH,
+            &format!("ACC{}", self.seed),
+        );
         s(&mut o, tags::MANUFACTURER, VR::LO, &self.manufacturer);
-        s(&mut o, tags::MANUFACTURER_MODEL_NAME, VR::LO, &self.model_name);
+        s(
+            &mut o,
+            tags::MANUFACTURER_MODEL_NAME,
+            VR::LO,
+            &self.model_name,
+        );
         if let Some(m) = &self.modality {
             s(&mut o, tags::MODALITY, VR::CS, m);
         }
@@ -279,11 +306,20 @@ impl DicomSpec {
             ));
         }
         if let Some(ps) = self.pixel_spacing_mm {
-            s(&mut o, tags::IMAGER_PIXEL_SPACING, VR::DS, &format!("{ps}\\{ps}"));
+            s(
+                &mut o,
+                tags::IMAGER_PIXEL_SPACING,
+                VR::DS,
+                &format!("{ps}\\{ps}"),
+            );
         }
         if !self.windows.is_empty() {
             let join = |f: fn(&(f64, f64)) -> f64| {
-                self.windows.iter().map(|w| f(w).to_string()).collect::<Vec<_>>().join("\\")
+                self.windows
+                    .iter()
+                    .map(|w| f(w).to_string())
+                    .collect::<Vec<_>>()
+                    .join("\\")
             };
             s(&mut o, tags::WINDOW_CENTER, VR::DS, &join(|w| w.0));
             s(&mut o, tags::WINDOW_WIDTH, VR::DS, &join(|w| w.1));
@@ -293,14 +329,24 @@ impl DicomSpec {
         }
         if let Some((slope, intercept)) = self.rescale {
             s(&mut o, tags::RESCALE_SLOPE, VR::DS, &slope.to_string());
-            s(&mut o, tags::RESCALE_INTERCEPT, VR::DS, &intercept.to_string());
+            s(
+                &mut o,
+                tags::RESCALE_INTERCEPT,
+                VR::DS,
+                &intercept.to_string(),
+            );
             s(&mut o, tags::RESCALE_TYPE, VR::LO, "US");
         }
         let us = |o: &mut InMemDicomObject, tag: Tag, v: u16| {
             o.put(InMemElement::new(tag, VR::US, PrimitiveValue::from(v)));
         };
         us(&mut o, tags::SAMPLES_PER_PIXEL, 1);
-        s(&mut o, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, &self.photometric);
+        s(
+            &mut o,
+            tags::PHOTOMETRIC_INTERPRETATION,
+            VR::CS,
+            &self.photometric,
+        );
         us(&mut o, tags::ROWS, self.rows as u16);
         us(&mut o, tags::COLUMNS, self.columns as u16);
         us(&mut o, tags::BITS_ALLOCATED, self.bits_allocated);
@@ -309,7 +355,11 @@ impl DicomSpec {
         us(&mut o, tags::PIXEL_REPRESENTATION, self.signed as u16);
         if self.bits_allocated == 8 {
             let bytes: Vec<u8> = self.pixels.iter().map(|&v| v as u8).collect();
-            o.put(InMemElement::new(tags::PIXEL_DATA, VR::OB, PrimitiveValue::from(bytes)));
+            o.put(InMemElement::new(
+                tags::PIXEL_DATA,
+                VR::OB,
+                PrimitiveValue::from(bytes),
+            ));
         } else {
             o.put(InMemElement::new(
                 tags::PIXEL_DATA,

@@ -1,0 +1,9 @@
+//! Integration tests: real DICOM files written by our synth module or by Debian's dcmtk / GDCM
+//! encoders, the real mammograms of `MAMMO_TEST_DATA`, and the `mammo-edge` binary.
+
+mod cli;
+mod codecs;
+mod real_data;
+mod rejections;
+mod reported_cases;
+mod util;

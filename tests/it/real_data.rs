@@ -1,0 +1,226 @@
+//! The real files of `MAMMO_TEST_DATA` (../shared/data): four real screening mammograms and the
+//! non-mammography files of dicom-misc/, each with the handling its README lists.
+
+use std::path::{Path, PathBuf};
+
+use dicom_dictionary_std::tags;
+use mammo_edge::dicom::grey::{window, VoiLutFunction};
+use mammo_edge::dicom::{read_mammogram, Category, IngestOptions, Laterality, Vendor, View};
+use mammo_edge::preprocess::{preprocess, PreprocessConfig, Side};
+
+use crate::util::*;
+
+fn file(dir: &Path, sub: &str, name: &str) -> PathBuf {
+    let p = dir.join(sub).join(name);
+    assert!(p.is_file(), "{} missing from the test data", p.display());
+    p
+}
+
+fn check_real(name: &str, vendor: Vendor, lat: Laterality, view: View, voi: &str) {
+    let Some(dir) = data_dir() else { return };
+    let m = read(&file(&dir, "real-mammo", name));
+    assert_eq!(m.meta.vendor, vendor, "{name}");
+    assert_eq!(m.meta.laterality, Some(lat), "{name}");
+    assert_eq!(m.meta.view, view, "{name}");
+    assert!(m.grey.voi.contains(voi), "{name}: VOI {}", m.grey.voi);
+    let s = m.image.stats();
+    assert!(s.min >= 0.0 && s.max <= 1.0 && s.max > 0.5, "{name}: {s:?}");
+    let p = preprocess(&m, &PreprocessConfig::default()).unwrap();
+    let g = &p.geometry;
+    let (w, h) = (m.image.width, m.image.height);
+    // chest wall found in the image, on the side the laterality says, and the crop touches it
+    assert_eq!(g.chest_wall_source, "image", "{name}");
+    assert!(!g.orientation_mismatch, "{name}");
+    match lat {
+        Laterality::L => assert!(
+            g.chest_wall == Side::Left && g.crop.x0 == 0,
+            "{name}: {g:?}"
+        ),
+        Laterality::R => assert!(
+            g.chest_wall == Side::Right && g.crop.x1 == w,
+            "{name}: {g:?}"
+        ),
+    }
+    assert_eq!(g.flipped, lat == Laterality::R);
+    // a breast, not the whole detector and not a sliver
+    let area = (g.crop.width() * g.crop.height()) as f64 / (w * h) as f64;
+    assert!(
+        area > 0.08 && area < 0.75,
+        "{name}: crop {:?} is {area:.2} of the image",
+        g.crop
+    );
+    assert!(
+        g.crop.height() as f64 > 0.5 * h as f64,
+        "{name}: crop {:?}",
+        g.crop
+    );
+    // the breast is brighter than the padding in the model input
+    let grey = p.grey_levels(&PreprocessConfig::default());
+    let left: f32 = (0..p.height).map(|y| grey[y * p.width + 2]).sum::<f32>() / p.height as f32;
+    assert!(left > 0.1, "{name}: chest-wall column mean {left}");
+}
+
+#[test]
+fn ge_right_cc() {
+    check_real(
+        "ge_senographe_R_CC_jpegll.dcm",
+        Vendor::Ge,
+        Laterality::R,
+        View::CC,
+        "VOI LUT Sequence item 1 of 3",
+    );
+}
+
+#[test]
+fn ge_left_cc() {
+    check_real(
+        "ge_senographe_L_CC_jpegll.dcm",
+        Vendor::Ge,
+        Laterality::L,
+        View::CC,
+        "VOI LUT Sequence item 1 of 3",
+    );
+}
+
+#[test]
+fn hologic_left_cc_jp2_wrapped() {
+    check_real(
+        "hologic_selenia_L_CC_j2k.dcm",
+        Vendor::Hologic,
+        Laterality::L,
+        View::CC,
+        "window 1 of 4: Sigmoid",
+    );
+}
+
+#[test]
+fn hologic_right_mlo_jp2_wrapped() {
+    check_real(
+        "hologic_selenia_R_MLO_j2k.dcm",
+        Vendor::Hologic,
+        Laterality::R,
+        View::MLO,
+        "window 1 of 4: Sigmoid",
+    );
+}
+
+#[test]
+fn hologic_quirks_are_reported() {
+    let Some(dir) = data_dir() else { return };
+    let p = file(&dir, "real-mammo", "hologic_selenia_L_CC_j2k.dcm");
+    let obj = mammo_edge::dicom::open(&p, &IngestOptions::default()).unwrap();
+    let meta = mammo_edge::dicom::MammoMeta::from_object(&obj).unwrap();
+    assert_eq!(meta.modality, None);
+    assert_eq!(meta.presentation_intent, None);
+    assert_eq!(meta.pixel_spacing, None);
+    assert_eq!(meta.photometric, "MONOCHROME1");
+    assert_eq!((meta.rows, meta.columns), (5355, 4915));
+}
+
+#[test]
+fn fuji_cr_uncompressed_and_j2k_are_identical_and_not_mammograms() {
+    let Some(dir) = data_dir() else { return };
+    let a = file(&dir, "dicom-misc", "cr_fuji_RG3_UNCR.dcm");
+    let b = file(&dir, "dicom-misc", "cr_fuji_RG3_J2KR.dcm");
+    let (ma, mb) = (read_any(&a), read_any(&b));
+    assert_eq!((ma.image.width, ma.image.height), (1760, 1760));
+    assert_eq!(ma.image.data, mb.image.data);
+    assert!(ma.grey.inverted, "MONOCHROME1");
+    for f in [&a, &b] {
+        let e = reject(f);
+        assert_eq!(
+            (e.code(), e.category()),
+            ("not_mammogram", Category::Skipped)
+        );
+    }
+    // accepted when the site's config accepts CR
+    let opts = IngestOptions {
+        accept_modalities: vec!["MG".into(), "CR".into()],
+        accept_any_view: true,
+        ..Default::default()
+    };
+    assert!(read_mammogram(&a, &opts).is_ok());
+}
+
+#[test]
+fn agfa_cr_modality_lut_before_voi() {
+    let Some(dir) = data_dir() else { return };
+    let p = file(&dir, "dicom-misc", "cr_agfa_16px_cspine_AP_6247.dcm");
+    let m = read_any(&p);
+    // Independent read of the stored values, then rescale → window → inversion by the PS3.3 formulas.
+    let obj = dicom_object::open_file(&p).unwrap();
+    let stored: Vec<u16> = obj
+        .element(tags::PIXEL_DATA)
+        .unwrap()
+        .to_multi_int()
+        .unwrap();
+    let f = |t| obj.element(t).unwrap().to_multi_float64().unwrap()[0];
+    let (slope, intercept) = (f(tags::RESCALE_SLOPE), f(tags::RESCALE_INTERCEPT));
+    let (c, w) = (f(tags::WINDOW_CENTER), f(tags::WINDOW_WIDTH));
+    assert!((slope - 0.684).abs() < 1e-9 && intercept == 200.0);
+    let lo = *stored.iter().min().unwrap() as f64 * slope + intercept;
+    assert!((m.grey.modality_min - lo).abs() < 1e-9);
+    for (i, &s) in stored.iter().enumerate() {
+        let want = 1.0 - window(s as f64 * slope + intercept, c, w, VoiLutFunction::Linear);
+        assert!((m.image.data[i] as f64 - want).abs() < 1e-6, "pixel {i}");
+    }
+}
+
+#[test]
+fn codec_coverage_files_decode_and_are_not_mammograms() {
+    let Some(dir) = data_dir() else { return };
+    let mr: Vec<_> = [
+        "mr_small_RLE.dcm",
+        "mr_small_jpeg_ls_lossless.dcm",
+        "mr_small_jp2klossless.dcm",
+    ]
+    .iter()
+    .map(|n| read_any(&file(&dir, "dicom-misc", n)).image.data)
+    .collect();
+    assert_eq!(mr[0], mr[1]);
+    assert_eq!(mr[0], mr[2]);
+    for n in [
+        "sc_JPEGLSNearLossless_16.dcm",
+        "nm_JPEG-LL_lossless_sv1_16bit.dcm",
+        "mr_small_RLE.dcm",
+        "mr_small_jpeg_ls_lossless.dcm",
+        "mr_small_jp2klossless.dcm",
+        "ct_small.dcm",
+    ] {
+        let p = file(&dir, "dicom-misc", n);
+        let m = read_any(&p);
+        assert!(m.image.stats().max > 0.0, "{n}");
+        let e = reject(&p);
+        assert_eq!(
+            (e.code(), e.category()),
+            ("not_mammogram", Category::Skipped),
+            "{n}: {e}"
+        );
+    }
+    // a gamma camera whose model name contains "MG" is not a mammogram
+    let e = reject(&file(
+        &dir,
+        "dicom-misc",
+        "nm_JPEG-LL_lossless_sv1_16bit.dcm",
+    ));
+    assert!(e.to_string().contains("Modality NM"), "{e}");
+}
+
+#[test]
+fn broken_and_unscorable_files_are_rejected_with_their_reason() {
+    let Some(dir) = data_dir() else { return };
+    let cases = [
+        ("ct_small.dcm", "not_mammogram", Category::Skipped),
+        (
+            "us_multiframe_ybr_jpeg.dcm",
+            "multi_frame",
+            Category::Skipped,
+        ),
+        ("mr_truncated_pixeldata.dcm", "truncated", Category::Error),
+        ("ct_no_meta_no_preamble.dcm", "not_dicom", Category::Error),
+    ];
+    for (n, code, cat) in cases {
+        let e = reject(&file(&dir, "dicom-misc", n));
+        assert_eq!((e.code(), e.category()), (code, cat), "{n}: {e}");
+    }
+}
