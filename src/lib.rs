@@ -5,5 +5,7 @@
 pub mod demo;
 pub mod dicom;
 pub mod inspect;
+pub mod labels;
+pub mod manifest;
 pub mod preprocess;
 pub mod synth;

@@ -5,9 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use mammo_edge::dicom::IngestOptions;
+use mammo_edge::dicom::{IngestOptions, Vendor, View};
 use mammo_edge::inspect::{self, Outputs};
 use mammo_edge::preprocess::PreprocessConfig;
+use mammo_edge::synth::generator::{generate, SynthConfig};
 
 #[derive(Parser)]
 #[command(
@@ -44,6 +45,43 @@ enum Command {
         accept_for_processing: bool,
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+    /// Generate synthetic mammograms (DICOM) with ground truth: masks and manifest.csv.
+    Synth {
+        /// Output folder (images/, masks/, manifest.csv).
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of images (4-view exams: L/R x CC/MLO).
+        #[arg(long, default_value_t = 8)]
+        count: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Comma-separated vendors (default: all styled vendors).
+        #[arg(long, value_delimiter = ',')]
+        vendors: Vec<String>,
+        /// Comma-separated views: CC, MLO.
+        #[arg(long, value_delimiter = ',', default_value = "CC,MLO")]
+        views: Vec<String>,
+        /// Matrix scale (1 = full detector size).
+        #[arg(long, default_value_t = 0.25)]
+        scale: f64,
+        /// Probability that an exam has a malignant finding.
+        #[arg(long, default_value_t = 0.3)]
+        prevalence: f64,
+        /// Probability that a breast has a benign finding.
+        #[arg(long, default_value_t = 0.15)]
+        benign_rate: f64,
+        /// Rate of adjacent-class flips of the density label.
+        #[arg(long, default_value_t = 0.0)]
+        label_noise: f64,
+        /// Compress with the vendor's usual transfer syntax (needs dcmtk and libgdcm-tools).
+        #[arg(long)]
+        compress: bool,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Also write a contact sheet PNG (one tile per vendor and view).
+        #[arg(long, value_name = "PNG")]
+        contact_sheet: Option<PathBuf>,
     },
     /// Generate a four-view phantom exam and run ingest + preprocessing on it (no setup needed).
     Demo {
@@ -123,6 +161,68 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(2)
             })
+        }
+        Command::Synth {
+            out,
+            count,
+            seed,
+            vendors,
+            views,
+            scale,
+            prevalence,
+            benign_rate,
+            label_noise,
+            compress,
+            threads,
+            contact_sheet,
+        } => {
+            let parse_vendor = |v: &String| {
+                serde_json::from_value::<Vendor>(serde_json::Value::String(v.trim().to_lowercase()))
+                    .with_context(|| format!("--vendors: unknown vendor {v:?}"))
+            };
+            let parse_view = |v: &String| match View::from_view_position(v) {
+                Some(v) if v.is_screening() => Ok(v),
+                _ => Err(anyhow::anyhow!("--views: {v:?} is not CC or MLO")),
+            };
+            let defaults = SynthConfig::default();
+            let cfg = SynthConfig {
+                count,
+                seed,
+                vendors: if vendors.is_empty() {
+                    defaults.vendors
+                } else {
+                    vendors
+                        .iter()
+                        .map(parse_vendor)
+                        .collect::<anyhow::Result<_>>()?
+                },
+                views: views
+                    .iter()
+                    .map(parse_view)
+                    .collect::<anyhow::Result<_>>()?,
+                scale,
+                prevalence,
+                benign_rate,
+                label_noise,
+                compress,
+                threads,
+                ..defaults
+            };
+            let t0 = std::time::Instant::now();
+            let rows = generate(&cfg, &out)?;
+            let secs = t0.elapsed().as_secs_f64();
+            eprintln!(
+                "synth: {} images in {:.1} s ({:.2} images/s) -> {}",
+                rows.len(),
+                secs,
+                rows.len() as f64 / secs,
+                out.join("manifest.csv").display()
+            );
+            if let Some(png) = contact_sheet {
+                mammo_edge::synth::sheet::contact_sheet(&out, &rows, &png)?;
+                eprintln!("synth: contact sheet {}", png.display());
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Demo { out, seed, json } => {
             let reports = mammo_edge::demo::run(&out, seed).context("demo failed")?;

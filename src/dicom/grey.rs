@@ -84,7 +84,10 @@ impl SampleFormat {
 
     /// The signed stored value of a masked code (sign extension for PixelRepresentation = 1).
     pub fn code_value(&self, code: u32) -> i32 {
-        if self.signed && code & (1 << (self.bits_stored - 1)) != 0 {
+        if self.signed
+            && (1..32).contains(&self.bits_stored)
+            && code & (1 << (self.bits_stored - 1)) != 0
+        {
             code as i32 - (1i32 << self.bits_stored)
         } else {
             code as i32
@@ -108,6 +111,9 @@ pub struct Lut {
 impl Lut {
     /// Look up one input value.
     pub fn lookup(&self, x: f64) -> f64 {
+        if self.data.is_empty() {
+            return 0.0;
+        }
         let i = (x.floor() as i64 - self.first as i64).clamp(0, self.data.len() as i64 - 1);
         self.data[i as usize] as f64
     }

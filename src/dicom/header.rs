@@ -2,7 +2,7 @@
 //! LUT and VOI attributes (PS3.3 C.11.1, C.11.2). Patient name, ID and birth date are never read.
 
 use dicom_core::value::{PrimitiveValue, Value};
-use dicom_core::Tag;
+use dicom_core::{Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::mem::InMemElement;
@@ -58,6 +58,8 @@ pub struct MammoMeta {
     pub patient_orientation: Option<String>,
     /// PixelSpacing, else ImagerPixelSpacing; `None` when absent or zero (reported, not used).
     pub pixel_spacing: Option<PixelSpacing>,
+    /// Why `pixel_spacing` is `None` (absent, zero, malformed).
+    pub pixel_spacing_note: Option<String>,
     pub accession_number: Option<String>,
     /// BreastImplantPresent (0028,1300) = YES/NO.
     pub breast_implant_present: Option<bool>,
@@ -102,16 +104,27 @@ fn strings(obj: &InMemDicomObject, tag: Tag) -> Vec<String> {
     }
 }
 
+/// Finite numbers of a DS/FD/… attribute; absent, malformed or non-finite ("NaN", "1e999") values
+/// give an empty list (and a warning naming the attribute).
 fn floats(obj: &InMemDicomObject, tag: Tag) -> Vec<f64> {
-    elem(obj, tag)
-        .and_then(|e| e.to_multi_float64().ok())
-        .unwrap_or_default()
+    match elem(obj, tag) {
+        None => Vec::new(),
+        Some(e) => e.to_multi_finite_float64().unwrap_or_else(|_| {
+            log::warn!("attribute {tag} has a malformed or non-finite number; ignored");
+            Vec::new()
+        }),
+    }
 }
 
+/// An unsigned integer attribute; 0 when absent (checked after the acceptance rules, so that a
+/// non-image object is skipped rather than reported as broken).
 fn uint(obj: &InMemDicomObject, tag: Tag, name: &'static str) -> Result<u32, IngestError> {
-    let e = elem(obj, tag).ok_or(IngestError::MissingAttribute(name))?;
-    e.to_int::<u32>()
-        .map_err(|_| IngestError::Inconsistent(format!("{name} is not an unsigned integer")))
+    match elem(obj, tag) {
+        None => Ok(0),
+        Some(e) => e
+            .to_int::<u32>()
+            .map_err(|_| IngestError::Inconsistent(format!("{name} is not an unsigned integer"))),
+    }
 }
 
 fn items(obj: &InMemDicomObject, tag: Tag) -> &[InMemDicomObject] {
@@ -176,21 +189,36 @@ impl MammoMeta {
             }
         }
 
+        let mut pixel_spacing_note = None;
         let pixel_spacing = [
             (tags::PIXEL_SPACING, "PixelSpacing"),
             (tags::IMAGER_PIXEL_SPACING, "ImagerPixelSpacing"),
         ]
         .iter()
         .find_map(|&(tag, source)| {
+            let present = elem(ds, tag).is_some();
             let v = floats(ds, tag);
-            (v.len() == 2 && v[0] > 0.0 && v[1] > 0.0).then(|| PixelSpacing {
-                row_mm: v[0],
-                column_mm: v[1],
-                source,
-            })
+            if v.len() == 2 && v[0] > 0.0 && v[1] > 0.0 {
+                Some(PixelSpacing {
+                    row_mm: v[0],
+                    column_mm: v[1],
+                    source,
+                })
+            } else {
+                if present && pixel_spacing_note.is_none() {
+                    pixel_spacing_note = Some(format!(
+                        "{source} {v:?} is not two positive numbers; not used"
+                    ));
+                }
+                None
+            }
         });
+        if pixel_spacing.is_none() && pixel_spacing_note.is_none() {
+            pixel_spacing_note = Some("no PixelSpacing or ImagerPixelSpacing".into());
+        }
 
-        let bits_allocated = uint(ds, tags::BITS_ALLOCATED, "BitsAllocated")? as u16;
+        let bits_allocated = u16::try_from(uint(ds, tags::BITS_ALLOCATED, "BitsAllocated")?)
+            .map_err(|_| IngestError::Inconsistent("BitsAllocated over 65535".into()))?;
         let bits_stored = elem(ds, tags::BITS_STORED)
             .and_then(|e| e.to_int::<u16>().ok())
             .unwrap_or(bits_allocated);
@@ -223,6 +251,7 @@ impl MammoMeta {
             view_modifiers,
             patient_orientation: string(ds, tags::PATIENT_ORIENTATION),
             pixel_spacing,
+            pixel_spacing_note,
             accession_number: string(ds, tags::ACCESSION_NUMBER),
             breast_implant_present: string(ds, tags::BREAST_IMPLANT_PRESENT)
                 .map(|s| s.eq_ignore_ascii_case("YES")),
@@ -242,7 +271,7 @@ impl MammoMeta {
                 .unwrap_or(1),
             photometric: string(ds, tags::PHOTOMETRIC_INTERPRETATION)
                 .map(|s| s.to_ascii_uppercase())
-                .ok_or(IngestError::MissingAttribute("PhotometricInterpretation"))?,
+                .unwrap_or_default(),
             presentation_lut_shape: string(ds, tags::PRESENTATION_LUT_SHAPE)
                 .map(|s| s.to_ascii_uppercase()),
             number_of_frames,
@@ -258,8 +287,9 @@ impl MammoMeta {
 }
 
 /// LUT Data as unsigned entries, whatever VR it was read with (US, SS, OW as bytes).
-fn lut_data(e: &InMemElement) -> Vec<u16> {
-    match e.value() {
+/// 8-bit entries packed two per OW word (PS3.3 C.11.2.1.1) are unpacked when `declared` asks for them.
+fn lut_data(e: &InMemElement, declared: usize, bits: u16) -> Vec<u16> {
+    let words: Vec<u16> = match e.value() {
         Value::Primitive(PrimitiveValue::U16(v)) => v.to_vec(),
         Value::Primitive(PrimitiveValue::I16(v)) => v.iter().map(|&x| x as u16).collect(),
         Value::Primitive(PrimitiveValue::U8(v)) => v
@@ -273,33 +303,55 @@ fn lut_data(e: &InMemElement) -> Vec<u16> {
             .map(|&x| x as u16)
             .collect(),
         _ => Vec::new(),
+    };
+    if bits <= 8 && words.len() < declared && words.len() * 2 >= declared {
+        return words
+            .iter()
+            .flat_map(|w| [w & 0xff, w >> 8])
+            .take(declared)
+            .collect();
     }
+    words
 }
 
-/// One LUT item (LUTDescriptor + LUTData + LUTExplanation). `signed_input`: PixelRepresentation = 1,
-/// so the descriptor's first mapped value is read as a signed 16-bit number (PS3.3 C.11.1.1.1).
+/// One LUT item (LUTDescriptor + LUTData + LUTExplanation). The descriptor's first value 0 means
+/// 65536 entries; its second (first mapped input) is signed when the descriptor is SS or
+/// `signed_input` says the LUT's input can be negative (PS3.3 C.11.1.1.1, C.11.2.1.1).
 fn read_lut(
     item: &InMemDicomObject,
     which: &'static str,
     signed_input: bool,
 ) -> Result<Lut, IngestError> {
-    let desc = elem(item, tags::LUT_DESCRIPTOR)
-        .and_then(|e| e.to_multi_int::<i64>().ok())
-        .filter(|d| d.len() == 3)
-        .ok_or_else(|| {
-            IngestError::Inconsistent(format!("{which} LUT without a 3-value LUTDescriptor"))
-        })?;
+    let bad = |detail: &str| IngestError::Inconsistent(format!("{which} LUT: {detail}"));
+    let desc_elem = elem(item, tags::LUT_DESCRIPTOR).ok_or_else(|| bad("no LUTDescriptor"))?;
+    let desc: Vec<u16> = match desc_elem.value() {
+        Value::Primitive(PrimitiveValue::I16(v)) => v.iter().map(|&x| x as u16).collect(),
+        Value::Primitive(p) => p
+            .to_multi_int::<i64>()
+            .unwrap_or_default()
+            .iter()
+            .map(|&x| x as u16)
+            .collect(),
+        _ => Vec::new(),
+    };
+    if desc.len() != 3 {
+        return Err(bad("LUTDescriptor does not have 3 values"));
+    }
     let declared = if desc[0] == 0 {
         65536
     } else {
         desc[0] as usize
     };
-    let first = if signed_input && desc[1] > 32767 {
-        desc[1] - 65536
+    let signed = signed_input || desc_elem.vr() == VR::SS;
+    let first = if signed {
+        desc[1] as i16 as i32
     } else {
-        desc[1]
-    } as i32;
-    let data = elem(item, tags::LUT_DATA).map(lut_data).unwrap_or_default();
+        desc[1] as i32
+    };
+    let bits = desc[2].clamp(1, 16);
+    let data = elem(item, tags::LUT_DATA)
+        .map(|e| lut_data(e, declared, bits))
+        .unwrap_or_default();
     if data.len() < declared || data.is_empty() {
         return Err(super::grey::GreyError::BadLut {
             which,
@@ -310,7 +362,7 @@ fn read_lut(
     }
     Ok(Lut {
         first,
-        bits: desc[2].clamp(1, 16) as u16,
+        bits,
         data: data[..declared].to_vec(),
         explanation: string(item, tags::LUT_EXPLANATION).unwrap_or_default(),
     })
@@ -345,21 +397,36 @@ pub fn modality_lut(
 
 /// VOI from the file: VOI LUT Sequence first (its first item), else the first WindowCenter/Width
 /// pair with VOILUTFunction; `None` when the file has neither.
-pub fn voi(obj: &DefaultDicomObject, meta: &MammoMeta) -> Result<Option<Voi>, IngestError> {
+/// `modality_signed`: the Modality LUT output can be negative (PS3.3 C.11.2.1.1: the VOI LUT
+/// Descriptor's first mapped value is then signed).
+pub fn voi(
+    obj: &DefaultDicomObject,
+    meta: &MammoMeta,
+    modality_signed: bool,
+) -> Result<Option<Voi>, IngestError> {
     let ds: &InMemDicomObject = obj;
     let seq = items(ds, tags::VOILUT_SEQUENCE);
-    if let Some(item) = seq.first() {
-        // The VOI LUT input is the modality output, signed when that can be negative.
-        let signed = meta.pixel_representation == 1;
-        return Ok(Some(Voi::Table {
-            lut: read_lut(item, "VOI", signed)?,
-            index: 0,
-            count: seq.len(),
-        }));
-    }
     let centers = floats(ds, tags::WINDOW_CENTER);
     let widths = floats(ds, tags::WINDOW_WIDTH);
-    if centers.is_empty() || widths.is_empty() {
+    let have_window = !centers.is_empty() && !widths.is_empty();
+    if let Some(item) = seq.first() {
+        // The VOI LUT input is the modality output: signed when that can be negative.
+        match read_lut(item, "VOI", modality_signed) {
+            Ok(lut) => {
+                return Ok(Some(Voi::Table {
+                    lut,
+                    index: 0,
+                    count: seq.len(),
+                }))
+            }
+            Err(e) if have_window => log::warn!(
+                "{}: VOI LUT Sequence unusable ({e}); using the window instead",
+                meta.sop_instance_uid
+            ),
+            Err(e) => return Err(e),
+        }
+    }
+    if !have_window {
         return Ok(None);
     }
     let raw = string(ds, tags::VOILUT_FUNCTION);

@@ -159,7 +159,9 @@ impl IngestError {
             OverPixelBudget { .. } => "over_pixel_budget",
             Inconsistent(_) => "inconsistent_header",
             Undecodable(_) => "undecodable",
-            Grey(GreyError::PixelDataTooShort { .. }) => "inconsistent_header",
+            Grey(GreyError::PixelDataTooShort { .. } | GreyError::BadLut { .. }) => {
+                "inconsistent_header"
+            }
             Grey(_) => "unsupported_pixel_format",
         }
     }
@@ -241,31 +243,53 @@ pub fn read_mammogram(path: &Path, opts: &IngestOptions) -> Result<Mammogram, In
 
 /// As [`read_mammogram`], but a rejection also returns the metadata when it could be read
 /// (so a skipped file can still be reported with its vendor, view and transfer syntax).
+///
+/// Order: the header alone is parsed first (up to Pixel Data), the `skipped` rules and the header
+/// checks (transfer syntax, pixel budget, file size) run on it, and only then is the whole file read
+/// and decoded, so an unscorable or oversized file never has its pixel data loaded.
 pub fn read_mammogram_detailed(
     path: &Path,
     opts: &IngestOptions,
 ) -> Result<Mammogram, (Option<Box<MammoMeta>>, IngestError)> {
-    let obj = open(path, opts).map_err(|e| (None, e))?;
-    let meta = MammoMeta::from_object(&obj).map_err(|e| (None, e))?;
-    if let Err(e) = check_acceptance(&meta, opts) {
-        return Err((Some(Box::new(meta)), e));
+    let header = open_header(path).map_err(|e| (None, e))?;
+    let meta = MammoMeta::from_object(&header).map_err(|e| (None, e))?;
+    drop(header);
+    let fail = |meta: &MammoMeta, e| (Some(Box::new(meta.clone())), e);
+    check_acceptance(&meta, opts).map_err(|e| fail(&meta, e))?;
+    check_image_header(&meta, opts).map_err(|e| fail(&meta, e))?;
+    let size = std::fs::metadata(path)
+        .map_err(|e| fail(&meta, e.into()))?
+        .len();
+    if size > opts.max_file_bytes {
+        return Err(fail(
+            &meta,
+            IngestError::FileTooLarge {
+                size,
+                limit: opts.max_file_bytes,
+            },
+        ));
     }
+    let obj = open(path).map_err(|e| fail(&meta, e))?;
     let keep = meta.clone();
-    decode(&obj, meta, opts).map_err(|e| (Some(Box::new(keep)), e))
+    decode(&obj, meta).map_err(|e| (Some(Box::new(keep)), e))
 }
 
-/// Parse a file (header and pixel data), with the file-size limit and a classification of parse
-/// failures (not DICOM / truncated / damaged).
-pub fn open(path: &Path, opts: &IngestOptions) -> Result<DefaultDicomObject, IngestError> {
+/// Parse the whole file (header and pixel data). No size or acceptance checks: callers that read
+/// untrusted input use [`read_mammogram`].
+pub fn open(path: &Path) -> Result<DefaultDicomObject, IngestError> {
+    parse(path, OpenFileOptions::new())
+}
+
+/// Parse the file meta group and the data set up to (not including) Pixel Data.
+pub fn open_header(path: &Path) -> Result<DefaultDicomObject, IngestError> {
+    parse(path, OpenFileOptions::new().read_until(tags::PIXEL_DATA))
+}
+
+/// Parse with a classification of failures: empty / not DICOM / truncated / damaged.
+fn parse(path: &Path, options: OpenFileOptions) -> Result<DefaultDicomObject, IngestError> {
     let size = std::fs::metadata(path)?.len();
     if size == 0 {
         return Err(IngestError::Empty);
-    }
-    if size > opts.max_file_bytes {
-        return Err(IngestError::FileTooLarge {
-            size,
-            limit: opts.max_file_bytes,
-        });
     }
     let mut head = [0u8; 132];
     let n = {
@@ -282,7 +306,7 @@ pub fn open(path: &Path, opts: &IngestOptions) -> Result<DefaultDicomObject, Ing
         n
     };
     let has_magic = n == 132 && &head[128..132] == b"DICM" || head.starts_with(b"DICM");
-    match OpenFileOptions::new().open_file(path) {
+    match options.open_file(path) {
         Ok(obj) => Ok(obj),
         Err(e) => {
             let detail = error_chain(&e);
@@ -334,13 +358,6 @@ pub fn check_acceptance(meta: &MammoMeta, opts: &IngestOptions) -> Result<(), In
             sop_class: sop.to_string(),
         });
     }
-    let mono = matches!(meta.photometric.as_str(), "MONOCHROME1" | "MONOCHROME2");
-    if meta.samples_per_pixel != 1 || !mono {
-        return Err(IngestError::Colour {
-            photometric: meta.photometric.clone(),
-            samples: meta.samples_per_pixel,
-        });
-    }
     let any = opts.accept_modalities.iter().any(|m| m == "*");
     let mammo_sop = sop == sop::MG_PRESENTATION || sop == sop::MG_PROCESSING;
     let xray_sop = mammo_sop || [sop::DX_PRESENTATION, sop::DX_PROCESSING, sop::CR].contains(&sop);
@@ -359,6 +376,13 @@ pub fn check_acceptance(meta: &MammoMeta, opts: &IngestOptions) -> Result<(), In
         return Err(IngestError::NotMammogram {
             modality: meta.modality.clone().unwrap_or_else(|| "(absent)".into()),
             sop_class: sop.to_string(),
+        });
+    }
+    let mono = matches!(meta.photometric.as_str(), "MONOCHROME1" | "MONOCHROME2");
+    if meta.samples_per_pixel != 1 || (!mono && !meta.photometric.is_empty()) {
+        return Err(IngestError::Colour {
+            photometric: meta.photometric.clone(),
+            samples: meta.samples_per_pixel,
         });
     }
     if meta.is_for_processing() && !opts.accept_for_processing {
@@ -400,11 +424,21 @@ fn transfer_syntax_supported(uid: &str) -> bool {
     )
 }
 
-fn check_pixel_layout(
-    obj: &DefaultDicomObject,
-    meta: &MammoMeta,
-    opts: &IngestOptions,
-) -> Result<(), IngestError> {
+/// Checks on the image attributes before any pixel is read: required attributes present, transfer
+/// syntax decodable, layout consistent, decoded size within the pixel budget.
+pub fn check_image_header(meta: &MammoMeta, opts: &IngestOptions) -> Result<(), IngestError> {
+    if meta.photometric.is_empty() {
+        return Err(IngestError::MissingAttribute("PhotometricInterpretation"));
+    }
+    for (v, name) in [
+        (meta.rows, "Rows"),
+        (meta.columns, "Columns"),
+        (meta.bits_allocated as u32, "BitsAllocated"),
+    ] {
+        if v == 0 {
+            return Err(IngestError::MissingAttribute(name));
+        }
+    }
     let ts_uid = meta.transfer_syntax.as_str();
     if ts_uid == ts::JPEG_EXTENDED && meta.bits_stored > 8 {
         return Err(IngestError::LossyJpeg12Bit);
@@ -421,11 +455,7 @@ fn check_pixel_layout(
             meta.pixel_representation
         )));
     }
-    let bytes = meta.rows as u64
-        * meta.columns as u64
-        * meta.number_of_frames.max(1) as u64
-        * meta.samples_per_pixel as u64
-        * (meta.bits_allocated as u64).div_ceil(8);
+    let bytes = decoded_bytes(meta);
     if bytes > opts.max_pixel_bytes {
         return Err(IngestError::OverPixelBudget {
             bytes,
@@ -436,6 +466,25 @@ fn check_pixel_layout(
             limit: opts.max_pixel_bytes,
         });
     }
+    Ok(())
+}
+
+/// Rows × Columns × frames × samples × ⌈BitsAllocated / 8⌉, saturating (never overflows).
+fn decoded_bytes(meta: &MammoMeta) -> u64 {
+    [
+        meta.rows as u64,
+        meta.columns as u64,
+        meta.number_of_frames.max(1) as u64,
+        meta.samples_per_pixel as u64,
+        (meta.bits_allocated as u64).div_ceil(8),
+    ]
+    .iter()
+    .fold(1u64, |acc, &v| acc.saturating_mul(v))
+}
+
+/// Checks on the pixel data itself, before decoding: present, native length, codestream vs header.
+fn check_pixel_data(obj: &DefaultDicomObject, meta: &MammoMeta) -> Result<(), IngestError> {
+    let bytes = decoded_bytes(meta);
     let px = obj
         .element_opt(tags::PIXEL_DATA)
         .ok()
@@ -507,12 +556,8 @@ fn check_codestream(fragment: &[u8], meta: &MammoMeta) -> Result<(), IngestError
 }
 
 /// Decompress and run the grey-level pipeline.
-fn decode(
-    obj: &DefaultDicomObject,
-    meta: MammoMeta,
-    opts: &IngestOptions,
-) -> Result<Mammogram, IngestError> {
-    check_pixel_layout(obj, &meta, opts)?;
+fn decode(obj: &DefaultDicomObject, meta: MammoMeta) -> Result<Mammogram, IngestError> {
+    check_pixel_data(obj, &meta)?;
     let format = SampleFormat {
         bits_allocated: meta.bits_allocated,
         bits_stored: meta.bits_stored,
@@ -555,7 +600,7 @@ fn decode(
             source: RangeSource::Percentile,
         }
     } else {
-        header::voi(obj, &meta)?.unwrap_or(Voi::Range {
+        header::voi(obj, &meta, modality_min < 0.0)?.unwrap_or(Voi::Range {
             lo: modality_min,
             hi: modality_max,
             source: RangeSource::MinMax,
