@@ -66,7 +66,8 @@ pub struct ManifestRow {
     pub cancer: Option<bool>,
     /// No finding at all (0/1).
     pub normal: Option<bool>,
-    /// Dense-tissue mask (PNG, 255 = dense), relative to the manifest's folder.
+    /// Dense-tissue mask (PNG: 255 = dense tissue, 128 = other breast tissue, 0 = outside the
+    /// breast), relative to the manifest's folder.
     pub mask_path: Option<String>,
     pub split: Split,
     /// Extra columns after the standard ones, `(name, value)`, same names in every row.

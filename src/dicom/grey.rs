@@ -176,10 +176,13 @@ impl VoiLutFunction {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Voi {
     /// VOI LUT Sequence (0028,3010): `index` of `count` items used.
+    /// VOI LUT Sequence (0028,3010): `index` of `count` items used; `scale` = the LUT's
+    /// [`Lut::full_scale`], computed once.
     Table {
         lut: Lut,
         index: usize,
         count: usize,
+        scale: f64,
     },
     /// WindowCenter / WindowWidth pair `index` of `count`, with its VOILUTFunction.
     Window {
@@ -210,7 +213,7 @@ impl Voi {
     /// Map a modality value to [0, 1].
     pub fn apply(&self, x: f64) -> f64 {
         match self {
-            Voi::Table { lut, .. } => lut.lookup(x) / lut.full_scale().max(1.0),
+            Voi::Table { lut, scale, .. } => lut.lookup(x) / scale.max(1.0),
             Voi::Window {
                 center,
                 width,
@@ -231,7 +234,9 @@ impl Voi {
 impl fmt::Display for Voi {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Voi::Table { lut, index, count } => write!(
+            Voi::Table {
+                lut, index, count, ..
+            } => write!(
                 f,
                 "VOI LUT Sequence item {} of {count} ({:?}, {} entries from {}, {} bit)",
                 index + 1,

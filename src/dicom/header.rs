@@ -414,6 +414,7 @@ pub fn voi(
         match read_lut(item, "VOI", modality_signed) {
             Ok(lut) => {
                 return Ok(Some(Voi::Table {
+                    scale: lut.full_scale(),
                     lut,
                     index: 0,
                     count: seq.len(),

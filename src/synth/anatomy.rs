@@ -156,8 +156,7 @@ pub fn render(p: &BreastParams, width: usize, height: usize, spacing_mm: f32) ->
     let mut score = vec![f32::NEG_INFINITY; n];
     let mut rho = vec![0f32; n];
     let skin_px = px(1.5).max(1.0);
-    for y in 0..h {
-        let ex = edge[y];
+    for (y, &ex) in edge.iter().enumerate() {
         let fy = y as f32 + 0.5;
         let rv = (fy - cy) / b;
         for x in 0..w {
@@ -192,7 +191,7 @@ pub fn render(p: &BreastParams, width: usize, height: usize, spacing_mm: f32) ->
 
     // Pass 2: grey levels.
     let mut grey = vec![0f32; n];
-    for y in 0..h {
+    for (y, &ex) in edge.iter().enumerate() {
         let fy = y as f32 + 0.5;
         for x in 0..w {
             let fx = x as f32 + 0.5;
@@ -211,7 +210,7 @@ pub fn render(p: &BreastParams, width: usize, height: usize, spacing_mm: f32) ->
                 };
                 let mut g = (0.30 + 0.05 * t) * (0.45 + 0.55 * thickness);
                 g += ds * (0.2 + 0.06 * core + 0.06 * t) * (0.6 + 0.4 * thickness);
-                if edge[y] - fx < skin_px {
+                if ex - fx < skin_px {
                     g += 0.05;
                 }
                 grey[i] = g;

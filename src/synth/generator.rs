@@ -105,6 +105,11 @@ impl SynthConfig {
     }
 }
 
+/// Mask PNG levels: dense (fibroglandular) tissue, other breast tissue; 0 = outside the breast
+/// (air, pectoral muscle). Percent density = count(255) / count(≥ 128) × 100.
+pub const MASK_DENSE: u8 = 255;
+pub const MASK_BREAST: u8 = 128;
+
 /// One planned exam: a woman, her breast composition and findings, the vendor.
 #[derive(Debug, Clone)]
 struct ExamPlan {
@@ -154,7 +159,7 @@ fn lesion(rng: &mut SplitMix64, kind: LesionKind) -> Lesion {
 fn plan(cfg: &SynthConfig) -> Vec<ExamPlan> {
     let per_exam = 2 * cfg.views.len();
     let exams = cfg.count.div_ceil(per_exam);
-    let mut rng = SplitMix64::new(cfg.seed ^ 0x5eed_0f_e8a5);
+    let mut rng = SplitMix64::new(cfg.seed ^ 0x005e_ed0f_e8a5);
     (0..exams)
         .map(|i| {
             let vendor = cfg.vendors
@@ -365,7 +370,15 @@ fn render_one(
     let mask: ImageBuffer<Luma<u8>, Vec<u8>> = ImageBuffer::from_raw(
         cols as u32,
         rows as u32,
-        a.dense.iter().map(|&d| d * 255).collect(),
+        a.dense
+            .iter()
+            .zip(&a.breast)
+            .map(|(&d, &b)| match (d, b) {
+                (1, _) => MASK_DENSE,
+                (_, 1) => MASK_BREAST,
+                _ => 0,
+            })
+            .collect(),
     )
     .expect("mask size");
     let mask_path = out.join(&mask_rel);
@@ -378,7 +391,7 @@ fn render_one(
     let density_label = noisy_density(
         e.density,
         cfg.label_noise,
-        &mut SplitMix64::new(image_seed ^ 0xd15a_9ee),
+        &mut SplitMix64::new(image_seed ^ 0x0d15_a9ee),
     );
     let f0 = e.findings[side].first();
     let bbox = a.finding_boxes.first();

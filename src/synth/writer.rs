@@ -311,9 +311,10 @@ impl DicomSpec {
                         ),
                     ));
                     s(&mut item, tags::LUT_EXPLANATION, VR::LO, &l.explanation);
+                    // OW: a 65536-entry table does not fit the 16-bit length of explicit-VR US
                     item.put(InMemElement::new(
                         tags::LUT_DATA,
-                        VR::US,
+                        VR::OW,
                         PrimitiveValue::U16(l.data.iter().copied().collect()),
                     ));
                     item

@@ -3,7 +3,9 @@
 
 mod cli;
 mod codecs;
+mod grey_pipeline;
 mod real_data;
 mod rejections;
 mod reported_cases;
+mod synth;
 mod util;

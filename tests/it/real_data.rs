@@ -216,7 +216,11 @@ fn broken_and_unscorable_files_are_rejected_with_their_reason() {
             "multi_frame",
             Category::Skipped,
         ),
-        ("mr_truncated_pixeldata.dcm", "not_mammogram", Category::Skipped),
+        (
+            "mr_truncated_pixeldata.dcm",
+            "not_mammogram",
+            Category::Skipped,
+        ),
         ("ct_no_meta_no_preamble.dcm", "not_dicom", Category::Error),
     ];
     for (n, code, cat) in cases {
@@ -229,5 +233,9 @@ fn broken_and_unscorable_files_are_rejected_with_their_reason() {
         &file(&dir, "dicom-misc", "mr_truncated_pixeldata.dcm"),
         &IngestOptions::any_image(),
     );
-    assert_eq!((e.code(), e.category()), ("truncated", Category::Error), "{e}");
+    assert_eq!(
+        (e.code(), e.category()),
+        ("truncated", Category::Error),
+        "{e}"
+    );
 }

@@ -370,3 +370,126 @@ fn codestream_size_disagrees_with_rows_columns() {
         "codestream is 100x120",
     );
 }
+
+#[test]
+fn non_image_object_is_skipped_not_broken() {
+    // A Basic Text SR: no Rows, no pixel attributes at all.
+    let d = tmp();
+    let mut o = obj();
+    for t in [
+        tags::ROWS,
+        tags::COLUMNS,
+        tags::BITS_ALLOCATED,
+        tags::BITS_STORED,
+        tags::HIGH_BIT,
+        tags::PIXEL_REPRESENTATION,
+        tags::SAMPLES_PER_PIXEL,
+        tags::PHOTOMETRIC_INTERPRETATION,
+        tags::PIXEL_DATA,
+    ] {
+        o.remove_element(t);
+    }
+    put_str(&mut o, tags::MODALITY, VR::CS, "SR");
+    put_str(
+        &mut o,
+        tags::SOP_CLASS_UID,
+        VR::UI,
+        "1.2.840.10008.5.1.4.1.1.88.11",
+    );
+    let p = save(&o, d.path(), "sr.dcm");
+    assert_reason(
+        &reject(&p),
+        "not_mammogram",
+        Category::Skipped,
+        "Modality SR",
+    );
+}
+
+#[test]
+fn mammogram_without_rows_or_with_zero_rows() {
+    let d = tmp();
+    let mut o = obj();
+    o.remove_element(tags::ROWS);
+    let p = save(&o, d.path(), "norows.dcm");
+    assert_reason(&reject(&p), "missing_attribute", Category::Error, "Rows");
+    put_us(&mut o, tags::ROWS, 0);
+    let p = save(&o, d.path(), "zerorows.dcm");
+    assert_reason(&reject(&p), "missing_attribute", Category::Error, "Rows");
+}
+
+#[test]
+fn bits_allocated_32_is_an_unsupported_pixel_format() {
+    let d = tmp();
+    let mut o = obj();
+    put_us(&mut o, tags::BITS_ALLOCATED, 32);
+    let px: Vec<u16> = vec![100; 2 * 120 * 100];
+    o.put(InMemElement::new(
+        tags::PIXEL_DATA,
+        VR::OW,
+        PrimitiveValue::U16(px.into()),
+    ));
+    let p = save(&o, d.path(), "ba32.dcm");
+    assert_reason(
+        &reject(&p),
+        "unsupported_pixel_format",
+        Category::Error,
+        "BitsAllocated 32",
+    );
+}
+
+#[test]
+fn file_over_the_size_limit() {
+    let d = tmp();
+    let p = save(&obj(), d.path(), "big.dcm");
+    let opts = IngestOptions {
+        max_file_bytes: 1000,
+        ..Default::default()
+    };
+    assert_reason(
+        &reject_with(&p, &opts),
+        "file_too_large",
+        Category::Error,
+        "exceeds the limit",
+    );
+}
+
+#[test]
+fn corrupt_jpeg2000_codestream_is_undecodable_not_a_crash() {
+    let d = tmp();
+    let src = save(&obj(), d.path(), "src.dcm");
+    let j2k = d.path().join("j2k.dcm");
+    encode(Codec::J2kLossless, &src, &j2k);
+    let mut o = open_file(&j2k).unwrap();
+    let mut frag = o.element(tags::PIXEL_DATA).unwrap().fragments().unwrap()[0].clone();
+    // keep the main header (SIZ says 100x120), destroy the tile data
+    let keep = 120.min(frag.len());
+    let n = frag.len();
+    frag.truncate(keep);
+    frag.resize(n, 0x5a);
+    o.put(InMemElement::new(
+        tags::PIXEL_DATA,
+        VR::OB,
+        PixelFragmentSequence::new(Vec::<u32>::new(), vec![frag]),
+    ));
+    let p = save(&o, d.path(), "corrupt.dcm");
+    assert_reason(&reject(&p), "undecodable", Category::Error, "undecodable");
+}
+
+#[test]
+fn twelve_bit_extended_jpeg_under_a_baseline_label_is_found_in_the_codestream() {
+    let d = tmp();
+    let src = save(&obj(), d.path(), "src.dcm");
+    let jpeg = d.path().join("jpeg12.dcm");
+    encode(Codec::JpegExtended12, &src, &jpeg);
+    let mut o = open_file(&jpeg).unwrap();
+    relabel(&mut o, ts::JPEG_BASELINE);
+    put_us(&mut o, tags::BITS_STORED, 8);
+    put_us(&mut o, tags::HIGH_BIT, 7);
+    let p = save(&o, d.path(), "mislabelled.dcm");
+    assert_reason(
+        &reject(&p),
+        "lossy_jpeg_12bit",
+        Category::Error,
+        "12-bit lossy JPEG (process 4)",
+    );
+}
