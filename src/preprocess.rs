@@ -2,7 +2,8 @@
 //! input `[1, H, W]` plus the [`Geometry`] that maps model pixels back to source pixels.
 //!
 //! Steps (version [`PREPROCESS_VERSION`]): area-downsample to a small segmentation grid → threshold
-//! (half-way between the background level and Otsu's threshold) → 3×3 opening → largest
+//! a quarter of the way from the background level (histogram mode below Otsu's threshold) to Otsu's
+//! threshold → clear flat bright bands along the edges (collimation borders) → 3×3 opening → largest
 //! 4-connected component = breast (drops burned-in labels, lead markers and line artefacts) →
 //! bounding box + margin in source pixels → chest-wall side from the image (the side the breast
 //! touches), else from laterality → area resize of the crop (fast_image_resize, box filter) to fit
@@ -120,7 +121,9 @@ pub enum Side {
 }
 
 /// How model pixels relate to source pixels. Source `(x, y)` inside the crop maps to model
-/// `(offset_x + (x − x0)·scale, offset_y + (y − y0)·scale)`, then mirrored (`W − 1 − x`) when `flipped`.
+/// `(offset_x + (x − x0)·scale, offset_y + (y − y0)·scale)`; when `flipped`, the x coordinate is then
+/// mirrored within the resized crop: `x ↦ offset_x + resized_width − 1 − (x − offset_x)` (the crop
+/// stays at the left edge, so the chest wall is at model x = 0 either way).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Geometry {
     /// Breast crop in source pixels.
@@ -337,15 +340,54 @@ fn otsu(values: &[f32]) -> f32 {
 }
 
 fn segment(small: &[f32], w: usize, h: usize) -> Segmentation {
+    // Background = the histogram mode below Otsu's threshold (air is a narrow, tall peak; fat is
+    // broad); the breast is everything clearly above it. Otsu alone can split fat from dense
+    // tissue when the air is not black.
     let t_otsu = otsu(small);
-    let below: Vec<f32> = small.iter().copied().filter(|&v| v < t_otsu).collect();
-    let bg = if below.is_empty() {
-        0.0
-    } else {
-        below.iter().sum::<f32>() / below.len() as f32
+    let mut hist = [0usize; 256];
+    for &v in small {
+        hist[((v.clamp(0.0, 1.0) * 255.0).round()) as usize] += 1;
+    }
+    let top = ((t_otsu * 255.0) as usize).clamp(1, 255);
+    let mode = (0..top)
+        .max_by_key(|&b| (hist[b], std::cmp::Reverse(b)))
+        .unwrap_or(0);
+    let bg = mode as f32 / 255.0;
+    let t = bg + (0.25 * (t_otsu - bg)).max(0.02);
+    let mut mask: Vec<bool> = small.iter().map(|&v| v > t).collect();
+    // Collimation borders: flat bright bands along the image edges spanning (almost) a whole row or
+    // column. Tissue is never flat, so a line is cleared only when it is over 90 % foreground and
+    // its values vary little; clearing proceeds inwards from each edge and stops at the first line
+    // that is not such a band.
+    let flat_band = |vals: &mut dyn Iterator<Item = f32>, len: usize| {
+        let v: Vec<f32> = vals.collect();
+        let fg = v.iter().filter(|&&x| x > t).count();
+        let mean = v.iter().sum::<f32>() / len as f32;
+        let sd = (v.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / len as f32).sqrt();
+        fg * 10 > 9 * len && sd < 0.03
     };
-    let t = bg + 0.5 * (t_otsu - bg);
-    let mask: Vec<bool> = small.iter().map(|&v| v > t).collect();
+    let row_is_band = |y: usize| flat_band(&mut small[y * w..(y + 1) * w].iter().copied(), w);
+    let col_is_band = |x: usize| flat_band(&mut (0..h).map(|y| small[y * w + x]), h);
+    let mut clear_rows = Vec::new();
+    let mut clear_cols = Vec::new();
+    for ys in [
+        Box::new(0..h) as Box<dyn Iterator<Item = usize>>,
+        Box::new((0..h).rev()),
+    ] {
+        clear_rows.extend(ys.take(h / 8).take_while(|&y| row_is_band(y)));
+    }
+    for xs in [
+        Box::new(0..w) as Box<dyn Iterator<Item = usize>>,
+        Box::new((0..w).rev()),
+    ] {
+        clear_cols.extend(xs.take(w / 8).take_while(|&x| col_is_band(x)));
+    }
+    for y in clear_rows {
+        mask[y * w..(y + 1) * w].iter_mut().for_each(|m| *m = false);
+    }
+    for x in clear_cols {
+        (0..h).for_each(|y| mask[y * w + x] = false);
+    }
     let mask = dilate(&erode(&mask, w, h), w, h);
     let (label, count) = largest_component(&mask, w, h);
     if count == 0 {

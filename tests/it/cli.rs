@@ -45,8 +45,26 @@ fn demo_runs_on_a_fresh_folder() {
         })
         .collect();
     assert_eq!(views, ["LCC", "LMLO", "RCC", "RMLO"]);
-    for name in ["L_CC", "R_MLO"] {
-        let png = image::open(d.path().join("preview").join(format!("{name}.png"))).unwrap();
+    let studies: std::collections::HashSet<_> = lines
+        .iter()
+        .map(|l| {
+            l["file"]
+                .as_str()
+                .unwrap()
+                .split('_')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(studies.len(), 1, "one woman, one exam: {studies:?}");
+    let previews: Vec<_> = std::fs::read_dir(d.path().join("preview"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(previews.len(), 4);
+    for p in previews {
+        let png = image::open(&p).unwrap();
         assert_eq!((png.width(), png.height()), (320, 512));
     }
 }

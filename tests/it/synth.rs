@@ -375,3 +375,56 @@ fn a_500_image_set_follows_its_configuration() {
         assert!((a - b).abs() <= 1);
     }
 }
+
+#[test]
+fn preprocessing_crop_keeps_the_whole_breast_for_every_vendor_and_view() {
+    use mammo_edge::preprocess::{preprocess, PreprocessConfig};
+    for vendor in styled_vendors() {
+        let d = tmp();
+        let cfg = SynthConfig {
+            vendors: vec![vendor],
+            density_weights: [0.0, 0.0, 0.0, 1.0],
+            ..small(8, 17)
+        };
+        let gen = generate(&cfg, d.path()).unwrap();
+        for g in &gen {
+            let m = read(&d.path().join(&g.row.path));
+            let p = preprocess(&m, &PreprocessConfig::default()).unwrap();
+            let mask = image::open(d.path().join(g.row.mask_path.as_ref().unwrap()))
+                .unwrap()
+                .into_luma8();
+            let (mut x0, mut y0, mut x1, mut y1) = (u32::MAX, u32::MAX, 0, 0);
+            for (x, y, px) in mask.enumerate_pixels() {
+                if px.0[0] >= MASK_BREAST {
+                    x0 = x0.min(x);
+                    y0 = y0.min(y);
+                    x1 = x1.max(x + 1);
+                    y1 = y1.max(y + 1);
+                }
+            }
+            let c = p.geometry.crop;
+            let slack = (m.image.width.max(m.image.height) / 50) as u32;
+            assert!(
+                c.x0 as u32 <= x0 + slack
+                    && c.x1 as u32 + slack >= x1
+                    && c.y0 as u32 <= y0 + slack
+                    && c.y1 as u32 + slack >= y1,
+                "{vendor} {}: crop {c:?} misses breast [{x0}, {x1}) x [{y0}, {y1})",
+                g.row.path
+            );
+            let area = (c.width() * c.height()) as f64;
+            let breast_box = ((x1 - x0) * (y1 - y0)) as f64;
+            assert!(
+                area < 1.3 * breast_box,
+                "{vendor} {}: crop {c:?} much larger than the breast",
+                g.row.path
+            );
+            assert_eq!(
+                p.geometry.flipped,
+                g.row.laterality == Some(Laterality::R),
+                "{}",
+                g.row.path
+            );
+        }
+    }
+}
