@@ -140,14 +140,14 @@ impl Report {
         let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
         if self.status == "accepted" {
             format!(
-                "{}: accepted | {} {} {} | {} | {}x{} {} bit {} | VOI {} | grey min {:.3} max {:.3} mean {:.3} | crop {} flip {}{} | {:.0} ms",
+                "{}: accepted | {} {} {} | {} | {} rows x {} cols, {} bit {} | voi: {} | grey min {:.3} max {:.3} mean {:.3} | crop {} flip {}{} | {:.0} ms",
                 self.file,
                 opt(self.vendor.map(|v| v.to_string())),
                 opt(self.laterality.map(|l| l.to_string())),
                 opt(self.view.map(|v| v.to_string())),
                 opt(self.transfer_syntax_name.clone()),
-                self.columns.unwrap_or(0),
                 self.rows.unwrap_or(0),
+                self.columns.unwrap_or(0),
                 self.bits_stored.unwrap_or(0),
                 opt(self.photometric.clone()),
                 opt(self.voi.clone()),
@@ -161,7 +161,7 @@ impl Report {
             )
         } else {
             format!(
-                "{}: rejected ({}) {} | {} {} {}",
+                "{}: rejected ({}) {} | vendor {}, modality {}, {}",
                 self.file,
                 match self.category {
                     Some(Category::Skipped) => "skipped",
@@ -209,11 +209,11 @@ pub fn inspect_file(
             r.inverted = Some(m.grey.inverted);
             r.stats = Some(m.image.stats());
             r.modality_range = Some([m.grey.modality_min, m.grey.modality_max]);
-            r.decode_ms = Some(m.grey.decode_ms);
-            r.grey_ms = Some(m.grey.grey_ms);
+            r.decode_ms = Some(round2(m.grey.decode_ms));
+            r.grey_ms = Some(round2(m.grey.grey_ms));
             let t1 = Instant::now();
             let p = preprocess::preprocess(&m, cfg)?;
-            r.preprocess_ms = Some(t1.elapsed().as_secs_f64() * 1e3);
+            r.preprocess_ms = Some(round2(t1.elapsed().as_secs_f64() * 1e3));
             r.crop = Some(p.geometry.crop);
             r.flipped = Some(p.geometry.flipped);
             r.chest_wall = Some(p.geometry.chest_wall);
@@ -230,8 +230,13 @@ pub fn inspect_file(
             }
         }
     }
-    r.total_ms = t0.elapsed().as_secs_f64() * 1e3;
+    r.total_ms = round2(t0.elapsed().as_secs_f64() * 1e3);
     Ok(r)
+}
+
+/// Milliseconds to two decimals (no float noise in JSON).
+fn round2(ms: f64) -> f64 {
+    (ms * 100.0).round() / 100.0
 }
 
 fn write_err(path: &Path, e: impl ToString) -> InspectError {

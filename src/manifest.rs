@@ -29,8 +29,8 @@ pub const COLUMNS: [&str; 12] = [
 /// Errors reading or writing a manifest; messages name the line and column.
 #[derive(Debug, Error)]
 pub enum ManifestError {
-    #[error("{path}: {source}")]
-    Csv { path: String, source: csv::Error },
+    #[error("{path}: {error}")]
+    Csv { path: String, error: csv::Error },
     #[error("{path}: header must start with {expected}, found {found}")]
     Header {
         path: String,
@@ -85,9 +85,9 @@ fn bit(v: Option<bool>) -> String {
 
 /// Write rows to `path` (standard header + the first row's extra column names).
 pub fn write(path: &Path, rows: &[ManifestRow]) -> Result<(), ManifestError> {
-    let err = |source| ManifestError::Csv {
+    let err = |error| ManifestError::Csv {
         path: path.display().to_string(),
-        source,
+        error,
     };
     let mut w = csv::Writer::from_path(path).map_err(err)?;
     let extra: Vec<String> = rows
@@ -130,9 +130,9 @@ pub fn write(path: &Path, rows: &[ManifestRow]) -> Result<(), ManifestError> {
 /// Read a manifest; checks the header and every standard cell.
 pub fn read(path: &Path) -> Result<Vec<ManifestRow>, ManifestError> {
     let p = path.display().to_string();
-    let err = |source| ManifestError::Csv {
+    let err = |error| ManifestError::Csv {
         path: p.clone(),
-        source,
+        error,
     };
     let mut r = csv::Reader::from_path(path).map_err(err)?;
     let header: Vec<String> = r.headers().map_err(err)?.iter().map(String::from).collect();
@@ -167,9 +167,14 @@ pub fn read(path: &Path) -> Result<Vec<ManifestRow>, ManifestError> {
         let view = match cell(4) {
             "" => None,
             v => Some(
-                View::from_view_position(v)
-                    .filter(|v| *v != View::Other || v.as_str() == "other")
-                    .ok_or_else(|| bad("view", format!("invalid value {v:?}")))?,
+                serde_json::from_value::<View>(serde_json::Value::String(v.to_string())).map_err(
+                    |_| {
+                        bad(
+                            "view",
+                            format!("{v:?} is not CC, MLO, ML, LM, XCCL or other"),
+                        )
+                    },
+                )?,
             ),
         };
         let vendor = match cell(5) {
@@ -237,4 +242,42 @@ pub fn read(path: &Path) -> Result<Vec<ManifestRow>, ManifestError> {
         });
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_errors_name_line_and_column() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("m.csv");
+        let row = ManifestRow {
+            path: "a.dcm".into(),
+            patient_id: "P1".into(),
+            study_uid: "1.2.3".into(),
+            laterality: Some(Laterality::L),
+            view: Some(View::MLO),
+            vendor: Some(Vendor::ImsGiotto),
+            density: Some(Density::C),
+            percent_density: Some(55.5),
+            cancer: Some(true),
+            normal: None,
+            mask_path: None,
+            split: Split::Val,
+            extra: vec![("note".into(), "x".into())],
+        };
+        write(&p, std::slice::from_ref(&row)).unwrap();
+        assert_eq!(read(&p).unwrap(), vec![row]);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.starts_with(&COLUMNS.join(",")));
+        std::fs::write(&p, text.replace(",C,", ",E,")).unwrap();
+        let e = read(&p).unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("density"), "{e}");
+        std::fs::write(&p, "path,patient\na,b\n").unwrap();
+        assert!(read(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("header must start with"));
+    }
 }

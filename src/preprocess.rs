@@ -299,6 +299,53 @@ pub fn preprocess_image(
     })
 }
 
+/// Map a per-pixel map of the source image (e.g. a dense-tissue mask, values in [0, 1],
+/// `[height, width]` row-major like the image) into model space with the same crop, resize, flip
+/// and placement as [`preprocess`] gave the image: output `[cfg.height, cfg.width]`, 0 outside the
+/// resized crop, not normalised. This is how ground-truth masks follow their image.
+pub fn warp(
+    values: &[f32],
+    width: usize,
+    height: usize,
+    g: &Geometry,
+    cfg: &PreprocessConfig,
+) -> Result<Vec<f32>, PreprocessError> {
+    if values.len() < width * height || g.crop.x1 > width || g.crop.y1 > height {
+        return Err(PreprocessError::EmptyImage { width, height });
+    }
+    let src = ImageRef::new(
+        width as u32,
+        height as u32,
+        bytemuck::cast_slice(&values[..width * height]),
+        PixelType::F32,
+    )
+    .map_err(|e| PreprocessError::Resize(e.to_string()))?;
+    let (rw, rh) = (g.resized_width, g.resized_height);
+    let mut resized = Image::new(rw as u32, rh as u32, PixelType::F32);
+    let opts = ResizeOptions::new()
+        .resize_alg(ResizeAlg::Convolution(FilterType::Box))
+        .crop(
+            g.crop.x0 as f64,
+            g.crop.y0 as f64,
+            g.crop.width() as f64,
+            g.crop.height() as f64,
+        );
+    Resizer::new()
+        .resize(&src, &mut resized, &opts)
+        .map_err(|e| PreprocessError::Resize(e.to_string()))?;
+    let resized: &[f32] = bytemuck::cast_slice(resized.buffer());
+    let (h, w) = (cfg.height, cfg.width);
+    let mut out = vec![0f32; h * w];
+    for y in 0..rh.min(h - g.offset_y) {
+        let row = &resized[y * rw..(y + 1) * rw];
+        for x in 0..rw.min(w) {
+            let v = if g.flipped { row[rw - 1 - x] } else { row[x] };
+            out[(g.offset_y + y) * w + g.offset_x + x] = v;
+        }
+    }
+    Ok(out)
+}
+
 /// Result of segmenting the small grid.
 struct Segmentation {
     /// Bounding box `[x0, x1) × [y0, y1)` of the breast on the grid (whole grid when nothing found).

@@ -1,20 +1,25 @@
-//! mammo-edge: the edge appliance's command line (inspect files, run the demo).
+//! mammo-edge: the edge appliance's command line (inspect files, generate phantoms, run the demo).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use mammo_edge::dicom::{IngestOptions, Vendor, View};
 use mammo_edge::inspect::{self, Outputs};
 use mammo_edge::preprocess::PreprocessConfig;
-use mammo_edge::synth::generator::{generate, SynthConfig};
+use mammo_edge::synth::generator::{generate, image_count, SynthConfig};
+use mammo_edge::synth::style::styled_vendors;
+
+/// Exit status of `inspect` when some inputs were rejected (each still reported). 2 is clap's usage error.
+const EXIT_REJECTED: u8 = 3;
 
 #[derive(Parser)]
 #[command(
     name = "mammo-edge",
     version,
-    about = "Scores mammograms at the modality and publishes results over MQTT"
+    about = "Mammography edge appliance: DICOM mammogram ingest, the shared preprocessing and synthetic \
+             phantoms (the scoring daemon with MQTT publishing is being built)"
 )]
 struct Cli {
     /// More log output (-v debug, -vv trace). RUST_LOG overrides.
@@ -27,69 +32,79 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Read DICOM files as the daemon would and report what was found, one line (or JSON object) per file.
+    #[command(
+        after_help = "Exit status: 0 all files accepted, 3 some rejected (each still reported), \
+                            1 the tool failed (e.g. an output folder cannot be written), 2 usage error."
+    )]
     Inspect {
         /// Print one JSON object per line (keys in docs/inspect.md).
         #[arg(long)]
         json: bool,
-        /// Write the preprocessed model input of each accepted file as PNG into DIR.
+        /// Write the preprocessed model input of each accepted file as PNG into DIR (created if needed).
         #[arg(long, value_name = "DIR")]
         preview: Option<PathBuf>,
         /// Write the grey-level pipeline output at source resolution as 16-bit PNG into DIR.
         #[arg(long, value_name = "DIR")]
         grey: Option<PathBuf>,
-        /// Decode any single-frame greyscale image (any modality, view, For Processing).
+        /// Decode any single-frame greyscale image (any modality, view, For Processing);
+        /// "accepted" then means "decoded".
         #[arg(long)]
         any: bool,
-        /// Accept For Processing images (percentile window).
+        /// Accept For Processing images (windowed to the 0.5-99.5 percentiles).
         #[arg(long)]
         accept_for_processing: bool,
-        #[arg(required = true)]
+        /// DICOM files, or folders (searched recursively, in name order).
+        #[arg(required = true, value_name = "FILE_OR_DIR")]
         files: Vec<PathBuf>,
     },
-    /// Generate synthetic mammograms (DICOM) with ground truth: masks and manifest.csv.
+    /// Generate synthetic mammograms (DICOM) with ground truth: masks and manifest.csv (docs/synth.md).
     Synth {
-        /// Output folder (images/, masks/, manifest.csv).
+        /// Output folder (images/, masks/, manifest.csv); must not already hold a data set.
         #[arg(long)]
         out: PathBuf,
-        /// Number of images (4-view exams: L/R x CC/MLO).
-        #[arg(long, default_value_t = 8)]
-        count: usize,
+        /// Number of images, rounded up to whole exams (L/R x each view).
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+        count: u64,
+        /// Random seed: same seed and options, same bytes.
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Comma-separated vendors (default: all styled vendors).
+        /// Comma-separated vendor styles (default: all): hologic, ge, siemens, fujifilm, ims_giotto, planmed.
         #[arg(long, value_delimiter = ',')]
         vendors: Vec<String>,
         /// Comma-separated views: CC, MLO.
         #[arg(long, value_delimiter = ',', default_value = "CC,MLO")]
         views: Vec<String>,
-        /// Matrix scale (1 = full detector size).
-        #[arg(long, default_value_t = 0.25)]
+        /// Matrix scale, 0.01-2 (1 = full detector size; pixel spacing grows as the matrix shrinks).
+        #[arg(long, default_value_t = 0.25, allow_negative_numbers = true)]
         scale: f64,
-        /// Probability that an exam has a malignant finding.
-        #[arg(long, default_value_t = 0.3)]
+        /// Probability that an exam has a malignant finding (0-1).
+        #[arg(long, default_value_t = 0.3, allow_negative_numbers = true)]
         prevalence: f64,
-        /// Probability that a breast has a benign finding.
-        #[arg(long, default_value_t = 0.15)]
+        /// Probability that a breast has a benign finding (0-1).
+        #[arg(long, default_value_t = 0.15, allow_negative_numbers = true)]
         benign_rate: f64,
-        /// Rate of adjacent-class flips of the density label.
-        #[arg(long, default_value_t = 0.0)]
+        /// Rate of adjacent-class flips of the density label (0-1).
+        #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
         label_noise: f64,
         /// Compress with the vendor's usual transfer syntax (needs dcmtk and libgdcm-tools).
         #[arg(long)]
         compress: bool,
-        #[arg(long, default_value_t = 2)]
-        threads: usize,
+        /// Worker threads, 1-64.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+        threads: u16,
         /// Also write a contact sheet PNG (one tile per vendor and view).
         #[arg(long, value_name = "PNG")]
         contact_sheet: Option<PathBuf>,
     },
-    /// Generate a four-view phantom exam and run ingest + preprocessing on it (no setup needed).
+    /// Generate one four-view phantom exam and run ingest + preprocessing on it (no setup needed).
     Demo {
-        /// Output folder (exam DICOM files and preview PNGs).
+        /// Output folder (exam DICOM files and preview PNGs); replaced if it holds an earlier demo.
         #[arg(long, default_value = "out/demo")]
         out: PathBuf,
+        /// Random seed of the phantom exam.
         #[arg(long, default_value_t = 7)]
         seed: u64,
+        /// Print one JSON object per image instead of a line.
         #[arg(long)]
         json: bool,
     },
@@ -109,7 +124,6 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            log::error!("{e:#}");
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
@@ -123,6 +137,60 @@ fn print(report: &inspect::Report, json: bool) -> anyhow::Result<()> {
         println!("{}", report.to_line());
     }
     Ok(())
+}
+
+/// An output folder, created now so that a bad path fails before any work is done.
+fn output_dir(flag: &str, dir: Option<PathBuf>) -> anyhow::Result<Option<PathBuf>> {
+    if let Some(d) = &dir {
+        if d.exists() && !d.is_dir() {
+            bail!("{flag} {}: is a file, not a folder", d.display());
+        }
+        std::fs::create_dir_all(d).with_context(|| format!("{flag} {}", d.display()))?;
+    }
+    Ok(dir)
+}
+
+/// Files named on the command line, folders expanded recursively in name order.
+fn expand(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("reading folder {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                walk(&p, out)?;
+            } else {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            walk(p, &mut out)?;
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn parse_vendor(v: &str) -> anyhow::Result<Vendor> {
+    let styled = styled_vendors();
+    let names: Vec<&str> = styled.iter().map(|v| v.as_str()).collect();
+    let want = v.trim().to_ascii_lowercase();
+    styled
+        .into_iter()
+        .find(|s| s.as_str() == want)
+        .with_context(|| {
+            format!(
+                "--vendors: {v:?} has no phantom style; choose from {}",
+                names.join(", ")
+            )
+        })
 }
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -142,24 +210,22 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             };
             opts.accept_for_processing |= accept_for_processing;
             let out = Outputs {
-                preview_dir: preview,
-                grey_dir: grey,
+                preview_dir: output_dir("--preview", preview)?,
+                grey_dir: output_dir("--grey", grey)?,
             };
             let cfg = PreprocessConfig::default();
             let mut rejected = 0;
-            for f in &files {
-                let r = inspect::inspect_file(f, &opts, &cfg, &out)
-                    .with_context(|| format!("inspecting {}", f.display()))?;
+            for f in expand(&files)? {
+                let r = inspect::inspect_file(&f, &opts, &cfg, &out)?;
                 if r.status != "accepted" {
                     rejected += 1;
                 }
                 print(&r, json)?;
             }
-            // Exit 0 when every file was accepted, 2 when some were rejected (reports printed).
             Ok(if rejected == 0 {
                 ExitCode::SUCCESS
             } else {
-                ExitCode::from(2)
+                ExitCode::from(EXIT_REJECTED)
             })
         }
         Command::Synth {
@@ -176,24 +242,30 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             threads,
             contact_sheet,
         } => {
-            let parse_vendor = |v: &String| {
-                serde_json::from_value::<Vendor>(serde_json::Value::String(v.trim().to_lowercase()))
-                    .with_context(|| format!("--vendors: unknown vendor {v:?}"))
-            };
             let parse_view = |v: &String| match View::from_view_position(v) {
                 Some(v) if v.is_screening() => Ok(v),
                 _ => Err(anyhow::anyhow!("--views: {v:?} is not CC or MLO")),
             };
+            if out.exists() && !out.is_dir() {
+                bail!("--out {}: is a file, not a folder", out.display());
+            }
+            if let Some(png) = &contact_sheet {
+                let parent = png.parent().filter(|p| !p.as_os_str().is_empty());
+                if let Some(p) = parent {
+                    std::fs::create_dir_all(p)
+                        .with_context(|| format!("--contact-sheet {}", png.display()))?;
+                }
+            }
             let defaults = SynthConfig::default();
             let cfg = SynthConfig {
-                count,
+                count: count as usize,
                 seed,
                 vendors: if vendors.is_empty() {
                     defaults.vendors
                 } else {
                     vendors
                         .iter()
-                        .map(parse_vendor)
+                        .map(|v| parse_vendor(v))
                         .collect::<anyhow::Result<_>>()?
                 },
                 views: views
@@ -205,9 +277,16 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 benign_rate,
                 label_noise,
                 compress,
-                threads,
+                threads: threads as usize,
                 ..defaults
             };
+            let n = image_count(&cfg);
+            if n != cfg.count {
+                log::info!(
+                    "--count {} rounded up to {n} images (whole exams)",
+                    cfg.count
+                );
+            }
             let t0 = std::time::Instant::now();
             let rows = generate(&cfg, &out)?;
             let secs = t0.elapsed().as_secs_f64();
@@ -225,6 +304,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { out, seed, json } => {
+            let exam = out.join("exam");
+            if exam.join("manifest.csv").is_file() {
+                std::fs::remove_dir_all(&exam)
+                    .with_context(|| format!("clearing {}", exam.display()))?;
+            }
             let reports = mammo_edge::demo::run(&out, seed).context("demo failed")?;
             for r in &reports {
                 print(r, json)?;

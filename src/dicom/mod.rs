@@ -68,8 +68,9 @@ pub enum Category {
 /// Why a file was not turned into a [`Mammogram`]. Every message is meant for an operator's log.
 #[derive(Debug, Error)]
 pub enum IngestError {
+    /// The OS error is part of the message (not a `source`), so it is printed once.
     #[error("cannot read file: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("empty file")]
     Empty,
     #[error("file of {size} bytes exceeds the limit of {limit} bytes")]
@@ -117,6 +118,12 @@ pub enum IngestError {
     Undecodable(String),
     #[error(transparent)]
     Grey(#[from] GreyError),
+}
+
+impl From<std::io::Error> for IngestError {
+    fn from(e: std::io::Error) -> Self {
+        IngestError::Io(e)
+    }
 }
 
 impl IngestError {
@@ -415,6 +422,7 @@ fn transfer_syntax_supported(uid: &str) -> bool {
             | "1.2.840.10008.1.2.2"
             | "1.2.840.10008.1.2.5"
             | ts::JPEG_BASELINE
+            | ts::JPEG_EXTENDED
             | ts::JPEG_LOSSLESS
             | ts::JPEG_LOSSLESS_SV1
             | ts::JPEG_LS_LOSSLESS

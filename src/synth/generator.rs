@@ -21,7 +21,7 @@ use crate::preprocess::{expected_chest_wall, Side};
 /// Options of a synthetic data set.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SynthConfig {
-    /// Number of images; they come as exams of `views × 2` images (L and R).
+    /// Number of images, rounded up to whole exams of `views × 2` images (L and R).
     pub count: usize,
     pub seed: u64,
     /// Vendors to sample exams from (uniformly).
@@ -156,14 +156,32 @@ fn lesion(rng: &mut SplitMix64, kind: LesionKind) -> Lesion {
     }
 }
 
+/// Identity of a data set: seed and vendor list. UIDs, patient IDs and file names derive from it, so
+/// two sets made with other seeds or vendors never share a UID or an ID.
+fn set_id(cfg: &SynthConfig) -> u64 {
+    let vendors = cfg
+        .vendors
+        .iter()
+        .fold(0u64, |h, v| h.rotate_left(7) ^ (*v as u64 + 1));
+    SplitMix64::new(cfg.seed ^ vendors.wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64()
+}
+
+/// Number of images actually generated: `count` rounded up to whole exams.
+pub fn image_count(cfg: &SynthConfig) -> usize {
+    let per_exam = 2 * cfg.views.len();
+    cfg.count.div_ceil(per_exam) * per_exam
+}
+
 fn plan(cfg: &SynthConfig) -> Vec<ExamPlan> {
     let per_exam = 2 * cfg.views.len();
     let exams = cfg.count.div_ceil(per_exam);
     let mut rng = SplitMix64::new(cfg.seed ^ 0x005e_ed0f_e8a5);
+    // Vendors cycle from a seeded offset, so every style appears as evenly as the count allows.
+    let offset = rng.next_u64() as usize % cfg.vendors.len();
+    let set = set_id(cfg);
     (0..exams)
         .map(|i| {
-            let vendor = cfg.vendors
-                [(rng.uniform() * cfg.vendors.len() as f64) as usize % cfg.vendors.len()];
+            let vendor = cfg.vendors[(offset + i) % cfg.vendors.len()];
             let density = Density::ALL[pick_weighted(&mut rng, &cfg.density_weights)];
             let (lo, hi) = density.range();
             // keep 3 points away from class boundaries; D capped at 90 % (skin and nipple stay fatty)
@@ -207,11 +225,8 @@ fn plan(cfg: &SynthConfig) -> Vec<ExamPlan> {
             let shape = [shape(), shape()];
             ExamPlan {
                 index: i,
-                patient_id: format!(
-                    "SYNTH-{:06}",
-                    cfg.seed.wrapping_mul(1_000_003).wrapping_add(i as u64) % 1_000_000
-                ),
-                study_uid: uid(cfg.seed.wrapping_add(i as u64), "study"),
+                patient_id: format!("SYNTH-{:08X}-{i:04}", set as u32),
+                study_uid: uid(set.wrapping_add(i as u64), "study"),
                 vendor,
                 density,
                 target_pd,
@@ -238,11 +253,19 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<Vec<Generated>, SynthEr
     if cfg.compress {
         check_encoders(cfg)?;
     }
+    let images = out.join("images");
+    let busy = out.join("manifest.csv").exists()
+        || std::fs::read_dir(&images)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false);
+    if busy {
+        return Err(SynthError::OutputNotEmpty(out.display().to_string()));
+    }
     for d in ["images", "masks"] {
         let p = out.join(d);
-        std::fs::create_dir_all(&p).map_err(|source| SynthError::Io {
+        std::fs::create_dir_all(&p).map_err(|error| SynthError::Io {
             path: p.display().to_string(),
-            source,
+            error,
         })?;
     }
     let exams = plan(cfg);
@@ -250,9 +273,7 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<Vec<Generated>, SynthEr
     for e in &exams {
         for lat in [Laterality::L, Laterality::R] {
             for &view in &cfg.views {
-                if jobs.len() < cfg.count {
-                    jobs.push((e, lat, view));
-                }
+                jobs.push((e, lat, view));
             }
         }
     }
@@ -338,7 +359,9 @@ fn render_one(
         &a.grey, &a.breast, rows, cols, spacing, chest_wall, &marker, &mut rng,
     );
 
-    let name = format!("{}_{}_{}", e.patient_id, lat, view);
+    // file names carry the exam, not the (synthetic) patient ID: names must never hold identifiers
+    let set = set_id(cfg);
+    let name = format!("{:08x}-{:04}_{}_{}", set as u32, e.index, lat, view);
     let mut spec = DicomSpec::mammogram(rows, cols, pixels);
     st.apply_header(&mut spec, spacing);
     spec.seed = image_seed;
@@ -353,12 +376,12 @@ fn render_one(
         _ => ("399162004".into(), "SCT".into(), "cranio-caudal".into()),
     });
     spec.patient_orientation = Some(style::patient_orientation(lat, view).into());
-    spec.patient_name = format!("SYNTH^PATIENT{}", e.index);
+    spec.patient_name = format!("SYNTH^PATIENT-{:08X}-{:04}", set as u32, e.index);
     spec.patient_id = e.patient_id.clone();
-    spec.accession_number = format!("SYNACC{:06}", e.index);
+    spec.accession_number = format!("S{:08X}{:04}", set as u32, e.index % 10_000);
     spec.study_uid = Some(e.study_uid.clone());
-    spec.series_uid = Some(uid(cfg.seed.wrapping_add(e.index as u64), "series"));
-    spec.sop_uid = Some(uid(image_seed, "sop"));
+    spec.series_uid = Some(uid(set.wrapping_add(e.index as u64), "series"));
+    spec.sop_uid = Some(uid(set ^ image_seed, "sop"));
     spec.instance_number = (1 + side * cfg.views.len() + view_index as usize) as u32;
     let rel = format!("images/{name}.dcm");
     let path = out.join(&rel);
@@ -516,8 +539,8 @@ fn compress(c: Compression, path: &Path) -> Result<(), SynthError> {
             detail: String::from_utf8_lossy(&out.stderr).into_owned(),
         });
     }
-    std::fs::rename(&tmp, path).map_err(|source| SynthError::Io {
+    std::fs::rename(&tmp, path).map_err(|error| SynthError::Io {
         path: path.display().to_string(),
-        source,
+        error,
     })
 }

@@ -35,11 +35,12 @@ pub enum SynthError {
     },
     #[error(transparent)]
     Manifest(#[from] crate::manifest::ManifestError),
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
+    #[error(
+        "output folder {0} already holds images/ or manifest.csv; choose an empty or new folder"
+    )]
+    OutputNotEmpty(String),
 }
 
 /// Deterministic pseudo-random numbers (SplitMix64, Steele et al., OOPSLA 2014): same seed, same bytes.

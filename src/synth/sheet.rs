@@ -32,8 +32,8 @@ pub fn contact_sheet(root: &Path, rows: &[Generated], out: &Path) -> Result<(), 
             g.row.view.map(|v| v as usize),
         )
     });
-    let per_row = 4u32;
     let n = picked.len() as u32;
+    let per_row = n.clamp(1, 4);
     let (w, h) = (
         per_row * TILE_W,
         n.div_ceil(per_row).max(1) * (TILE_H + CAPTION_H),

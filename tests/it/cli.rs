@@ -142,7 +142,7 @@ fn inspect_reports_rejections_and_exits_2() {
         .arg(&bad)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(3), "3 = some inputs rejected");
     let lines = json_lines(&out.stdout);
     assert_eq!(lines[0]["status"], "accepted");
     assert_eq!(lines[1]["status"], "rejected");

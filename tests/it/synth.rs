@@ -428,3 +428,105 @@ fn preprocessing_crop_keeps_the_whole_breast_for_every_vendor_and_view() {
         }
     }
 }
+
+#[test]
+fn masks_follow_their_image_through_preprocessing() {
+    use mammo_edge::preprocess::{preprocess, warp, PreprocessConfig};
+    // Dense tissue is brighter than fat: in model space the mask must sit on the bright tissue.
+    let d = tmp();
+    let cfg = SynthConfig {
+        vendors: vec![mammo_edge::dicom::Vendor::Ge],
+        density_weights: [0.0, 1.0, 0.0, 0.0],
+        ..small(4, 8)
+    };
+    let gen = generate(&cfg, d.path()).unwrap();
+    let pre = PreprocessConfig::default();
+    for g in &gen {
+        let m = read(&d.path().join(&g.row.path));
+        let p = preprocess(&m, &pre).unwrap();
+        let mask = image::open(d.path().join(g.row.mask_path.as_ref().unwrap()))
+            .unwrap()
+            .into_luma8();
+        let dense: Vec<f32> = mask
+            .pixels()
+            .map(|px| (px.0[0] == MASK_DENSE) as u8 as f32)
+            .collect();
+        let warped = warp(&dense, m.image.width, m.image.height, &p.geometry, &pre).unwrap();
+        let grey = p.grey_levels(&pre);
+        let (mut on, mut n_on, mut off, mut n_off) = (0f32, 0f32, 0f32, 0f32);
+        for (v, gl) in warped.iter().zip(&grey) {
+            if *v > 0.9 {
+                on += gl;
+                n_on += 1.0;
+            } else if *v < 0.1 && *gl > 0.05 {
+                off += gl;
+                n_off += 1.0;
+            }
+        }
+        let (on, off) = (on / n_on, off / n_off);
+        assert!(
+            on > off + 0.1,
+            "{}: dense {on} vs other tissue {off}",
+            g.row.path
+        );
+        // the warped fraction of dense tissue matches the manifest within a few points
+        let frac_src = dense.iter().sum::<f32>();
+        let frac_dst = warped.iter().sum::<f32>() / (p.geometry.scale * p.geometry.scale);
+        assert!(
+            (frac_dst / frac_src - 1.0).abs() < 0.05,
+            "{frac_dst} vs {frac_src}"
+        );
+    }
+}
+
+#[test]
+fn sets_never_share_identifiers_and_never_overwrite() {
+    let (a, b, c) = (tmp(), tmp(), tmp());
+    let ga = generate(&small(8, 1), a.path()).unwrap();
+    let gb = generate(&small(8, 2), b.path()).unwrap();
+    let gc = generate(
+        &SynthConfig {
+            vendors: vec![mammo_edge::dicom::Vendor::Ge],
+            ..small(8, 1)
+        },
+        c.path(),
+    )
+    .unwrap();
+    let ids = |g: &[mammo_edge::synth::generator::Generated]| -> std::collections::HashSet<String> {
+        g.iter()
+            .flat_map(|r| {
+                let sop = r
+                    .row
+                    .extra
+                    .iter()
+                    .find(|(k, _)| k == "sop_instance_uid")
+                    .unwrap()
+                    .1
+                    .clone();
+                [
+                    r.row.patient_id.clone(),
+                    r.row.study_uid.clone(),
+                    sop,
+                    r.row.path.clone(),
+                ]
+            })
+            .collect()
+    };
+    let (ia, ib, ic) = (ids(&ga), ids(&gb), ids(&gc));
+    assert!(
+        ia.is_disjoint(&ib),
+        "seeds 1 and 2 share identifiers: {:?}",
+        ia.intersection(&ib).collect::<Vec<_>>()
+    );
+    assert!(
+        ia.is_disjoint(&ic),
+        "other vendors, same seed share identifiers"
+    );
+    // file names carry no patient ID
+    assert!(ga.iter().all(|g| !g.row.path.contains(&g.row.patient_id)));
+    // a second run into the same folder is refused, nothing is overwritten
+    let before = files(a.path());
+    let e = generate(&small(4, 3), a.path()).unwrap_err();
+    assert!(e.to_string().contains("already holds"), "{e}");
+    assert!(files(a.path()) == before);
+}
