@@ -9,3 +9,5 @@ pub mod labels;
 pub mod manifest;
 pub mod preprocess;
 pub mod synth;
+#[cfg(feature = "train")]
+pub mod train;

@@ -1,5 +1,4 @@
-//! mammo-train: the host trainer. For now it preprocesses files with the shared module (the same
-//! code path the daemon uses) and reports the tensors; training arrives with the trainer issue.
+//! mammo-train: the host trainer for the mammo-edge multi-task CNN (cargo feature `train`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,6 +7,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mammo_edge::dicom::{read_mammogram, IngestOptions};
 use mammo_edge::preprocess::{preprocess, PreprocessConfig, PREPROCESS_VERSION};
+use mammo_edge::train::fit::{fit, FitConfig};
+use mammo_edge::train::loss::LossWeights;
 
 #[derive(Parser)]
 #[command(
@@ -22,6 +23,43 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train the multi-task network on a manifest (split column: train / val).
+    Fit {
+        /// manifest.csv (docs/manifest.md); image paths are relative to its folder.
+        #[arg(long)]
+        manifest: PathBuf,
+        /// Output folder: checkpoint/, best.mpk, fit_config.json, train_log.jsonl, cache/.
+        #[arg(long)]
+        out: PathBuf,
+        /// JSON file with a FitConfig (any subset of its keys); flags below override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        epochs: Option<usize>,
+        #[arg(long)]
+        batch_size: Option<usize>,
+        #[arg(long)]
+        lr: Option<f64>,
+        /// Model input height and width (multiples of 32).
+        #[arg(long)]
+        height: Option<usize>,
+        #[arg(long)]
+        width: Option<usize>,
+        /// Channels of the first stage.
+        #[arg(long)]
+        base: Option<usize>,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Learned uncertainty weighting of the task losses (Kendall et al. 2018).
+        #[arg(long)]
+        uncertainty: bool,
+        /// Train the cancer task alone (single-task baseline).
+        #[arg(long)]
+        cancer_only: bool,
+        /// Continue from out/checkpoint.
+        #[arg(long)]
+        resume: bool,
+    },
     /// Preprocess DICOM files exactly as the daemon does and print tensor statistics.
     Preprocess {
         #[arg(required = true)]
@@ -43,6 +81,67 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Fit {
+            manifest,
+            out,
+            config,
+            epochs,
+            batch_size,
+            lr,
+            height,
+            width,
+            base,
+            seed,
+            uncertainty,
+            cancer_only,
+            resume,
+        } => {
+            let mut cfg: FitConfig = match &config {
+                Some(p) => serde_json::from_str(
+                    &std::fs::read_to_string(p)
+                        .with_context(|| format!("--config {}", p.display()))?,
+                )
+                .with_context(|| format!("--config {}", p.display()))?,
+                None => FitConfig::default(),
+            };
+            if let Some(v) = epochs {
+                cfg.epochs = v;
+            }
+            if let Some(v) = batch_size {
+                cfg.batch_size = v;
+            }
+            if let Some(v) = lr {
+                cfg.lr = v;
+            }
+            if let Some(v) = height {
+                cfg.model.height = v;
+            }
+            if let Some(v) = width {
+                cfg.model.width = v;
+            }
+            if let Some(v) = base {
+                cfg.model.base = v;
+            }
+            if let Some(v) = seed {
+                cfg.seed = v;
+            }
+            cfg.uncertainty |= uncertainty;
+            if cancer_only {
+                cfg.weights = LossWeights::cancer_only();
+            }
+            let report = fit(&manifest, &cfg, &out, resume)?;
+            let last = report.epochs.last();
+            eprintln!(
+                "fit: {} epochs on {} images (val {}); best epoch {} -> {}; last train loss {:.4}",
+                report.epochs.len(),
+                report.train_samples,
+                report.val_samples,
+                report.best_epoch,
+                report.best.display(),
+                last.map(|l| l.train_loss).unwrap_or(f64::NAN)
+            );
+            Ok(())
+        }
         Command::Preprocess { files } => {
             let cfg = PreprocessConfig::default();
             let opts = IngestOptions::default();

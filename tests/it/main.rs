@@ -8,4 +8,6 @@ mod real_data;
 mod rejections;
 mod reported_cases;
 mod synth;
+#[cfg(feature = "train")]
+mod train;
 mod util;

@@ -1,0 +1,555 @@
+//! `mammo-train fit`: masked multi-task training on a manifest with AdamW and a cosine learning-rate
+//! schedule on the NdArray CPU backend with autodiff; validation every epoch; a checkpoint (model +
+//! optimizer + epoch) every epoch and resume from it; early stopping on the primary task.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::backend::{Autodiff, NdArray};
+use burn::module::{AutodiffModule, Module, Param};
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::prelude::*;
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::tensor::activation::{sigmoid, softmax};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::data::{self, Sample};
+use super::loss::{self, LossWeights, TASKS};
+use super::metrics;
+use super::model::{MtlConfig, MtlNet};
+use crate::labels::Split;
+use crate::manifest;
+use crate::preprocess::PreprocessConfig;
+use crate::synth::SplitMix64;
+
+/// CPU training backend.
+pub type TrainBackend = Autodiff<NdArray<f32>>;
+/// Inference backend (BatchNorm uses running statistics).
+pub type InferBackend = NdArray<f32>;
+
+/// Errors of training.
+#[derive(Debug, Error)]
+pub enum FitError {
+    #[error("invalid training config: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Manifest(#[from] manifest::ManifestError),
+    #[error(transparent)]
+    Data(#[from] data::DataError),
+    #[error("{path}: {detail}")]
+    Io { path: String, detail: String },
+    #[error("checkpoint {path}: {detail}")]
+    Checkpoint { path: String, detail: String },
+}
+
+/// Everything that defines a training run (written to `fit_config.json` and the ONNX metadata).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FitConfig {
+    pub model: MtlConfig,
+    /// Normalisation of the input (grey levels), part of the preprocessing contract.
+    pub mean: f32,
+    pub std: f32,
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Peak learning rate of the cosine schedule.
+    pub lr: f64,
+    pub weight_decay: f32,
+    pub seed: u64,
+    pub weights: LossWeights,
+    /// Learned uncertainty weighting (Kendall et al. 2018) on top of `weights`.
+    pub uncertainty: bool,
+    /// Epochs without improvement of the primary metric before stopping.
+    pub patience: usize,
+    pub augment: bool,
+    /// Threads for decoding and preprocessing.
+    pub threads: usize,
+}
+
+impl Default for FitConfig {
+    fn default() -> Self {
+        FitConfig {
+            model: MtlConfig::new(),
+            mean: 0.2,
+            std: 0.25,
+            epochs: 20,
+            batch_size: 16,
+            lr: 2e-3,
+            weight_decay: 1e-4,
+            seed: 1,
+            weights: LossWeights::default(),
+            uncertainty: false,
+            patience: 6,
+            augment: true,
+            threads: 2,
+        }
+    }
+}
+
+impl FitConfig {
+    /// The preprocessing this run uses (model input size + normalisation).
+    pub fn preprocess(&self) -> PreprocessConfig {
+        PreprocessConfig {
+            height: self.model.height,
+            width: self.model.width,
+            mean: self.mean,
+            std: self.std,
+            ..Default::default()
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), FitError> {
+        self.model.validate().map_err(FitError::Config)?;
+        self.preprocess()
+            .validate()
+            .map_err(|e| FitError::Config(e.to_string()))?;
+        if self.epochs == 0 || self.batch_size == 0 {
+            return Err(FitError::Config("epochs and batch_size must be > 0".into()));
+        }
+        if self.lr.is_nan() || self.lr <= 0.0 {
+            return Err(FitError::Config(format!("lr = {} must be > 0", self.lr)));
+        }
+        if self.weights.as_array().iter().all(|w| *w <= 0.0) {
+            return Err(FitError::Config("all loss weights are 0".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The trained parameters: the network plus the learned log-variances of the uncertainty weighting.
+#[derive(Module, Debug)]
+pub struct TrainModel<B: Backend> {
+    pub net: MtlNet<B>,
+    /// `[8]` s_t = log σ_t², one per task.
+    pub log_vars: Param<Tensor<B, 1>>,
+}
+
+/// Validation metrics of one epoch (`None` when the labels are absent).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ValMetrics {
+    pub loss: f64,
+    pub cancer_auc: Option<f64>,
+    pub normal_auc: Option<f64>,
+    pub density_kappa: Option<f64>,
+    pub density_f1: Option<f64>,
+    /// Percent-density mean absolute error, percentage points.
+    pub percent_mae: Option<f64>,
+    pub vendor_accuracy: Option<f64>,
+    pub view_accuracy: Option<f64>,
+    pub mask_dice: Option<f64>,
+}
+
+/// One line of `train_log.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EpochLog {
+    pub epoch: usize,
+    /// Mean training loss per task (TASKS order) and total.
+    pub train_task_loss: Vec<f64>,
+    pub train_loss: f64,
+    pub val: ValMetrics,
+    pub seconds: f64,
+    pub lr: f64,
+}
+
+/// Result of [`fit`].
+#[derive(Debug, Clone)]
+pub struct FitReport {
+    pub epochs: Vec<EpochLog>,
+    /// Best model file (`best.mpk`) and its epoch.
+    pub best: PathBuf,
+    pub best_epoch: usize,
+    pub train_samples: usize,
+    pub val_samples: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Progress {
+    epoch: usize,
+    best_epoch: usize,
+    best_score: f64,
+}
+
+fn io_err(path: &Path, e: impl ToString) -> FitError {
+    FitError::Io {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    }
+}
+
+/// Score that early stopping maximises: validation cancer AUC when defined, else −loss.
+fn primary(v: &ValMetrics) -> f64 {
+    v.cancer_auc.unwrap_or(-v.loss)
+}
+
+/// Predictions of the inference network for samples (in batches): per sample
+/// (cancer p, normal p, density probs, percent %, vendor class, view class, mask probs).
+pub struct Predictions {
+    pub cancer: Vec<f64>,
+    pub normal: Vec<f64>,
+    pub density: Vec<[f64; 4]>,
+    pub percent: Vec<f64>,
+    pub vendor: Vec<usize>,
+    pub view: Vec<usize>,
+    pub mask: Vec<Vec<f32>>,
+    pub loss: f64,
+}
+
+/// Run the inference network over samples.
+pub fn predict(
+    net: &MtlNet<InferBackend>,
+    samples: &[Sample],
+    cfg: &FitConfig,
+    device: &burn::backend::ndarray::NdArrayDevice,
+) -> Predictions {
+    let mut p = Predictions {
+        cancer: vec![],
+        normal: vec![],
+        density: vec![],
+        percent: vec![],
+        vendor: vec![],
+        view: vec![],
+        mask: vec![],
+        loss: 0.0,
+    };
+    let mut loss_sum = 0.0;
+    let mut batches = 0;
+    for chunk in samples.chunks(cfg.batch_size.max(1)) {
+        let items: Vec<(&Sample, Vec<f32>)> = chunk.iter().map(|s| (s, s.input.clone())).collect();
+        let (x, t) = data::batch::<InferBackend>(&items, &cfg.model, device);
+        let out = net.forward(x);
+        let losses = loss::task_losses(&out, &t);
+        let total = loss::total(&losses, &cfg.weights, None);
+        loss_sum += total.into_scalar() as f64;
+        batches += 1;
+        let v = |t: Tensor<InferBackend, 2>| t.into_data().to_vec::<f32>().unwrap_or_default();
+        let n = chunk.len();
+        p.cancer
+            .extend(v(sigmoid(out.cancer)).iter().map(|&x| x as f64));
+        p.normal
+            .extend(v(sigmoid(out.normal)).iter().map(|&x| x as f64));
+        let d = v(softmax(out.density, 1));
+        p.density
+            .extend((0..n).map(|i| [0, 1, 2, 3].map(|k| d[i * 4 + k] as f64)));
+        p.percent
+            .extend(v(sigmoid(out.percent)).iter().map(|&x| x as f64 * 100.0));
+        let argmax = |t: Tensor<InferBackend, 2>| {
+            let k = t.dims()[1];
+            let d = v(t);
+            (0..n)
+                .map(|i| {
+                    (0..k)
+                        .max_by(|&a, &b| d[i * k + a].total_cmp(&d[i * k + b]))
+                        .unwrap_or(0)
+                })
+                .collect::<Vec<_>>()
+        };
+        p.vendor.extend(argmax(out.vendor));
+        p.view.extend(argmax(out.view));
+        let [_, _, h, w] = out.mask.dims();
+        let m = sigmoid(out.mask)
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap_or_default();
+        p.mask.extend(m.chunks(h * w).map(|c| c.to_vec()));
+    }
+    p.loss = loss_sum / batches.max(1) as f64;
+    p
+}
+
+/// Validation metrics of predictions against the samples' labels.
+pub fn evaluate(samples: &[Sample], p: &Predictions) -> ValMetrics {
+    let pairs = |f: &dyn Fn(&Sample) -> Option<bool>, s: &[f64]| {
+        let (mut sc, mut lb) = (vec![], vec![]);
+        for (i, smp) in samples.iter().enumerate() {
+            if let Some(l) = f(smp) {
+                sc.push(s[i]);
+                lb.push(l);
+            }
+        }
+        metrics::auc(&sc, &lb)
+    };
+    let (mut dt, mut dp) = (vec![], vec![]);
+    let (mut pt, mut pp) = (vec![], vec![]);
+    let (mut vc, mut vn, mut wc, mut wn) = (0, 0, 0, 0);
+    let (mut dice, mut dn) = (0.0, 0);
+    for (i, s) in samples.iter().enumerate() {
+        if let Some(d) = s.labels.density {
+            dt.push(d.index());
+            let probs = p.density[i];
+            dp.push(
+                (0..4)
+                    .max_by(|&a, &b| probs[a].total_cmp(&probs[b]))
+                    .unwrap_or(0),
+            );
+        }
+        if let Some(pd) = s.labels.percent {
+            pt.push(pd);
+            pp.push(p.percent[i]);
+        }
+        if let Some(v) = s.labels.vendor {
+            vn += 1;
+            vc += (p.vendor[i] == v) as usize;
+        }
+        if let Some(v) = s.labels.view {
+            wn += 1;
+            wc += (p.view[i] == v) as usize;
+        }
+        if let Some(m) = &s.mask {
+            dice += metrics::dice(&p.mask[i], m);
+            dn += 1;
+        }
+    }
+    ValMetrics {
+        loss: p.loss,
+        cancer_auc: pairs(&|s| s.labels.cancer, &p.cancer),
+        normal_auc: pairs(&|s| s.labels.normal, &p.normal),
+        density_kappa: (!dt.is_empty()).then(|| metrics::weighted_kappa(&dt, &dp, 4)),
+        density_f1: (!dt.is_empty()).then(|| metrics::macro_f1(&dt, &dp, 4)),
+        percent_mae: (!pt.is_empty()).then(|| metrics::mae(&pt, &pp)),
+        vendor_accuracy: (vn > 0).then(|| vc as f64 / vn as f64),
+        view_accuracy: (wn > 0).then(|| wc as f64 / wn as f64),
+        mask_dice: (dn > 0).then(|| dice / dn as f64),
+    }
+}
+
+/// Train on `manifest` (rows with split `train`; validation on `val`), writing checkpoints,
+/// `best.mpk`, `fit_config.json` and `train_log.jsonl` into `out`. With `resume`, continue from
+/// `out/checkpoint` if present.
+pub fn fit(
+    manifest_path: &Path,
+    cfg: &FitConfig,
+    out: &Path,
+    resume: bool,
+) -> Result<FitReport, FitError> {
+    cfg.validate()?;
+    std::fs::create_dir_all(out).map_err(|e| io_err(out, e))?;
+    let root = manifest_path.parent().unwrap_or(Path::new("."));
+    let rows = manifest::read(manifest_path)?;
+    let pick = |split: Split| -> Vec<(usize, &manifest::ManifestRow)> {
+        rows.iter()
+            .enumerate()
+            .filter(|(_, r)| r.split == split)
+            .collect()
+    };
+    let pre = cfg.preprocess();
+    let cache = out.join("cache");
+    let train = data::load(root, &pick(Split::Train), &pre, Some(&cache), cfg.threads)?;
+    let val = match data::load(root, &pick(Split::Val), &pre, Some(&cache), cfg.threads) {
+        Ok(v) => v,
+        Err(data::DataError::Empty { .. }) => {
+            log::warn!("no validation rows: validating on the training set");
+            train.clone()
+        }
+        Err(e) => return Err(e.into()),
+    };
+    log::info!(
+        "training on {} images, validating on {}",
+        train.len(),
+        val.len()
+    );
+    std::fs::write(
+        out.join("fit_config.json"),
+        serde_json::to_string_pretty(cfg).unwrap_or_default(),
+    )
+    .map_err(|e| io_err(out, e))?;
+
+    let device = Default::default();
+    TrainBackend::seed(&device, cfg.seed);
+    let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+    let mut model = TrainModel {
+        net: cfg.model.init::<TrainBackend>(&device),
+        log_vars: Param::from_tensor(Tensor::zeros([TASKS.len()], &device)),
+    };
+    let mut optim = AdamWConfig::new()
+        .with_weight_decay(cfg.weight_decay)
+        .init::<TrainBackend, TrainModel<TrainBackend>>();
+    let ckpt = out.join("checkpoint");
+    let mut progress = Progress {
+        epoch: 0,
+        best_epoch: 0,
+        best_score: f64::NEG_INFINITY,
+    };
+    let mut logs: Vec<EpochLog> = Vec::new();
+    if resume && out.join("progress.json").exists() {
+        let load_err = |e: &dyn std::fmt::Display| FitError::Checkpoint {
+            path: ckpt.display().to_string(),
+            detail: e.to_string(),
+        };
+        let text = std::fs::read_to_string(out.join("progress.json")).map_err(|e| load_err(&e))?;
+        progress = serde_json::from_str(&text).map_err(|e| load_err(&e))?;
+        model = model
+            .load_file(ckpt.join("model"), &recorder, &device)
+            .map_err(|e| load_err(&e))?;
+        let rec = recorder
+            .load(ckpt.join("optim").with_extension("mpk"), &device)
+            .map_err(|e| load_err(&e))?;
+        optim = optim.load_record(rec);
+        if let Ok(text) = std::fs::read_to_string(out.join("train_log.jsonl")) {
+            logs = text
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            logs.truncate(progress.epoch);
+        }
+        log::info!("resuming after epoch {}", progress.epoch);
+    }
+
+    let steps_per_epoch = train.len().div_ceil(cfg.batch_size);
+    let total_steps = (steps_per_epoch * cfg.epochs).max(1);
+    let mut rng = SplitMix64::new(cfg.seed ^ 0x7a11);
+    // the shuffles of earlier epochs, so a resumed run sees the same batches
+    for _ in 0..progress.epoch * train.len() {
+        rng.next_u64();
+    }
+    for epoch in progress.epoch + 1..=cfg.epochs {
+        let t0 = Instant::now();
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        for i in (1..order.len()).rev() {
+            let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+            order.swap(i, j);
+        }
+        for _ in order.len()..train.len() {
+            rng.next_u64();
+        }
+        let bar = ProgressBar::new(steps_per_epoch as u64);
+        bar.set_style(
+            ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_prefix(format!("{epoch}/{}", cfg.epochs));
+        let mut sums = vec![0f64; TASKS.len()];
+        let mut total_sum = 0.0;
+        let mut lr = cfg.lr;
+        for (b, chunk) in order.chunks(cfg.batch_size).enumerate() {
+            let step = (epoch - 1) * steps_per_epoch + b;
+            lr = cfg.lr
+                * 0.5
+                * (1.0 + (std::f64::consts::PI * step as f64 / total_steps as f64).cos());
+            let items: Vec<(&Sample, Vec<f32>)> = chunk
+                .iter()
+                .map(|&i| {
+                    let s = &train[i];
+                    let x = if cfg.augment {
+                        data::augment(&s.input, &pre, &mut rng)
+                    } else {
+                        s.input.clone()
+                    };
+                    (s, x)
+                })
+                .collect();
+            let (x, t) = data::batch::<TrainBackend>(&items, &cfg.model, &device);
+            let out_b = model.net.forward(x);
+            let losses = loss::task_losses(&out_b, &t);
+            let lv = cfg.uncertainty.then(|| model.log_vars.val());
+            let total = loss::total(&losses, &cfg.weights, lv);
+            for (k, l) in losses.iter().enumerate() {
+                sums[k] += l.clone().into_scalar() as f64;
+            }
+            let tv = total.clone().into_scalar() as f64;
+            total_sum += tv;
+            let grads = GradientsParams::from_grads(total.backward(), &model);
+            model = optim.step(lr, model, grads);
+            bar.inc(1);
+            bar.set_message(format!(
+                "loss {:.3} (cancer {:.3} density {:.3} mask {:.3} recon {:.3})",
+                total_sum / (b + 1) as f64,
+                sums[0] / (b + 1) as f64,
+                sums[2] / (b + 1) as f64,
+                sums[6] / (b + 1) as f64,
+                sums[7] / (b + 1) as f64
+            ));
+        }
+        bar.finish_and_clear();
+        let infer = model.valid();
+        let preds = predict(&infer.net, &val, cfg, &device);
+        let vm = evaluate(&val, &preds);
+        let log_line = EpochLog {
+            epoch,
+            train_task_loss: sums.iter().map(|s| s / steps_per_epoch as f64).collect(),
+            train_loss: total_sum / steps_per_epoch as f64,
+            val: vm.clone(),
+            seconds: t0.elapsed().as_secs_f64(),
+            lr,
+        };
+        log::info!(
+            "epoch {epoch}: train loss {:.4}, val loss {:.4}, cancer AUC {:?}, density kappa {:?}, PD MAE {:?} ({:.1} s)",
+            log_line.train_loss,
+            vm.loss,
+            vm.cancer_auc,
+            vm.density_kappa,
+            vm.percent_mae,
+            log_line.seconds
+        );
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(out.join("train_log.jsonl"))
+            .map_err(|e| io_err(out, e))?;
+        writeln!(
+            f,
+            "{}",
+            serde_json::to_string(&log_line).unwrap_or_default()
+        )
+        .map_err(|e| io_err(out, e))?;
+        logs.push(log_line);
+        // checkpoint: model, optimizer, progress (written last, so a crash leaves the previous one)
+        std::fs::create_dir_all(&ckpt).map_err(|e| io_err(&ckpt, e))?;
+        let save_err = |e: &dyn std::fmt::Display| FitError::Checkpoint {
+            path: ckpt.display().to_string(),
+            detail: e.to_string(),
+        };
+        model
+            .clone()
+            .save_file(ckpt.join("model"), &recorder)
+            .map_err(|e| save_err(&e))?;
+        recorder
+            .record(optim.to_record(), ckpt.join("optim"))
+            .map_err(|e| save_err(&e))?;
+        let score = primary(&vm);
+        if score > progress.best_score {
+            progress.best_score = score;
+            progress.best_epoch = epoch;
+            infer
+                .net
+                .clone()
+                .save_file(out.join("best"), &recorder)
+                .map_err(|e| save_err(&e))?;
+        }
+        progress.epoch = epoch;
+        std::fs::write(
+            out.join("progress.json"),
+            serde_json::to_string(&progress).unwrap_or_default(),
+        )
+        .map_err(|e| io_err(out, e))?;
+        if epoch - progress.best_epoch >= cfg.patience {
+            log::info!(
+                "early stop: no improvement since epoch {}",
+                progress.best_epoch
+            );
+            break;
+        }
+    }
+    Ok(FitReport {
+        epochs: logs,
+        best: out.join("best.mpk"),
+        best_epoch: progress.best_epoch,
+        train_samples: train.len(),
+        val_samples: val.len(),
+    })
+}
+
+/// Load a network saved by [`fit`] (`best.mpk`) for inference.
+pub fn load_net(path: &Path, model: &MtlConfig) -> Result<MtlNet<InferBackend>, FitError> {
+    let device = Default::default();
+    let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+    model
+        .init::<InferBackend>(&device)
+        .load_file(path.with_extension(""), &recorder, &device)
+        .map_err(|e| FitError::Checkpoint {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })
+}

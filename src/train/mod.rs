@@ -1,0 +1,8 @@
+//! Host trainer (cargo feature `train`): the multi-task network in Burn, masked multi-task loss,
+//! data loading through the shared preprocessing, training loop and metrics.
+
+pub mod data;
+pub mod fit;
+pub mod loss;
+pub mod metrics;
+pub mod model;

@@ -1,0 +1,120 @@
+//! The trainer (feature `train`): the data path equals the daemon's, masked losses ignore missing
+//! labels, a tiny model's loss falls on phantoms, checkpoints resume.
+
+use mammo_edge::manifest;
+use mammo_edge::preprocess::preprocess;
+use mammo_edge::synth::generator::{generate, SynthConfig};
+use mammo_edge::train::data;
+use mammo_edge::train::fit::{fit, FitConfig, InferBackend};
+use mammo_edge::train::loss::{task_losses, LossWeights};
+use mammo_edge::train::model::MtlConfig;
+
+use crate::util::*;
+
+fn tiny() -> FitConfig {
+    FitConfig {
+        model: MtlConfig::new()
+            .with_height(128)
+            .with_width(64)
+            .with_base(8)
+            .with_hidden(16),
+        epochs: 4,
+        batch_size: 8,
+        lr: 3e-3,
+        patience: 100,
+        augment: false,
+        ..Default::default()
+    }
+}
+
+fn phantoms(count: usize) -> tempfile::TempDir {
+    let d = tmp();
+    let cfg = SynthConfig {
+        count,
+        seed: 5,
+        scale: 0.06,
+        ..Default::default()
+    };
+    generate(&cfg, d.path()).unwrap();
+    d
+}
+
+#[test]
+fn trainer_data_path_yields_the_daemons_tensor_through_threads_and_cache() {
+    let d = phantoms(8);
+    let rows = manifest::read(&d.path().join("manifest.csv")).unwrap();
+    let cfg = tiny();
+    let pre = cfg.preprocess();
+    let cache = d.path().join("cache");
+    let indexed: Vec<_> = rows.iter().enumerate().collect();
+    let first = data::load(d.path(), &indexed, &pre, Some(&cache), 3).unwrap();
+    let second = data::load(d.path(), &indexed, &pre, Some(&cache), 2).unwrap(); // from the cache
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), rows.len());
+    for (a, b) in first.iter().zip(&second) {
+        let m = read(&d.path().join(&rows[a.row].path));
+        let daemon = preprocess(&m, &pre).unwrap().tensor;
+        assert!(
+            a.input == daemon,
+            "{}: trainer tensor differs from the daemon's",
+            rows[a.row].path
+        );
+        assert!(
+            b.input == daemon,
+            "{}: cached tensor differs",
+            rows[a.row].path
+        );
+        assert_eq!(a.mask, b.mask);
+        assert!(a.mask.is_some());
+    }
+}
+
+#[test]
+fn missing_labels_contribute_nothing() {
+    let d = phantoms(4);
+    let rows = manifest::read(&d.path().join("manifest.csv")).unwrap();
+    let cfg = tiny();
+    let indexed: Vec<_> = rows.iter().enumerate().collect();
+    let mut samples = data::load(d.path(), &indexed, &cfg.preprocess(), None, 1).unwrap();
+    for s in &mut samples {
+        s.labels.cancer = None;
+        s.labels.density = None;
+        s.mask = None;
+    }
+    let device = Default::default();
+    let net = cfg.model.init::<InferBackend>(&device);
+    let items: Vec<_> = samples.iter().map(|s| (s, s.input.clone())).collect();
+    let (x, t) = data::batch::<InferBackend>(&items, &cfg.model, &device);
+    let losses = task_losses(&net.forward(x), &t);
+    let v: Vec<f32> = losses.into_iter().map(|l| l.into_scalar()).collect();
+    assert_eq!(v[0], 0.0, "cancer loss without cancer labels");
+    assert_eq!(v[2], 0.0, "density loss without density labels");
+    assert_eq!(v[6], 0.0, "mask loss without masks");
+    assert!(
+        v[1] > 0.0 && v[3] > 0.0 && v[7] > 0.0,
+        "present tasks still count: {v:?}"
+    );
+    let _ = LossWeights::default();
+}
+
+#[test]
+fn tiny_model_loss_falls_and_training_resumes() {
+    let d = phantoms(48);
+    let out = d.path().join("run");
+    let m = d.path().join("manifest.csv");
+    let report = fit(&m, &tiny(), &out, false).unwrap();
+    assert_eq!(report.epochs.len(), 4);
+    let (first, last) = (report.epochs[0].train_loss, report.epochs[3].train_loss);
+    assert!(last < 0.9 * first, "loss did not fall: {first} -> {last}");
+    assert!(report.best.exists() && out.join("checkpoint").is_dir());
+    // resume to 6 epochs: the first 4 logged epochs are kept, 2 more are trained
+    let more = FitConfig {
+        epochs: 6,
+        ..tiny()
+    };
+    let resumed = fit(&m, &more, &out, true).unwrap();
+    assert_eq!(resumed.epochs.len(), 6);
+    assert_eq!(resumed.epochs[3].train_loss, last);
+    assert!(resumed.epochs[5].train_loss < first);
+    let lines = std::fs::read_to_string(out.join("train_log.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 6);
+}
