@@ -7,6 +7,7 @@ pub mod dicom;
 pub mod inspect;
 pub mod labels;
 pub mod manifest;
+pub mod model;
 pub mod preprocess;
 pub mod synth;
 #[cfg(feature = "train")]

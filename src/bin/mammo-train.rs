@@ -7,7 +7,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mammo_edge::dicom::{read_mammogram, IngestOptions};
 use mammo_edge::preprocess::{preprocess, PreprocessConfig, PREPROCESS_VERSION};
-use mammo_edge::train::fit::{fit, FitConfig};
+use mammo_edge::train::data;
+use mammo_edge::train::export::{export, meta_for, thresholds};
+use mammo_edge::train::fit::{fit, load_net, predict, FitConfig};
 use mammo_edge::train::loss::LossWeights;
 
 #[derive(Parser)]
@@ -59,6 +61,32 @@ enum Command {
         /// Continue from out/checkpoint.
         #[arg(long)]
         resume: bool,
+    },
+    /// Export a trained run (best.mpk) as an ONNX model following docs/model-contract.md, with the
+    /// operating thresholds chosen on the manifest's validation split.
+    Export {
+        /// The folder `fit --out` wrote.
+        #[arg(long)]
+        run: PathBuf,
+        /// The manifest the run was trained on (its `val` rows set the thresholds).
+        #[arg(long)]
+        manifest: PathBuf,
+        /// Output ONNX file.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "mammo-mtl")]
+        name: String,
+        #[arg(long, default_value = "0.1.0")]
+        version: String,
+        /// Intended-use statement carried by every result.
+        #[arg(long, default_value = "research only, not for clinical use")]
+        intended_use: String,
+        /// Description of the training data.
+        #[arg(long, default_value = "synthetic phantoms (mammo-edge synth)")]
+        training_data: String,
+        /// Validation sensitivity at which the cancer operating threshold is chosen.
+        #[arg(long, default_value_t = 0.9)]
+        sensitivity: f64,
     },
     /// Preprocess DICOM files exactly as the daemon does and print tensor statistics.
     Preprocess {
@@ -139,6 +167,64 @@ fn run(command: Command) -> anyhow::Result<()> {
                 report.best_epoch,
                 report.best.display(),
                 last.map(|l| l.train_loss).unwrap_or(f64::NAN)
+            );
+            Ok(())
+        }
+        Command::Export {
+            run,
+            manifest,
+            out,
+            name,
+            version,
+            intended_use,
+            training_data,
+            sensitivity,
+        } => {
+            let cfg_path = run.join("fit_config.json");
+            let cfg: FitConfig = serde_json::from_str(
+                &std::fs::read_to_string(&cfg_path)
+                    .with_context(|| format!("{}", cfg_path.display()))?,
+            )
+            .with_context(|| format!("{}", cfg_path.display()))?;
+            let net = load_net(&run.join("best.mpk"), &cfg.model)?;
+            let rows = mammo_edge::manifest::read(&manifest)?;
+            let root = manifest.parent().unwrap_or(std::path::Path::new("."));
+            let val: Vec<_> = rows
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.split == mammo_edge::labels::Split::Val)
+                .collect();
+            let samples = data::load(
+                root,
+                &val,
+                &cfg.preprocess(),
+                Some(&run.join("cache")),
+                cfg.threads,
+            )?;
+            let p = predict(&net, &samples, &cfg, &Default::default());
+            let scored: Vec<(f64, bool)> = samples
+                .iter()
+                .zip(&p.cancer)
+                .filter_map(|(s, &c)| s.labels.cancer.map(|l| (c, l)))
+                .collect();
+            let (cancer_thr, recon_thr) = thresholds(&scored, &p.recon_error, sensitivity);
+            let meta = meta_for(
+                &cfg,
+                &name,
+                &version,
+                &intended_use,
+                &training_data,
+                cancer_thr,
+                sensitivity as f32,
+                recon_thr,
+            );
+            export(&net, &meta, &out)?;
+            let runner = mammo_edge::model::ModelRunner::load(&out)?;
+            eprintln!(
+                "export: {} ({} {}): cancer threshold {cancer_thr:.4} at sensitivity {sensitivity}, recon_error threshold {recon_thr:.5}; tract loads it",
+                out.display(),
+                runner.meta.model_name,
+                runner.meta.model_version
             );
             Ok(())
         }

@@ -194,6 +194,8 @@ pub struct Predictions {
     pub vendor: Vec<usize>,
     pub view: Vec<usize>,
     pub mask: Vec<Vec<f32>>,
+    /// Mean squared reconstruction error per sample (as the exported graph computes it).
+    pub recon_error: Vec<f64>,
     pub loss: f64,
 }
 
@@ -212,6 +214,7 @@ pub fn predict(
         vendor: vec![],
         view: vec![],
         mask: vec![],
+        recon_error: vec![],
         loss: 0.0,
     };
     let mut loss_sum = 0.0;
@@ -249,6 +252,15 @@ pub fn predict(
         p.vendor.extend(argmax(out.vendor));
         p.view.extend(argmax(out.view));
         let [_, _, h, w] = out.mask.dims();
+        let sq: Vec<f32> = (out.recon.clone() - out.recon_target.clone())
+            .powf_scalar(2.0)
+            .into_data()
+            .to_vec()
+            .unwrap_or_default();
+        p.recon_error.extend(
+            sq.chunks(h * w)
+                .map(|c| c.iter().map(|&v| v as f64).sum::<f64>() / (h * w) as f64),
+        );
         let m = sigmoid(out.mask)
             .into_data()
             .to_vec::<f32>()

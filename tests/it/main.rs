@@ -3,6 +3,8 @@
 
 mod cli;
 mod codecs;
+#[cfg(feature = "train")]
+mod export;
 mod grey_pipeline;
 mod real_data;
 mod rejections;

@@ -1,0 +1,8 @@
+//! The ONNX model contract (docs/model-contract.md) and its tract runner: what any model the
+//! appliance runs must look like — input, outputs, `mammo.*` metadata — checked at load time.
+
+pub mod contract;
+pub mod runner;
+
+pub use contract::{ContractError, ModelMeta, OUTPUTS};
+pub use runner::{ModelOutputs, ModelRunner};

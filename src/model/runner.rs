@@ -1,0 +1,176 @@
+//! Runs a contract-conforming ONNX model with tract: load once, check the contract (input, the nine
+//! outputs and their shapes, metadata), optimise for a batch of one, then one forward pass per
+//! image gives every head.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use tract_onnx::prelude::*;
+
+use super::contract::{ContractError, ModelMeta, OUTPUTS};
+
+/// All heads for one image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelOutputs {
+    /// Probability, 0–1.
+    pub cancer: f32,
+    pub normal: f32,
+    /// Probabilities of A–D.
+    pub density: [f32; 4],
+    /// Percent density, 0–100 %.
+    pub percent_density: f32,
+    /// Probabilities over `ModelMeta::vendor_classes`.
+    pub vendor: Vec<f32>,
+    /// Probabilities of CC, MLO.
+    pub view: [f32; 2],
+    /// `[h · w]` dense-tissue probability, and its size (h, w).
+    pub dense_mask: Vec<f32>,
+    pub mask_size: (usize, usize),
+    /// `[h · w]` reconstruction in the normalised input space.
+    pub reconstruction: Vec<f32>,
+    /// Mean squared reconstruction error (computed in the graph).
+    pub recon_error: f32,
+}
+
+type Plan = std::sync::Arc<TypedRunnableModel>;
+
+/// A loaded, checked model.
+pub struct ModelRunner {
+    pub meta: ModelMeta,
+    plan: Plan,
+    /// Output index of each name of [`OUTPUTS`].
+    index: [usize; 9],
+}
+
+fn tract_err(e: impl std::fmt::Display) -> ContractError {
+    ContractError::Tract(format!("{e:#}"))
+}
+
+impl ModelRunner {
+    /// Load `path`, check the contract and optimise. Errors say what does not conform.
+    pub fn load(path: &Path) -> Result<ModelRunner, ContractError> {
+        let onnx = tract_onnx::onnx();
+        let proto = onnx
+            .proto_model_for_path(path)
+            .map_err(|e| ContractError::Read {
+                path: path.display().to_string(),
+                detail: format!("{e:#}"),
+            })?;
+        let props: HashMap<String, String> = proto
+            .metadata_props
+            .iter()
+            .map(|p| (p.key.clone(), p.value.clone()))
+            .collect();
+        let meta = ModelMeta::from_props(&props)?;
+        let graph = proto
+            .graph
+            .as_ref()
+            .ok_or_else(|| ContractError::Shape("no graph".into()))?;
+        let inputs: Vec<&str> = graph
+            .input
+            .iter()
+            .map(|i| i.name.as_str())
+            .filter(|n| !graph.initializer.iter().any(|t| t.name == *n))
+            .collect();
+        if inputs != ["image"] {
+            return Err(ContractError::Shape(format!(
+                "the model must have one input named \"image\", it has {inputs:?}"
+            )));
+        }
+        let names: Vec<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+        let mut index = [0usize; 9];
+        for (k, want) in OUTPUTS.iter().enumerate() {
+            index[k] = names.iter().position(|n| n == want).ok_or_else(|| {
+                ContractError::Shape(format!("output {want:?} is missing (outputs: {names:?})"))
+            })?;
+        }
+        let (h, w) = (meta.input_height, meta.input_width);
+        let plan = onnx
+            .model_for_proto_model(&proto)
+            .map_err(tract_err)?
+            .with_input_fact(0, f32::fact([1, 1, h, w]).into())
+            .map_err(tract_err)?
+            .into_optimized()
+            .map_err(tract_err)?
+            .into_runnable()
+            .map_err(tract_err)?;
+        let runner = ModelRunner { meta, plan, index };
+        // one pass on a blank image checks every output shape against the contract
+        let probe = runner.run(&vec![0.0; h * w])?;
+        log::info!(
+            "model {} {} loaded: input {h}x{w}, decoder {}x{}, {} vendor classes; intended use: {}",
+            runner.meta.model_name,
+            runner.meta.model_version,
+            probe.mask_size.0,
+            probe.mask_size.1,
+            runner.meta.vendor_classes.len(),
+            runner.meta.intended_use
+        );
+        Ok(runner)
+    }
+
+    /// One forward pass. `input`: the preprocessed, normalised `[H · W]` tensor.
+    pub fn run(&self, input: &[f32]) -> Result<ModelOutputs, ContractError> {
+        let (h, w) = (self.meta.input_height, self.meta.input_width);
+        if input.len() != h * w {
+            return Err(ContractError::Shape(format!(
+                "input has {} values, the model takes {h}x{w}",
+                input.len()
+            )));
+        }
+        let x: Tensor = tract_ndarray::Array4::from_shape_vec((1, 1, h, w), input.to_vec())
+            .map_err(tract_err)?
+            .into();
+        let out = self.plan.run(tvec!(x.into())).map_err(tract_err)?;
+        let get = |k: usize| -> Result<(Vec<usize>, Vec<f32>), ContractError> {
+            let t = &out[self.index[k]];
+            let view = t.to_plain_array_view::<f32>().map_err(tract_err)?;
+            Ok((view.shape().to_vec(), view.iter().copied().collect()))
+        };
+        let check = |k: usize, shape: &[usize], want: &[usize]| {
+            if shape == want {
+                Ok(())
+            } else {
+                Err(ContractError::Shape(format!(
+                    "output {} has shape {shape:?}, the contract says {want:?}",
+                    OUTPUTS[k]
+                )))
+            }
+        };
+        let v = self.meta.vendor_classes.len();
+        let (s, cancer) = get(0)?;
+        check(0, &s, &[1, 1])?;
+        let (s, normal) = get(1)?;
+        check(1, &s, &[1, 1])?;
+        let (s, density) = get(2)?;
+        check(2, &s, &[1, 4])?;
+        let (s, percent) = get(3)?;
+        check(3, &s, &[1, 1])?;
+        let (s, vendor) = get(4)?;
+        check(4, &s, &[1, v])?;
+        let (s, view) = get(5)?;
+        check(5, &s, &[1, 2])?;
+        let (ms, dense_mask) = get(6)?;
+        if ms.len() != 4 || ms[0] != 1 || ms[1] != 1 {
+            return Err(ContractError::Shape(format!(
+                "output dense_mask has shape {ms:?}, the contract says [1, 1, h, w]"
+            )));
+        }
+        let (s, reconstruction) = get(7)?;
+        check(7, &s, &ms)?;
+        let (s, recon_error) = get(8)?;
+        check(8, &s, &[1, 1])?;
+        Ok(ModelOutputs {
+            cancer: cancer[0],
+            normal: normal[0],
+            density: [density[0], density[1], density[2], density[3]],
+            percent_density: percent[0],
+            vendor,
+            view: [view[0], view[1]],
+            dense_mask,
+            mask_size: (ms[2], ms[3]),
+            reconstruction,
+            recon_error: recon_error[0],
+        })
+    }
+}

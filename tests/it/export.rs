@@ -1,0 +1,183 @@
+//! ONNX export (feature `train`): the exported file follows the contract, tract runs it with the
+//! same outputs as Burn (max abs difference ≤ 1e-4), and a non-conforming model is refused by name.
+
+use burn::prelude::*;
+use burn::tensor::activation::{sigmoid, softmax};
+use mammo_edge::manifest;
+use mammo_edge::model::contract::ModelMeta;
+use mammo_edge::model::ModelRunner;
+use mammo_edge::synth::generator::{generate, SynthConfig};
+use mammo_edge::synth::SplitMix64;
+use mammo_edge::train::data;
+use mammo_edge::train::export::{export, meta_for};
+use mammo_edge::train::fit::{fit, load_net, FitConfig, InferBackend};
+use mammo_edge::train::model::MtlConfig;
+use prost::Message;
+
+use crate::util::*;
+
+fn trained() -> (tempfile::TempDir, FitConfig) {
+    let d = tmp();
+    generate(
+        &SynthConfig {
+            count: 24,
+            seed: 9,
+            scale: 0.06,
+            ..Default::default()
+        },
+        d.path(),
+    )
+    .unwrap();
+    let cfg = FitConfig {
+        model: MtlConfig::new()
+            .with_height(128)
+            .with_width(64)
+            .with_base(8)
+            .with_hidden(16),
+        epochs: 2,
+        batch_size: 8,
+        augment: false,
+        ..Default::default()
+    };
+    fit(
+        &d.path().join("manifest.csv"),
+        &cfg,
+        &d.path().join("run"),
+        false,
+    )
+    .unwrap();
+    (d, cfg)
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn tract_runs_the_exported_file_like_burn() {
+    let (d, cfg) = trained();
+    let net = load_net(&d.path().join("run/best.mpk"), &cfg.model).unwrap();
+    let meta = meta_for(
+        &cfg,
+        "test-model",
+        "0.0.1",
+        "research only, not for clinical use",
+        "phantoms",
+        0.5,
+        0.9,
+        1.0,
+    );
+    let path = d.path().join("m.onnx");
+    export(&net, &meta, &path).unwrap();
+    let runner = ModelRunner::load(&path).unwrap();
+    assert_eq!(runner.meta, meta);
+
+    let rows = manifest::read(&d.path().join("manifest.csv")).unwrap();
+    let phantom = data::load_one(d.path(), 0, &rows[0], &cfg.preprocess(), None)
+        .unwrap()
+        .input;
+    let mut rng = SplitMix64::new(4);
+    let random: Vec<f32> = (0..128 * 64).map(|_| rng.normal() as f32).collect();
+    let device = Default::default();
+    for input in [phantom, random] {
+        let x = Tensor::<InferBackend, 4>::from_data(
+            TensorData::new(input.clone(), [1, 1, 128, 64]),
+            &device,
+        );
+        let o = net.forward(x);
+        let v = |t: Tensor<InferBackend, 2>| t.into_data().to_vec::<f32>().unwrap();
+        let recon: Vec<f32> = o.recon.clone().into_data().to_vec().unwrap();
+        let target: Vec<f32> = o.recon_target.clone().into_data().to_vec().unwrap();
+        let err = recon
+            .iter()
+            .zip(&target)
+            .map(|(a, b)| (a - b) * (a - b))
+            .sum::<f32>()
+            / recon.len() as f32;
+        let t = runner.run(&input).unwrap();
+        let tol = 1e-4;
+        assert!(max_diff(&[t.cancer], &v(sigmoid(o.cancer))) <= tol);
+        assert!(max_diff(&[t.normal], &v(sigmoid(o.normal))) <= tol);
+        assert!(max_diff(&t.density, &v(softmax(o.density, 1))) <= tol);
+        assert!(max_diff(&[t.percent_density / 100.0], &v(sigmoid(o.percent))) <= tol);
+        assert!(max_diff(&t.vendor, &v(softmax(o.vendor, 1))) <= tol);
+        assert!(max_diff(&t.view, &v(softmax(o.view, 1))) <= tol);
+        let mask: Vec<f32> = sigmoid(o.mask).into_data().to_vec().unwrap();
+        assert_eq!(t.mask_size, (32, 16));
+        assert!(
+            max_diff(&t.dense_mask, &mask) <= tol,
+            "mask {}",
+            max_diff(&t.dense_mask, &mask)
+        );
+        assert!(max_diff(&t.reconstruction, &recon) <= tol);
+        assert!(
+            (t.recon_error - err).abs() <= tol * err.max(1.0),
+            "{} vs {err}",
+            t.recon_error
+        );
+    }
+}
+
+#[test]
+fn a_model_that_breaks_the_contract_is_refused_with_the_reason() {
+    let cfg = MtlConfig::new()
+        .with_height(64)
+        .with_width(32)
+        .with_base(4)
+        .with_hidden(0);
+    let fit_cfg = FitConfig {
+        model: cfg.clone(),
+        ..Default::default()
+    };
+    let net = cfg.init::<InferBackend>(&Default::default());
+    let meta = meta_for(
+        &fit_cfg,
+        "m",
+        "1",
+        "research only, not for clinical use",
+        "none",
+        0.5,
+        0.9,
+        1.0,
+    );
+    let d = tmp();
+    let good = d.path().join("good.onnx");
+    export(&net, &meta, &good).unwrap();
+    assert!(ModelRunner::load(&good).is_ok());
+    let proto =
+        tract_onnx::pb::ModelProto::decode(std::fs::read(&good).unwrap().as_slice()).unwrap();
+
+    let mut p = proto.clone();
+    p.metadata_props.retain(|e| e.key != "mammo.intended_use");
+    let f = d.path().join("no_use.onnx");
+    std::fs::write(&f, p.encode_to_vec()).unwrap();
+    let e = ModelRunner::load(&f).err().unwrap().to_string();
+    assert!(e.contains("mammo.intended_use"), "{e}");
+
+    let mut p = proto.clone();
+    for e in &mut p.metadata_props {
+        if e.key == "mammo.preprocess_version" {
+            e.value = "99".into();
+        }
+    }
+    let f = d.path().join("pre99.onnx");
+    std::fs::write(&f, p.encode_to_vec()).unwrap();
+    let e = ModelRunner::load(&f).err().unwrap().to_string();
+    assert!(e.contains("preprocessing version 99"), "{e}");
+
+    let mut p = proto.clone();
+    let g = p.graph.as_mut().unwrap();
+    g.output.retain(|o| o.name != "recon_error");
+    let f = d.path().join("no_recon_error.onnx");
+    std::fs::write(&f, p.encode_to_vec()).unwrap();
+    let e = ModelRunner::load(&f).err().unwrap().to_string();
+    assert!(e.contains("recon_error"), "{e}");
+
+    std::fs::write(d.path().join("junk.onnx"), b"not a model").unwrap();
+    assert!(ModelRunner::load(&d.path().join("junk.onnx")).is_err());
+    let _ = ModelMeta::from_props(&Default::default()).unwrap_err();
+}
