@@ -4,6 +4,7 @@
 
 pub mod demo;
 pub mod dicom;
+pub mod infer;
 pub mod inspect;
 pub mod labels;
 pub mod manifest;

@@ -57,6 +57,22 @@ enum Command {
         #[arg(required = true, value_name = "FILE_OR_DIR")]
         files: Vec<PathBuf>,
     },
+    /// Score DICOM files with an ONNX model (docs/model-contract.md): one JSON object per file.
+    #[command(
+        after_help = "Exit status: 0 all files scored, 3 some rejected, 1 the model was refused."
+    )]
+    Infer {
+        /// The ONNX model.
+        #[arg(long)]
+        model: PathBuf,
+        /// Instead of DICOM files: one raw little-endian f32 model-input tensor [H*W] (for checks
+        /// against other runtimes); prints the raw outputs.
+        #[arg(long, value_name = "FILE")]
+        tensor: Option<PathBuf>,
+        /// DICOM files or folders.
+        #[arg(value_name = "FILE_OR_DIR")]
+        files: Vec<PathBuf>,
+    },
     /// Generate synthetic mammograms (DICOM) with ground truth: masks and manifest.csv (docs/synth.md).
     Synth {
         /// Output folder (images/, masks/, manifest.csv); must not already hold a data set.
@@ -130,11 +146,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// Write one line to stdout; a closed pipe (`| head`) ends the program quietly.
+fn emit(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 fn print(report: &inspect::Report, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string(report)?);
+        emit(&serde_json::to_string(report)?);
     } else {
-        println!("{}", report.to_line());
+        emit(&report.to_line());
     }
     Ok(())
 }
@@ -221,6 +250,55 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     rejected += 1;
                 }
                 print(&r, json)?;
+            }
+            Ok(if rejected == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_REJECTED)
+            })
+        }
+        Command::Infer {
+            model,
+            tensor,
+            files,
+        } => {
+            let runner = mammo_edge::model::ModelRunner::load(&model)
+                .with_context(|| format!("model {}", model.display()))?;
+            if let Some(t) = tensor {
+                let bytes =
+                    std::fs::read(&t).with_context(|| format!("--tensor {}", t.display()))?;
+                let input: Vec<f32> = bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                let o = runner.run(&input)?;
+                let raw = serde_json::json!({
+                    "cancer": o.cancer, "normal": o.normal, "density": o.density,
+                    "percent_density": o.percent_density, "vendor": o.vendor, "view": o.view,
+                    "dense_mask": o.dense_mask, "reconstruction": o.reconstruction,
+                    "recon_error": o.recon_error,
+                });
+                emit(&raw.to_string());
+                return Ok(ExitCode::SUCCESS);
+            }
+            let opts = IngestOptions::default();
+            let mut rejected = 0;
+            for f in expand(&files)? {
+                match mammo_edge::infer::infer_file(&runner, &f, &opts) {
+                    Ok(r) => {
+                        let mut v = serde_json::to_value(&r)?;
+                        v["file"] = serde_json::Value::String(f.display().to_string());
+                        v["status"] = "scored".into();
+                        emit(&v.to_string());
+                    }
+                    Err(e) => {
+                        rejected += 1;
+                        emit(
+                            &serde_json::json!({"file": f.display().to_string(), "status": "rejected", "reason": e.to_string()})
+                                .to_string(),
+                        );
+                    }
+                }
             }
             Ok(if rejected == 0 {
                 ExitCode::SUCCESS

@@ -1,0 +1,117 @@
+//! One image through the whole edge path: DICOM → ingest → THE preprocessing (with the model's
+//! parameters) → tract → a result with class names, flags and the model's intended use. Used by
+//! `mammo-edge infer` (and by the daemon).
+
+use std::path::Path;
+use std::time::Instant;
+
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::dicom::{read_mammogram, IngestError, IngestOptions, Laterality, Vendor, View};
+use crate::model::{ContractError, ModelOutputs, ModelRunner};
+use crate::preprocess::{preprocess, PreprocessError};
+
+/// Why an image has no result.
+#[derive(Debug, Error)]
+pub enum InferError {
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    #[error(transparent)]
+    Preprocess(#[from] PreprocessError),
+    #[error(transparent)]
+    Model(#[from] ContractError),
+}
+
+/// Result for one image. No patient attribute appears here.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageResult {
+    pub model_name: String,
+    pub model_version: String,
+    pub intended_use: String,
+    pub laterality: Option<Laterality>,
+    pub view: View,
+    /// Vendor from the DICOM header.
+    pub vendor: Vendor,
+    /// Vendor predicted by the model (class name) and its probability.
+    pub vendor_predicted: String,
+    pub vendor_probability: f32,
+    /// Cancer probability (0–1) and whether it reaches the model's operating threshold.
+    pub cancer_probability: f32,
+    pub cancer_flag: bool,
+    pub normal_probability: f32,
+    /// BI-RADS density class (argmax) and the A–D probabilities.
+    pub density: String,
+    pub density_probabilities: [f32; 4],
+    /// Percent density, 0–100 %.
+    pub percent_density: f32,
+    /// Predicted view (CC / MLO) and its probability.
+    pub view_predicted: String,
+    pub view_probability: f32,
+    /// Reconstruction error and whether it exceeds the model's out-of-distribution threshold.
+    pub ood_score: f32,
+    pub ood: bool,
+    pub decode_ms: f64,
+    pub preprocess_ms: f64,
+    pub inference_ms: f64,
+}
+
+fn argmax(v: &[f32]) -> usize {
+    (0..v.len())
+        .max_by(|&a, &b| v[a].total_cmp(&v[b]))
+        .unwrap_or(0)
+}
+
+/// Turn raw outputs into a result with the model's class names and thresholds.
+pub fn interpret(runner: &ModelRunner, o: &ModelOutputs) -> ImageResult {
+    let m = &runner.meta;
+    let d = argmax(&o.density);
+    let v = argmax(&o.vendor);
+    let w = argmax(&o.view);
+    ImageResult {
+        model_name: m.model_name.clone(),
+        model_version: m.model_version.clone(),
+        intended_use: m.intended_use.clone(),
+        laterality: None,
+        view: View::Other,
+        vendor: Vendor::Other,
+        vendor_predicted: m.vendor_classes.get(v).cloned().unwrap_or_default(),
+        vendor_probability: o.vendor.get(v).copied().unwrap_or(0.0),
+        cancer_probability: o.cancer,
+        cancer_flag: o.cancer >= m.cancer_threshold,
+        normal_probability: o.normal,
+        density: m.density_classes.get(d).cloned().unwrap_or_default(),
+        density_probabilities: o.density,
+        percent_density: o.percent_density,
+        view_predicted: m.view_classes.get(w).cloned().unwrap_or_default(),
+        view_probability: o.view[w],
+        ood_score: o.recon_error,
+        ood: o.recon_error > m.recon_error_threshold,
+        decode_ms: 0.0,
+        preprocess_ms: 0.0,
+        inference_ms: 0.0,
+    }
+}
+
+/// Score one DICOM file.
+pub fn infer_file(
+    runner: &ModelRunner,
+    path: &Path,
+    opts: &IngestOptions,
+) -> Result<ImageResult, InferError> {
+    let t0 = Instant::now();
+    let m = read_mammogram(path, opts)?;
+    let t1 = Instant::now();
+    let p = preprocess(&m, &runner.meta.preprocess())?;
+    let t2 = Instant::now();
+    let o = runner.run(&p.tensor)?;
+    let t3 = Instant::now();
+    let mut r = interpret(runner, &o);
+    r.laterality = Some(p.geometry.laterality);
+    r.view = m.meta.view;
+    r.vendor = m.meta.vendor;
+    r.decode_ms = (t1 - t0).as_secs_f64() * 1e3;
+    r.preprocess_ms = (t2 - t1).as_secs_f64() * 1e3;
+    r.inference_ms = (t3 - t2).as_secs_f64() * 1e3;
+    Ok(r)
+}
