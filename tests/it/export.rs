@@ -181,3 +181,40 @@ fn a_model_that_breaks_the_contract_is_refused_with_the_reason() {
     assert!(ModelRunner::load(&d.path().join("junk.onnx")).is_err());
     let _ = ModelMeta::from_props(&Default::default()).unwrap_err();
 }
+
+#[test]
+fn infer_scores_dicom_files_with_the_exported_model_and_leaks_no_patient_data() {
+    let (d, cfg) = trained();
+    let net = load_net(&d.path().join("run/best.mpk"), &cfg.model).unwrap();
+    let meta = meta_for(&cfg, "m", "1", "research only, not for clinical use", "phantoms", 0.5, 0.9, 1e9);
+    let model = d.path().join("m.onnx");
+    export(&net, &meta, &model).unwrap();
+    let junk = d.path().join("images/zz_junk.dcm");
+    std::fs::write(&junk, b"junk").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mammo-edge"))
+        .args(["-vv", "infer", "--model"])
+        .arg(&model)
+        .arg(d.path().join("images"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "one junk file rejected");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 25);
+    let rows = manifest::read(&d.path().join("manifest.csv")).unwrap();
+    for (l, r) in lines.iter().zip(&rows) {
+        assert_eq!(l["status"], "scored");
+        assert_eq!(l["intended_use"], "research only, not for clinical use");
+        assert_eq!(l["laterality"], r.laterality.unwrap().as_str());
+        let p = l["cancer_probability"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&p));
+        let pd = l["percent_density"].as_f64().unwrap();
+        assert!((0.0..=100.0).contains(&pd));
+        assert_eq!(l["ood"], false, "threshold 1e9");
+    }
+    assert_eq!(lines[24]["status"], "rejected");
+    let all = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    for phi in ["SYNTH^PATIENT", "SYNTH-", "19700101"] {
+        assert!(!all.contains(phi), "{phi} leaked");
+    }
+}
