@@ -88,6 +88,23 @@ enum Command {
         #[arg(long, default_value_t = 0.9)]
         sensitivity: f64,
     },
+    /// Convert a public dataset's metadata to our manifest (docs/manifest.md).
+    Import {
+        /// rsna (train.csv), vindr (breast-level_annotations.csv), cbis-ddsm (mass/calc case
+        /// description CSVs), cmmd (clinical sheet as CSV; images found by DICOM header),
+        /// inbreast (INbreast.csv, ';'-separated).
+        #[arg(value_parser = ["rsna", "vindr", "cbis-ddsm", "cmmd", "inbreast"])]
+        format: String,
+        /// The dataset's metadata file(s).
+        #[arg(long = "csv", required = true)]
+        csvs: Vec<PathBuf>,
+        /// The dataset's root folder (where its images are).
+        #[arg(long)]
+        root: PathBuf,
+        /// Manifest to write; image paths in it are relative to its folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Preprocess DICOM files exactly as the daemon does and print tensor statistics.
     Preprocess {
         #[arg(required = true)]
@@ -225,6 +242,40 @@ fn run(command: Command) -> anyhow::Result<()> {
                 out.display(),
                 runner.meta.model_name,
                 runner.meta.model_version
+            );
+            Ok(())
+        }
+        Command::Import {
+            format,
+            csvs,
+            root,
+            out,
+        } => {
+            use mammo_edge::import::{import, Format};
+            let f = match format.as_str() {
+                "rsna" => Format::Rsna,
+                "vindr" => Format::Vindr,
+                "cbis-ddsm" => Format::CbisDdsm,
+                "cmmd" => Format::Cmmd,
+                _ => Format::Inbreast,
+            };
+            let dir = out
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            std::fs::create_dir_all(dir).with_context(|| format!("--out {}", out.display()))?;
+            let abs =
+                |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+            let rows = import(f, &csvs, &abs(&root), &abs(dir))?;
+            mammo_edge::manifest::write(&out, &rows)?;
+            let count = |s: mammo_edge::labels::Split| rows.iter().filter(|r| r.split == s).count();
+            eprintln!(
+                "import {format}: {} images ({} train, {} val, {} test) -> {}",
+                rows.len(),
+                count(mammo_edge::labels::Split::Train),
+                count(mammo_edge::labels::Split::Val),
+                count(mammo_edge::labels::Split::Test),
+                out.display()
             );
             Ok(())
         }

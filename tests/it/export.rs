@@ -186,7 +186,16 @@ fn a_model_that_breaks_the_contract_is_refused_with_the_reason() {
 fn infer_scores_dicom_files_with_the_exported_model_and_leaks_no_patient_data() {
     let (d, cfg) = trained();
     let net = load_net(&d.path().join("run/best.mpk"), &cfg.model).unwrap();
-    let meta = meta_for(&cfg, "m", "1", "research only, not for clinical use", "phantoms", 0.5, 0.9, 1e9);
+    let meta = meta_for(
+        &cfg,
+        "m",
+        "1",
+        "research only, not for clinical use",
+        "phantoms",
+        0.5,
+        0.9,
+        1e9,
+    );
     let model = d.path().join("m.onnx");
     export(&net, &meta, &model).unwrap();
     let junk = d.path().join("images/zz_junk.dcm");
@@ -199,7 +208,10 @@ fn infer_scores_dicom_files_with_the_exported_model_and_leaks_no_patient_data() 
         .unwrap();
     assert_eq!(out.status.code(), Some(3), "one junk file rejected");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 25);
     let rows = manifest::read(&d.path().join("manifest.csv")).unwrap();
     for (l, r) in lines.iter().zip(&rows) {

@@ -6,6 +6,7 @@ mod codecs;
 #[cfg(feature = "train")]
 mod export;
 mod grey_pipeline;
+mod import;
 mod real_data;
 mod rejections;
 mod reported_cases;
