@@ -206,11 +206,20 @@ fn run(command: Command) -> anyhow::Result<()> {
             let net = load_net(&run.join("best.mpk"), &cfg.model)?;
             let rows = mammo_edge::manifest::read(&manifest)?;
             let root = manifest.parent().unwrap_or(std::path::Path::new("."));
-            let val: Vec<_> = rows
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| r.split == mammo_edge::labels::Split::Val)
-                .collect();
+            let pick = |split| -> Vec<_> {
+                rows.iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.split == split)
+                    .collect()
+            };
+            let mut val = pick(mammo_edge::labels::Split::Val);
+            if val.is_empty() {
+                log::warn!(
+                    "no validation rows in {}: thresholds set on the training rows",
+                    manifest.display()
+                );
+                val = pick(mammo_edge::labels::Split::Train);
+            }
             let samples = data::load(
                 root,
                 &val,

@@ -375,6 +375,13 @@ pub fn fit(
         net: cfg.model.init::<TrainBackend>(&device),
         log_vars: Param::from_tensor(Tensor::zeros([TASKS.len()], &device)),
     };
+    log::info!(
+        "network: {} parameters, {:.1} M multiply-accumulates per {}x{} image",
+        model.net.num_params(),
+        cfg.model.macs() as f64 / 1e6,
+        cfg.model.height,
+        cfg.model.width
+    );
     let mut optim = AdamWConfig::new()
         .with_weight_decay(cfg.weight_decay)
         .init::<TrainBackend, TrainModel<TrainBackend>>();

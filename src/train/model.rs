@@ -176,6 +176,33 @@ impl MtlConfig {
         Ok(())
     }
 
+    /// Multiply-accumulates of one forward pass for one image (convolutions, transposed convolutions
+    /// and dense layers; activations, pooling and BatchNorm not counted).
+    pub fn macs(&self) -> u64 {
+        let c = self.base as u64;
+        let (h, w) = (self.height as u64, self.width as u64);
+        let mut total = (h / 4) * (w / 4) * 16 * c; // stem 4x4, 1 -> c
+        let chans = [c, 2 * c, 4 * c, 8 * c];
+        for i in 0..3 {
+            let pos = (h >> (3 + i)) * (w >> (3 + i));
+            total += pos * 9 * chans[i] * chans[i + 1] + pos * 9 * chans[i + 1] * chans[i + 1];
+        }
+        let d = 8 * c;
+        let hid = self.hidden as u64;
+        let outs = [1, 1, 4, 1, self.vendors as u64, 2];
+        for o in outs {
+            total += if hid > 0 { d * hid + hid * o } else { d * o };
+        }
+        for (i, (a, b)) in [(8 * c, 4 * c), (4 * c, 2 * c), (2 * c, c)]
+            .iter()
+            .enumerate()
+        {
+            let pos_in = (h >> (5 - i)) * (w >> (5 - i));
+            total += pos_in * 4 * a * b;
+        }
+        total + 2 * (h / 4) * (w / 4) * c
+    }
+
     /// Build the network with freshly initialised weights.
     pub fn init<B: Backend>(&self, device: &B::Device) -> MtlNet<B> {
         let c = self.base;

@@ -118,3 +118,29 @@ fn tiny_model_loss_falls_and_training_resumes() {
     let lines = std::fs::read_to_string(out.join("train_log.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 6);
 }
+
+#[test]
+fn demo_and_production_sizes() {
+    use burn::module::Module;
+    let device = Default::default();
+    for (cfg, max_params) in [
+        (MtlConfig::new(), 1_000_000usize),
+        (
+            MtlConfig::new()
+                .with_height(1024)
+                .with_width(640)
+                .with_base(32),
+            5_000_000,
+        ),
+    ] {
+        let n = cfg.init::<InferBackend>(&device).num_params();
+        eprintln!(
+            "{}x{} base {}: {n} parameters, {} MACs",
+            cfg.height,
+            cfg.width,
+            cfg.base,
+            cfg.macs()
+        );
+        assert!(n < max_params, "{n}");
+    }
+}
