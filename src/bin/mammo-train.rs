@@ -88,6 +88,20 @@ enum Command {
         #[arg(long, default_value_t = 0.9)]
         sensitivity: f64,
     },
+    /// Evaluate an ONNX model with tract on a manifest split, per vendor and overall
+    /// (report.json, report.md).
+    Eval {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        manifest: PathBuf,
+        /// Split to evaluate: test (default), val or train.
+        #[arg(long, default_value = "test", value_parser = ["train", "val", "test"])]
+        split: String,
+        /// Output folder of the report.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Convert a public dataset's metadata to our manifest (docs/manifest.md).
     Import {
         /// rsna (train.csv), vindr (breast-level_annotations.csv), cbis-ddsm (mass/calc case
@@ -252,6 +266,22 @@ fn run(command: Command) -> anyhow::Result<()> {
                 runner.meta.model_name,
                 runner.meta.model_version
             );
+            Ok(())
+        }
+        Command::Eval {
+            model,
+            manifest,
+            split,
+            out,
+        } => {
+            use mammo_edge::labels::Split;
+            let sp = match split.as_str() {
+                "train" => Split::Train,
+                "val" => Split::Val,
+                _ => Split::Test,
+            };
+            let r = mammo_edge::train::eval::evaluate(&model, &manifest, sp, &out)?;
+            println!("{}", mammo_edge::train::eval::markdown(&r));
             Ok(())
         }
         Command::Import {

@@ -2,6 +2,7 @@
 //! data loading through the shared preprocessing, training loop and metrics.
 
 pub mod data;
+pub mod eval;
 pub mod export;
 pub mod fit;
 pub mod loss;

@@ -230,3 +230,54 @@ fn infer_scores_dicom_files_with_the_exported_model_and_leaks_no_patient_data() 
         assert!(!all.contains(phi), "{phi} leaked");
     }
 }
+
+#[test]
+fn eval_reports_per_vendor_with_the_unseen_vendor_marked() {
+    use mammo_edge::labels::Split;
+    let (d, cfg) = trained();
+    let net = load_net(&d.path().join("run/best.mpk"), &cfg.model).unwrap();
+    let meta = meta_for(
+        &cfg,
+        "m",
+        "1",
+        "research only, not for clinical use",
+        "phantoms",
+        0.5,
+        0.9,
+        1.0,
+    );
+    let model = d.path().join("m.onnx");
+    export(&net, &meta, &model).unwrap();
+    // hold one vendor out: all its rows become the test split, the others train
+    let mut rows = manifest::read(&d.path().join("manifest.csv")).unwrap();
+    let held = rows[0].vendor.unwrap();
+    for r in &mut rows {
+        r.split = if r.vendor == Some(held) {
+            Split::Test
+        } else {
+            Split::Train
+        };
+    }
+    let m = d.path().join("holdout.csv");
+    manifest::write(&m, &rows).unwrap();
+    let out = d.path().join("eval");
+    let r = mammo_edge::train::eval::evaluate(&model, &m, Split::Test, &out).unwrap();
+    let n_test = rows.iter().filter(|r| r.split == Split::Test).count();
+    assert_eq!(r.overall.images, n_test);
+    assert_eq!(r.by_vendor.len(), 1);
+    let key = format!("{} (unseen)", held.as_str());
+    let g = &r.by_vendor[&key];
+    assert_eq!(g.images, n_test);
+    assert!(
+        g.vendor_macro_f1.is_none(),
+        "the vendor head is not scored on an unseen vendor"
+    );
+    assert!(g.percent_density_mae.unwrap() >= 0.0 && g.mask_dice.unwrap() > 0.0);
+    assert!(g.view_accuracy.unwrap() <= 1.0);
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains(&key) && md.contains("research only"));
+    assert!(out.join("report.json").exists());
+    let r2 = mammo_edge::train::eval::evaluate(&model, &m, Split::Train, &out).unwrap();
+    assert!(r2.by_vendor.keys().all(|k| !k.contains("unseen")));
+    assert!(r2.overall.vendor_macro_f1.is_some());
+}
