@@ -286,10 +286,10 @@ impl MammoMeta {
     }
 }
 
-/// LUT Data as unsigned entries, whatever VR it was read with (US, SS, OW as bytes).
-/// 8-bit entries packed two per OW word (PS3.3 C.11.2.1.1) are unpacked when `declared` asks for them.
-fn lut_data(e: &InMemElement, declared: usize, bits: u16) -> Vec<u16> {
-    let words: Vec<u16> = match e.value() {
+/// 16-bit words of an element whatever VR it was read with (US, SS as bit patterns, OW/OB bytes
+/// little endian, numbers otherwise).
+fn words(e: &InMemElement) -> Vec<u16> {
+    match e.value() {
         Value::Primitive(PrimitiveValue::U16(v)) => v.to_vec(),
         Value::Primitive(PrimitiveValue::I16(v)) => v.iter().map(|&x| x as u16).collect(),
         Value::Primitive(PrimitiveValue::U8(v)) => v
@@ -303,7 +303,13 @@ fn lut_data(e: &InMemElement, declared: usize, bits: u16) -> Vec<u16> {
             .map(|&x| x as u16)
             .collect(),
         _ => Vec::new(),
-    };
+    }
+}
+
+/// LUT Data entries. 8-bit entries packed two per OW word (PS3.3 C.11.2.1.1) are unpacked when
+/// `declared` asks for them.
+fn lut_data(e: &InMemElement, declared: usize, bits: u16) -> Vec<u16> {
+    let words = words(e);
     if bits <= 8 && words.len() < declared && words.len() * 2 >= declared {
         return words
             .iter()
@@ -324,16 +330,7 @@ fn read_lut(
 ) -> Result<Lut, IngestError> {
     let bad = |detail: &str| IngestError::Inconsistent(format!("{which} LUT: {detail}"));
     let desc_elem = elem(item, tags::LUT_DESCRIPTOR).ok_or_else(|| bad("no LUTDescriptor"))?;
-    let desc: Vec<u16> = match desc_elem.value() {
-        Value::Primitive(PrimitiveValue::I16(v)) => v.iter().map(|&x| x as u16).collect(),
-        Value::Primitive(p) => p
-            .to_multi_int::<i64>()
-            .unwrap_or_default()
-            .iter()
-            .map(|&x| x as u16)
-            .collect(),
-        _ => Vec::new(),
-    };
+    let desc = words(desc_elem);
     if desc.len() != 3 {
         return Err(bad("LUTDescriptor does not have 3 values"));
     }

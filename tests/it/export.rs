@@ -11,7 +11,7 @@ use mammo_edge::synth::SplitMix64;
 use mammo_edge::train::data;
 use mammo_edge::train::export::{export, meta_for};
 use mammo_edge::train::fit::{fit, load_net, FitConfig, InferBackend};
-use mammo_edge::train::model::MtlConfig;
+use mammo_edge::train::model::{MtlConfig, MtlNet};
 use prost::Message;
 
 use crate::util::*;
@@ -49,6 +49,28 @@ fn trained() -> (tempfile::TempDir, FitConfig) {
     (d, cfg)
 }
 
+/// The trained network of [`trained`], exported with research-only metadata to `m.onnx`.
+fn exported(
+    d: &std::path::Path,
+    cfg: &FitConfig,
+    recon_threshold: f32,
+) -> (MtlNet<InferBackend>, ModelMeta, std::path::PathBuf) {
+    let net = load_net(&d.join("run/best.mpk"), &cfg.model).unwrap();
+    let meta = meta_for(
+        cfg,
+        "test-model",
+        "0.0.1",
+        "research only, not for clinical use",
+        "phantoms",
+        0.5,
+        0.9,
+        recon_threshold,
+    );
+    let path = d.join("m.onnx");
+    export(&net, &meta, &path).unwrap();
+    (net, meta, path)
+}
+
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
@@ -60,19 +82,7 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn tract_runs_the_exported_file_like_burn() {
     let (d, cfg) = trained();
-    let net = load_net(&d.path().join("run/best.mpk"), &cfg.model).unwrap();
-    let meta = meta_for(
-        &cfg,
-        "test-model",
-        "0.0.1",
-        "research only, not for clinical use",
-        "phantoms",
-        0.5,
-        0.9,
-        1.0,
-    );
-    let path = d.path().join("m.onnx");
-    export(&net, &meta, &path).unwrap();
+    let (net, meta, path) = exported(d.path(), &cfg, 1.0);
     let runner = ModelRunner::load(&path).unwrap();
     assert_eq!(runner.meta, meta);
 
@@ -185,19 +195,7 @@ fn a_model_that_breaks_the_contract_is_refused_with_the_reason() {
 #[test]
 fn infer_scores_dicom_files_with_the_exported_model_and_leaks_no_patient_data() {
     let (d, cfg) = trained();
-    let net = load_net(&d.path().join("run/best.mpk"), &cfg.model).unwrap();
-    let meta = meta_for(
-        &cfg,
-        "m",
-        "1",
-        "research only, not for clinical use",
-        "phantoms",
-        0.5,
-        0.9,
-        1e9,
-    );
-    let model = d.path().join("m.onnx");
-    export(&net, &meta, &model).unwrap();
+    let (_, _, model) = exported(d.path(), &cfg, 1e9);
     let junk = d.path().join("images/zz_junk.dcm");
     std::fs::write(&junk, b"junk").unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_mammo-edge"))
@@ -235,19 +233,7 @@ fn infer_scores_dicom_files_with_the_exported_model_and_leaks_no_patient_data() 
 fn eval_reports_per_vendor_with_the_unseen_vendor_marked() {
     use mammo_edge::labels::Split;
     let (d, cfg) = trained();
-    let net = load_net(&d.path().join("run/best.mpk"), &cfg.model).unwrap();
-    let meta = meta_for(
-        &cfg,
-        "m",
-        "1",
-        "research only, not for clinical use",
-        "phantoms",
-        0.5,
-        0.9,
-        1.0,
-    );
-    let model = d.path().join("m.onnx");
-    export(&net, &meta, &model).unwrap();
+    let (_, _, model) = exported(d.path(), &cfg, 1.0);
     // hold one vendor out: all its rows become the test split, the others train
     let mut rows = manifest::read(&d.path().join("manifest.csv")).unwrap();
     let held = rows[0].vendor.unwrap();
