@@ -15,7 +15,7 @@ echo
 echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'); $(date -u +%Y-%m-%d)."
 echo "Release build, \`mammo-edge inspect --json\`, median of $runs runs; RSS = peak resident set of the whole process."
 echo
-echo "| file | matrix | transfer syntax | decode ms | grey ms | preprocess ms | total ms | peak RSS MiB |"
+echo "| file | matrix (cols x rows) | transfer syntax | decode ms | grey ms | preprocess ms | total ms | peak RSS MiB |"
 echo "|---|---|---|---:|---:|---:|---:|---:|"
 for f in "$data"/real-mammo/*.dcm; do
   rows=()
