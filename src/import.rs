@@ -324,9 +324,10 @@ fn cbis(csv: &Path, root: &Path, md: &Path, out: &mut Vec<ManifestRow>) -> Resul
             "BENIGN" | "BENIGN_WITHOUT_CALLBACK" => false,
             v => return Err(t.bad(*line, "pathology", format!("{v:?} is not MALIGNANT/BENIGN"))),
         };
+        let resolved = resolve_cbis(root, &file);
         let entry = images.entry(file.clone()).or_insert_with(|| {
             let mut m = row(
-                rel(&root.join(&file), md),
+                rel(&resolved, md),
                 p,
                 format!("cbis-{p}"),
                 if test { Split::Test } else { split_for(p) },
@@ -347,6 +348,38 @@ fn cbis(csv: &Path, root: &Path, md: &Path, out: &mut Vec<ManifestRow>) -> Resul
     }
     out.extend(images.into_values());
     Ok(())
+}
+
+/// The image file of a CBIS-DDSM row: the CSV's `image file path` when it exists under `root`,
+/// else the TCIA download layout `<case>/<date>-DDSM-…/<n>-full mammogram images-<id>/1-1.dcm`
+/// found under the case folder (the path's first component).
+fn resolve_cbis(root: &Path, file: &str) -> PathBuf {
+    let direct = root.join(file);
+    if direct.exists() {
+        return direct;
+    }
+    let case = file.split('/').next().unwrap_or(file);
+    let mut found: Vec<PathBuf> = Vec::new();
+    let mut stack = vec![root.join(case)];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "dcm")
+                && p.parent()
+                    .and_then(|d| d.file_name())
+                    .is_some_and(|n| n.to_string_lossy().contains("full mammogram"))
+            {
+                found.push(p);
+            }
+        }
+    }
+    found.sort();
+    found.into_iter().next().unwrap_or(direct)
 }
 
 /// DICOM files under `root` with their header (recursively, name order); unreadable files skipped.
@@ -475,7 +508,12 @@ fn inbreast(
             );
             continue;
         };
-        let p = cell(r, pid);
+        // The sheet's "Patient ID" is the literal "removed"; the file name carries the patient:
+        // <File Name>_<patient>_MG_<L|R>_<view>_ANON.dcm
+        let p = match cell(r, pid) {
+            "" | "removed" => name.split('_').nth(1).unwrap_or(""),
+            v => v,
+        };
         let mut m = row(
             rel(&dir.join(name), md),
             p,

@@ -61,6 +61,9 @@ enum Command {
         /// Continue from out/checkpoint.
         #[arg(long)]
         resume: bool,
+        /// Stop after this epoch (checkpointed); continue later with --resume.
+        #[arg(long)]
+        stop_after: Option<usize>,
     },
     /// Export a trained run (best.mpk) as an ONNX model following docs/model-contract.md, with the
     /// operating thresholds chosen on the manifest's validation split.
@@ -156,6 +159,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             uncertainty,
             cancer_only,
             resume,
+            stop_after,
         } => {
             let mut cfg: FitConfig = match &config {
                 Some(p) => serde_json::from_str(
@@ -187,6 +191,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 cfg.seed = v;
             }
             cfg.uncertainty |= uncertainty;
+            cfg.stop_after = stop_after;
             if cancer_only {
                 cfg.weights = LossWeights::cancer_only();
             }

@@ -51,6 +51,16 @@ impl SplitMix64 {
     pub fn new(seed: u64) -> Self {
         SplitMix64(seed)
     }
+    /// The internal state (to persist a stream and continue it with [`SplitMix64::from_state`]).
+    pub fn state(&self) -> u64 {
+        self.0
+    }
+
+    /// Continue a stream from a saved [`SplitMix64::state`].
+    pub fn from_state(state: u64) -> Self {
+        SplitMix64(state)
+    }
+
     /// Next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);

@@ -134,14 +134,17 @@ pub fn load_one(
     let mask_path: Option<PathBuf> = row.mask_path.as_ref().map(|m| root.join(m));
     let key = cache_key(&path, mask_path.as_deref(), pre, h, w);
     let cache_file = cache.map(|c| c.join(format!("{key:016x}.f32")));
-    let m = match read_mammogram(&path, &IngestOptions::default()) {
-        Ok(m) => m,
-        Err(e) => {
-            log::warn!("{}: skipped ({e})", row.path);
-            return None;
-        }
-    };
-    let dicom_vendor = m.meta.vendor;
+    // the DICOM vendor needs the header only: a cache hit never decodes pixels
+    let dicom_vendor = crate::dicom::open_header(&path)
+        .ok()
+        .and_then(|h| crate::dicom::MammoMeta::from_object(&h).ok())
+        .map(|m| m.vendor)
+        .unwrap_or(Vendor::Other);
+    let mut lab = labels(row);
+    // the vendor head learns the DICOM vendor when the manifest has none (RSNA, VinDr)
+    if lab.vendor.is_none() && dicom_vendor != Vendor::Other {
+        lab.vendor = Vendor::ALL.iter().position(|x| *x == dicom_vendor);
+    }
     if let Some((input, mask)) = cache_file
         .as_ref()
         .and_then(|f| read_cache(f, h * w, (h / 4) * (w / 4)))
@@ -150,10 +153,17 @@ pub fn load_one(
             row: i,
             input,
             mask,
-            labels: labels(row),
+            labels: lab,
             dicom_vendor,
         });
     }
+    let m = match read_mammogram(&path, &IngestOptions::default()) {
+        Ok(m) => m,
+        Err(e) => {
+            log::warn!("{}: skipped ({e})", row.path);
+            return None;
+        }
+    };
     let p = match preprocess(&m, pre) {
         Ok(p) => p,
         Err(e) => {
@@ -186,7 +196,7 @@ pub fn load_one(
         row: i,
         input: p.tensor,
         mask,
-        labels: labels(row),
+        labels: lab,
         dicom_vendor,
     })
 }

@@ -217,12 +217,19 @@ pub fn evaluate(
         let o = runner.run(&p.tensor)?;
         let dice = r.mask_path.as_ref().and_then(|mp| {
             let img = image::open(root.join(mp)).ok()?.into_luma8();
+            if (img.width() as usize, img.height() as usize) != (m.image.width, m.image.height) {
+                log::warn!("{mp}: mask size differs from the image; Dice not computed");
+                return None;
+            }
             let dense: Vec<f32> = img
                 .pixels()
                 .map(|px| (px.0[0] == 255) as u8 as f32)
                 .collect();
             let warped = warp(&dense, m.image.width, m.image.height, &p.geometry, &pre).ok()?;
             let (h, w) = o.mask_size;
+            if h == 0 || w == 0 || pre.height % h != 0 || pre.width % w != 0 {
+                return None;
+            }
             let (fy, fx) = (pre.height / h, pre.width / w);
             let target: Vec<f32> = (0..h * w)
                 .map(|i| {

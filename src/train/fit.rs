@@ -67,6 +67,10 @@ pub struct FitConfig {
     pub augment: bool,
     /// Threads for decoding and preprocessing.
     pub threads: usize,
+    /// Stop (after checkpointing) once this epoch is done, to continue later with `--resume`
+    /// (time-boxed runs). Not part of the run's definition.
+    #[serde(skip)]
+    pub stop_after: Option<usize>,
 }
 
 impl Default for FitConfig {
@@ -85,6 +89,7 @@ impl Default for FitConfig {
             patience: 6,
             augment: true,
             threads: 2,
+            stop_after: None,
         }
     }
 }
@@ -112,7 +117,15 @@ impl FitConfig {
         if self.lr.is_nan() || self.lr <= 0.0 {
             return Err(FitError::Config(format!("lr = {} must be > 0", self.lr)));
         }
-        if self.weights.as_array().iter().all(|w| *w <= 0.0) {
+        let w = self.weights.as_array();
+        if let Some(i) = w.iter().position(|x| !x.is_finite() || *x < 0.0) {
+            return Err(FitError::Config(format!(
+                "weights.{} = {} must be >= 0",
+                loss::TASKS[i],
+                w[i]
+            )));
+        }
+        if w.iter().all(|x| *x == 0.0) {
             return Err(FitError::Config("all loss weights are 0".into()));
         }
         Ok(())
@@ -170,6 +183,9 @@ struct Progress {
     epoch: usize,
     best_epoch: usize,
     best_score: f64,
+    /// State of the shuffling/augmentation random stream after `epoch`, so a resumed run sees
+    /// the batches an uninterrupted one would.
+    rng_state: u64,
 }
 
 fn io_err(path: &Path, e: impl ToString) -> FitError {
@@ -181,7 +197,12 @@ fn io_err(path: &Path, e: impl ToString) -> FitError {
 
 /// Score that early stopping maximises: validation cancer AUC when defined, else −loss.
 fn primary(v: &ValMetrics) -> f64 {
-    v.cancer_auc.unwrap_or(-v.loss)
+    let s = v.cancer_auc.unwrap_or(-v.loss);
+    if s.is_finite() {
+        s
+    } else {
+        f64::NEG_INFINITY
+    }
 }
 
 /// Predictions of the inference network for samples (in batches): per sample
@@ -390,14 +411,20 @@ pub fn fit(
         epoch: 0,
         best_epoch: 0,
         best_score: f64::NEG_INFINITY,
+        rng_state: SplitMix64::new(cfg.seed ^ 0x7a11).state(),
     };
+    // A crash between removing the old checkpoint and renaming the new one leaves only the new.
+    let ckpt_tmp = out.join("checkpoint.tmp");
+    if !ckpt.join("progress.json").exists() && ckpt_tmp.join("progress.json").exists() {
+        std::fs::rename(&ckpt_tmp, &ckpt).map_err(|e| io_err(&ckpt, e))?;
+    }
     let mut logs: Vec<EpochLog> = Vec::new();
-    if resume && out.join("progress.json").exists() {
+    if resume && ckpt.join("progress.json").exists() {
         let load_err = |e: &dyn std::fmt::Display| FitError::Checkpoint {
             path: ckpt.display().to_string(),
             detail: e.to_string(),
         };
-        let text = std::fs::read_to_string(out.join("progress.json")).map_err(|e| load_err(&e))?;
+        let text = std::fs::read_to_string(ckpt.join("progress.json")).map_err(|e| load_err(&e))?;
         progress = serde_json::from_str(&text).map_err(|e| load_err(&e))?;
         model = model
             .load_file(ckpt.join("model"), &recorder, &device)
@@ -409,29 +436,28 @@ pub fn fit(
         if let Ok(text) = std::fs::read_to_string(out.join("train_log.jsonl")) {
             logs = text
                 .lines()
-                .filter_map(|l| serde_json::from_str(l).ok())
+                .filter_map(|l| serde_json::from_str::<EpochLog>(l).ok())
+                .filter(|l| l.epoch <= progress.epoch)
                 .collect();
-            logs.truncate(progress.epoch);
+            // drop lines of epochs after the checkpoint (a crash after logging, before saving)
+            let kept: String = logs
+                .iter()
+                .map(|l| serde_json::to_string(l).unwrap_or_default() + "\n")
+                .collect();
+            std::fs::write(out.join("train_log.jsonl"), kept).map_err(|e| io_err(out, e))?;
         }
         log::info!("resuming after epoch {}", progress.epoch);
     }
 
     let steps_per_epoch = train.len().div_ceil(cfg.batch_size);
     let total_steps = (steps_per_epoch * cfg.epochs).max(1);
-    let mut rng = SplitMix64::new(cfg.seed ^ 0x7a11);
-    // the shuffles of earlier epochs, so a resumed run sees the same batches
-    for _ in 0..progress.epoch * train.len() {
-        rng.next_u64();
-    }
+    let mut rng = SplitMix64::from_state(progress.rng_state);
     for epoch in progress.epoch + 1..=cfg.epochs {
         let t0 = Instant::now();
         let mut order: Vec<usize> = (0..train.len()).collect();
         for i in (1..order.len()).rev() {
             let j = (rng.next_u64() % (i as u64 + 1)) as usize;
             order.swap(i, j);
-        }
-        for _ in order.len()..train.len() {
-            rng.next_u64();
         }
         let bar = ProgressBar::new(steps_per_epoch as u64);
         bar.set_style(
@@ -514,19 +540,12 @@ pub fn fit(
         )
         .map_err(|e| io_err(out, e))?;
         logs.push(log_line);
-        // checkpoint: model, optimizer, progress (written last, so a crash leaves the previous one)
-        std::fs::create_dir_all(&ckpt).map_err(|e| io_err(&ckpt, e))?;
+        // Checkpoint: model, optimizer and progress go to checkpoint.tmp/, which then replaces
+        // checkpoint/, so a crash leaves one complete checkpoint (old or new).
         let save_err = |e: &dyn std::fmt::Display| FitError::Checkpoint {
             path: ckpt.display().to_string(),
             detail: e.to_string(),
         };
-        model
-            .clone()
-            .save_file(ckpt.join("model"), &recorder)
-            .map_err(|e| save_err(&e))?;
-        recorder
-            .record(optim.to_record(), ckpt.join("optim"))
-            .map_err(|e| save_err(&e))?;
         let score = primary(&vm);
         if score > progress.best_score {
             progress.best_score = score;
@@ -534,15 +553,35 @@ pub fn fit(
             infer
                 .net
                 .clone()
-                .save_file(out.join("best"), &recorder)
+                .save_file(out.join("best-next"), &recorder)
+                .map_err(|e| save_err(&e))?;
+            std::fs::rename(out.join("best-next.mpk"), out.join("best.mpk"))
                 .map_err(|e| save_err(&e))?;
         }
         progress.epoch = epoch;
+        progress.rng_state = rng.state();
+        let _ = std::fs::remove_dir_all(&ckpt_tmp);
+        std::fs::create_dir_all(&ckpt_tmp).map_err(|e| io_err(&ckpt_tmp, e))?;
+        model
+            .clone()
+            .save_file(ckpt_tmp.join("model"), &recorder)
+            .map_err(|e| save_err(&e))?;
+        recorder
+            .record(optim.to_record(), ckpt_tmp.join("optim"))
+            .map_err(|e| save_err(&e))?;
         std::fs::write(
-            out.join("progress.json"),
+            ckpt_tmp.join("progress.json"),
             serde_json::to_string(&progress).unwrap_or_default(),
         )
-        .map_err(|e| io_err(out, e))?;
+        .map_err(|e| io_err(&ckpt_tmp, e))?;
+        if ckpt.exists() {
+            std::fs::remove_dir_all(&ckpt).map_err(|e| io_err(&ckpt, e))?;
+        }
+        std::fs::rename(&ckpt_tmp, &ckpt).map_err(|e| io_err(&ckpt, e))?;
+        if cfg.stop_after == Some(epoch) {
+            log::info!("stopping after epoch {epoch} as asked; continue with --resume");
+            break;
+        }
         if epoch - progress.best_epoch >= cfg.patience {
             log::info!(
                 "early stop: no improvement since epoch {}",

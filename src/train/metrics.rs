@@ -7,6 +7,9 @@ use crate::synth::SplitMix64;
 /// Area under the ROC curve of `scores` for binary `labels`: the probability that a random
 /// positive scores above a random negative (ties count ½). `None` without both classes.
 pub fn auc(scores: &[f64], labels: &[bool]) -> Option<f64> {
+    if scores.iter().any(|s| !s.is_finite()) {
+        return None;
+    }
     let mut idx: Vec<usize> = (0..scores.len()).collect();
     idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
     // average ranks over ties

@@ -170,8 +170,11 @@ impl MtlConfig {
                 self.width
             ));
         }
-        if self.base == 0 || self.vendors < 2 {
-            return Err("base must be > 0 and vendors >= 2".into());
+        if self.base == 0 || self.vendors < 2 || self.vendors > crate::dicom::Vendor::ALL.len() {
+            return Err(format!(
+                "base must be > 0 and vendors between 2 and {}",
+                crate::dicom::Vendor::ALL.len()
+            ));
         }
         Ok(())
     }

@@ -93,8 +93,13 @@ P_00004,3,RIGHT,MLO,1,mass,LOBULATED,OBSCURED,4,BENIGN_WITHOUT_CALLBACK,3,Mass-T
     let calc = d.path().join("calc_case_description_test_set.csv");
     write(&calc, "patient_id,breast density,left or right breast,image view,abnormality id,abnormality type,calc type,calc distribution,assessment,pathology,subtlety,image file path,cropped image file path,ROI mask file path\n\
 P_00038,2,LEFT,CC,1,calcification,PLEOMORPHIC,CLUSTERED,4,MALIGNANT,2,Calc-Test_P_00038_LEFT_CC/1.3/1.3/000000.dcm,a,b\n");
+    // P_00004 is on disk in TCIA's download layout, not the CSV's
+    let tcia = d.path().join("Mass-Training_P_00004_RIGHT_MLO/07-20-2016-DDSM-NA-90988/1.000000-full mammogram images-20246/1-1.dcm");
+    write(&tcia, "");
     let rows = import(Format::CbisDdsm, &[mass, calc], d.path(), d.path()).unwrap();
     assert_eq!(rows.len(), 3, "two abnormalities of one image give one row");
+    let p4 = rows.iter().find(|r| r.patient_id == "P_00004").unwrap();
+    assert_eq!(p4.path, "Mass-Training_P_00004_RIGHT_MLO/07-20-2016-DDSM-NA-90988/1.000000-full mammogram images-20246/1-1.dcm");
     let first = rows.iter().find(|r| r.patient_id == "P_00001").unwrap();
     assert_eq!(
         (first.cancer, first.density, first.normal),
@@ -192,6 +197,11 @@ removed;removed;L;CC;200906;99999999;1;2\n",
         rows[0].path,
         "INbreast/AllDICOMs/22678622_61b13c59bcba149e_MG_R_CC_ANON.dcm"
     );
+    // "removed" in the sheet: the patient comes from the file name, so one woman, one split
+    assert_eq!(rows[0].patient_id, "61b13c59bcba149e");
+    assert_eq!(rows[1].patient_id, "61b13c59bcba149e");
+    assert_eq!(rows[2].patient_id, "6c613a14b80a8591");
+    assert_eq!(rows[0].split, rows[1].split);
 }
 
 #[test]

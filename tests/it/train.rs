@@ -99,22 +99,40 @@ fn missing_labels_contribute_nothing() {
 #[test]
 fn tiny_model_loss_falls_and_training_resumes() {
     let d = phantoms(48);
-    let out = d.path().join("run");
     let m = d.path().join("manifest.csv");
-    let report = fit(&m, &tiny(), &out, false).unwrap();
-    assert_eq!(report.epochs.len(), 4);
-    let (first, last) = (report.epochs[0].train_loss, report.epochs[3].train_loss);
-    assert!(last < 0.9 * first, "loss did not fall: {first} -> {last}");
-    assert!(report.best.exists() && out.join("checkpoint").is_dir());
-    // resume to 6 epochs: the first 4 logged epochs are kept, 2 more are trained
-    let more = FitConfig {
+    let six = FitConfig {
         epochs: 6,
         ..tiny()
     };
-    let resumed = fit(&m, &more, &out, true).unwrap();
+    // uninterrupted
+    let straight = fit(&m, &six, &d.path().join("straight"), false).unwrap();
+    assert_eq!(straight.epochs.len(), 6);
+    let (first, last) = (straight.epochs[0].train_loss, straight.epochs[5].train_loss);
+    assert!(last < 0.9 * first, "loss did not fall: {first} -> {last}");
+    assert!(straight.best.exists() && d.path().join("straight/checkpoint").is_dir());
+    // interrupted after 4 epochs, then resumed: the same batches, the same losses
+    let out = d.path().join("run");
+    let part = fit(
+        &m,
+        &FitConfig {
+            stop_after: Some(4),
+            ..six.clone()
+        },
+        &out,
+        false,
+    )
+    .unwrap();
+    assert_eq!(part.epochs.len(), 4);
+    let resumed = fit(&m, &six, &out, true).unwrap();
     assert_eq!(resumed.epochs.len(), 6);
-    assert_eq!(resumed.epochs[3].train_loss, last);
-    assert!(resumed.epochs[5].train_loss < first);
+    for e in 0..6 {
+        let (a, b) = (straight.epochs[e].train_loss, resumed.epochs[e].train_loss);
+        assert!(
+            (a - b).abs() <= 1e-6 * a.abs().max(1.0),
+            "epoch {}: {a} vs {b}",
+            e + 1
+        );
+    }
     let lines = std::fs::read_to_string(out.join("train_log.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 6);
 }
