@@ -9,7 +9,7 @@ use mammo_edge::dicom::{read_mammogram, IngestOptions};
 use mammo_edge::preprocess::{preprocess, PreprocessConfig, PREPROCESS_VERSION};
 use mammo_edge::train::data;
 use mammo_edge::train::export::{export, meta_for, thresholds};
-use mammo_edge::train::fit::{fit, load_net, predict, FitConfig};
+use mammo_edge::train::fit::{fit, load_net, FitConfig};
 use mammo_edge::train::loss::LossWeights;
 
 #[derive(Parser)]
@@ -248,30 +248,43 @@ fn run(command: Command) -> anyhow::Result<()> {
                 Some(&run.join("cache")),
                 cfg.threads,
             )?;
-            let p = predict(&net, &samples, &cfg, &Default::default());
-            let scored: Vec<(f64, bool)> = samples
-                .iter()
-                .zip(&p.cancer)
-                .filter_map(|(s, &c)| s.labels.cancer.map(|l| (c, l)))
-                .collect();
-            let (cancer_thr, recon_thr) = thresholds(&scored, &p.recon_error, sensitivity);
-            let meta = meta_for(
-                &cfg,
-                &name,
-                &version,
-                &intended_use,
-                &training_data,
-                cancer_thr,
-                sensitivity as f32,
-                recon_thr,
-            );
-            export(&net, &meta, &out)?;
+            // Write the file, then set both thresholds from what tract computes on that very file
+            // (the daemon's runner), and write it again with them.
+            let meta = |cancer_thr, recon_thr| {
+                meta_for(
+                    &cfg,
+                    &name,
+                    &version,
+                    &intended_use,
+                    &training_data,
+                    cancer_thr,
+                    sensitivity as f32,
+                    recon_thr,
+                )
+            };
+            export(&net, &meta(0.5, f32::INFINITY), &out)?;
+            let runner = mammo_edge::model::ModelRunner::load(&out)?;
+            let mut scored = Vec::new();
+            let mut recon = Vec::new();
+            for s in &samples {
+                let o = runner.run(&s.input)?;
+                recon.push(o.recon_error as f64);
+                if let Some(l) = s.labels.cancer {
+                    scored.push((o.cancer as f64, l));
+                }
+            }
+            if !scored.iter().any(|(_, l)| *l) {
+                log::warn!("no cancer-positive validation image: cancer threshold left at 0.5");
+            }
+            let (cancer_thr, recon_thr) = thresholds(&scored, &recon, sensitivity);
+            export(&net, &meta(cancer_thr, recon_thr), &out)?;
             let runner = mammo_edge::model::ModelRunner::load(&out)?;
             eprintln!(
-                "export: {} ({} {}): cancer threshold {cancer_thr:.4} at sensitivity {sensitivity}, recon_error threshold {recon_thr:.5}; tract loads it",
+                "export: {} ({} {}): cancer threshold {cancer_thr:.4} at sensitivity {sensitivity} on {} validation images (tract), recon_error threshold {recon_thr:.5}",
                 out.display(),
                 runner.meta.model_name,
-                runner.meta.model_version
+                runner.meta.model_version,
+                samples.len()
             );
             Ok(())
         }
