@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use crate::dicom::{open_header, Laterality, MammoMeta, Vendor, View};
+use crate::files::files_under;
 use crate::labels::{Density, Split};
 use crate::manifest::ManifestRow;
 use crate::synth::SplitMix64;
@@ -359,46 +360,24 @@ fn resolve_cbis(root: &Path, file: &str) -> PathBuf {
         return direct;
     }
     let case = file.split('/').next().unwrap_or(file);
-    let mut found: Vec<PathBuf> = Vec::new();
-    let mut stack = vec![root.join(case)];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "dcm")
+    files_under(&root.join(case))
+        .unwrap_or_default()
+        .into_iter()
+        .find(|p| {
+            p.extension().is_some_and(|x| x == "dcm")
                 && p.parent()
                     .and_then(|d| d.file_name())
                     .is_some_and(|n| n.to_string_lossy().contains("full mammogram"))
-            {
-                found.push(p);
-            }
-        }
-    }
-    found.sort();
-    found.into_iter().next().unwrap_or(direct)
+        })
+        .unwrap_or(direct)
 }
 
 /// DICOM files under `root` with their header (recursively, name order); unreadable files skipped.
 fn scan(root: &Path) -> Vec<(PathBuf, MammoMeta, String)> {
-    fn walk(d: &Path, v: &mut Vec<PathBuf>) {
-        let mut e: Vec<PathBuf> = std::fs::read_dir(d)
-            .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
-        e.sort();
-        for p in e {
-            if p.is_dir() {
-                walk(&p, v)
-            } else {
-                v.push(p)
-            }
-        }
-    }
-    let mut files = Vec::new();
-    walk(root, &mut files);
+    let files = files_under(root).unwrap_or_else(|e| {
+        log::warn!("{}: {e}", root.display());
+        Vec::new()
+    });
     files
         .into_iter()
         .filter_map(|p| {

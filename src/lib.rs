@@ -4,6 +4,7 @@
 
 pub mod demo;
 pub mod dicom;
+pub mod files;
 pub mod import;
 pub mod infer;
 pub mod inspect;

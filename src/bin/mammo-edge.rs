@@ -1,6 +1,6 @@
 //! mammo-edge: the edge appliance's command line (inspect files, generate phantoms, run the demo).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
@@ -181,25 +181,13 @@ fn output_dir(flag: &str, dir: Option<PathBuf>) -> anyhow::Result<Option<PathBuf
 
 /// Files named on the command line, folders expanded recursively in name order.
 fn expand(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-            .with_context(|| format!("reading folder {}", dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        entries.sort();
-        for p in entries {
-            if p.is_dir() {
-                walk(&p, out)?;
-            } else {
-                out.push(p);
-            }
-        }
-        Ok(())
-    }
     let mut out = Vec::new();
     for p in paths {
         if p.is_dir() {
-            walk(p, &mut out)?;
+            out.extend(
+                mammo_edge::files::files_under(p)
+                    .with_context(|| format!("reading folder {}", p.display()))?,
+            );
         } else {
             out.push(p.clone());
         }
