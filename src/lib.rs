@@ -2,6 +2,7 @@
 //! model runner, exam aggregation and MQTT publishing of the edge appliance.
 //! See docs/ARCHITECTURE.md for the map of modules and the data flow.
 
+pub mod bench;
 pub mod demo;
 pub mod dicom;
 pub mod files;

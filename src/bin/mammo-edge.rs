@@ -73,6 +73,19 @@ enum Command {
         #[arg(value_name = "FILE_OR_DIR")]
         files: Vec<PathBuf>,
     },
+    /// Time tract inference of one or more models on this machine (Markdown table; speed-up
+    /// relative to the first model).
+    Bench {
+        /// ONNX models, e.g. the float32 and the int8 file.
+        #[arg(required = true, value_name = "MODEL")]
+        models: Vec<PathBuf>,
+        /// Timed forward passes per model (after 3 warm-up passes).
+        #[arg(long, default_value_t = 50)]
+        runs: usize,
+        /// Also write the timings as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Generate synthetic mammograms (DICOM) with ground truth: masks and manifest.csv (docs/synth.md).
     Synth {
         /// Output folder (images/, masks/, manifest.csv); must not already hold a data set.
@@ -108,6 +121,9 @@ enum Command {
         /// Worker threads, 1-64.
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
         threads: u16,
+        /// Put every exam of this vendor in the test split (an unseen vendor for training).
+        #[arg(long, value_name = "VENDOR")]
+        hold_out: Option<String>,
         /// Also write a contact sheet PNG (one tile per vendor and view).
         #[arg(long, value_name = "PNG")]
         contact_sheet: Option<PathBuf>,
@@ -245,6 +261,15 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::from(EXIT_REJECTED)
             })
         }
+        Command::Bench { models, runs, json } => {
+            let t = mammo_edge::bench::bench(&models, runs)?;
+            print!("{}", mammo_edge::bench::markdown(&t));
+            if let Some(j) = json {
+                std::fs::write(&j, serde_json::to_string_pretty(&t)?)
+                    .with_context(|| format!("--json {}", j.display()))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Infer {
             model,
             tensor,
@@ -306,6 +331,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             label_noise,
             compress,
             threads,
+            hold_out,
             contact_sheet,
         } => {
             let parse_view = |v: &String| match View::from_view_position(v) {
@@ -344,8 +370,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 label_noise,
                 compress,
                 threads: threads as usize,
+                hold_out: hold_out.as_deref().map(parse_vendor).transpose()?,
                 ..defaults
             };
+            if let Some(h) = cfg.hold_out {
+                if !cfg.vendors.contains(&h) {
+                    bail!("--hold-out {}: not among the --vendors", h.as_str());
+                }
+            }
             let n = image_count(&cfg);
             if n != cfg.count {
                 log::info!(

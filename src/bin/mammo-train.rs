@@ -7,9 +7,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mammo_edge::dicom::{read_mammogram, IngestOptions};
 use mammo_edge::preprocess::{preprocess, PreprocessConfig, PREPROCESS_VERSION};
-use mammo_edge::train::data;
-use mammo_edge::train::export::{export, meta_for, thresholds};
-use mammo_edge::train::fit::{fit, load_net, FitConfig};
+use mammo_edge::train::export::{export_run, ExportOptions};
+use mammo_edge::train::fit::{fit, FitConfig};
 use mammo_edge::train::loss::LossWeights;
 
 #[derive(Parser)]
@@ -64,6 +63,13 @@ enum Command {
         /// Stop after this epoch (checkpointed); continue later with --resume.
         #[arg(long)]
         stop_after: Option<usize>,
+        /// Training backend: cpu (Burn NdArray) or cuda (needs a build with --features cuda).
+        #[arg(long, value_parser = ["cpu", "cuda"])]
+        device: Option<String>,
+        /// Float type of training: f32, or f16 / bf16 on cuda (the whole network in half
+        /// precision; Burn 0.21 has no autocast). Checkpoints are stored in f32.
+        #[arg(long, value_parser = ["f32", "f16", "bf16"])]
+        precision: Option<String>,
     },
     /// Export a trained run (best.mpk) as an ONNX model following docs/model-contract.md, with the
     /// operating thresholds chosen on the manifest's validation split.
@@ -91,6 +97,31 @@ enum Command {
         #[arg(long, default_value_t = 0.9)]
         sensitivity: f64,
     },
+    /// Quantise an exported model to int8 (QOperator: QLinearConv) with onnxruntime's quantizer,
+    /// calibrated on the manifest's training rows; thresholds set again with tract on the result.
+    Quantize {
+        /// The float32 ONNX model (`export`).
+        #[arg(long)]
+        model: PathBuf,
+        /// The manifest the model was trained on.
+        #[arg(long)]
+        manifest: PathBuf,
+        /// Output int8 ONNX file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Calibration images, evenly spaced over the training rows.
+        #[arg(long, default_value_t = 64)]
+        samples: usize,
+        /// Python interpreter with onnx and onnxruntime.
+        #[arg(long, default_value = "python3")]
+        python: String,
+        /// A training run's folder: its tensor cache is reused.
+        #[arg(long)]
+        run: Option<PathBuf>,
+        /// Print tract's whole optimised plan.
+        #[arg(long)]
+        show_plan: bool,
+    },
     /// Evaluate an ONNX model with tract on a manifest split, per vendor and overall
     /// (report.json, report.md).
     Eval {
@@ -101,9 +132,19 @@ enum Command {
         /// Split to evaluate: test (default), val or train.
         #[arg(long, default_value = "test", value_parser = ["train", "val", "test"])]
         split: String,
-        /// Output folder of the report.
+        /// Output folder of the report (report.json, report.md, PNG plots).
         #[arg(long)]
         out: PathBuf,
+        /// Also train the cancer-only single-task baseline with the configuration of the
+        /// multi-task run given by --run, and compare both per vendor (ablation.md in --out).
+        #[arg(long, requires = "run")]
+        ablation: bool,
+        /// The multi-task model's training run (fit --out), for --ablation.
+        #[arg(long)]
+        run: Option<PathBuf>,
+        /// Time box of the baseline: stop after this epoch; the same command continues it.
+        #[arg(long, requires = "ablation")]
+        stop_after: Option<usize>,
     },
     /// Convert a public dataset's metadata to our manifest (docs/manifest.md).
     Import {
@@ -160,7 +201,10 @@ fn run(command: Command) -> anyhow::Result<()> {
             cancer_only,
             resume,
             stop_after,
+            device,
+            precision,
         } => {
+            use mammo_edge::train::fit::{Device, Precision};
             let mut cfg: FitConfig = match &config {
                 Some(p) => serde_json::from_str(
                     &std::fs::read_to_string(p)
@@ -190,6 +234,17 @@ fn run(command: Command) -> anyhow::Result<()> {
             if let Some(v) = seed {
                 cfg.seed = v;
             }
+            match device.as_deref() {
+                Some("cuda") => cfg.device = Device::Cuda,
+                Some(_) => cfg.device = Device::Cpu,
+                None => {}
+            }
+            match precision.as_deref() {
+                Some("f16") => cfg.precision = Precision::F16,
+                Some("bf16") => cfg.precision = Precision::Bf16,
+                Some(_) => cfg.precision = Precision::F32,
+                None => {}
+            }
             cfg.uncertainty |= uncertainty;
             cfg.stop_after = stop_after;
             if cancer_only {
@@ -218,73 +273,71 @@ fn run(command: Command) -> anyhow::Result<()> {
             training_data,
             sensitivity,
         } => {
-            let cfg_path = run.join("fit_config.json");
-            let cfg: FitConfig = serde_json::from_str(
-                &std::fs::read_to_string(&cfg_path)
-                    .with_context(|| format!("{}", cfg_path.display()))?,
-            )
-            .with_context(|| format!("{}", cfg_path.display()))?;
-            let net = load_net(&run.join("best.mpk"), &cfg.model)?;
-            let rows = mammo_edge::manifest::read(&manifest)?;
-            let root = manifest.parent().unwrap_or(std::path::Path::new("."));
-            let pick = |split| -> Vec<_> {
-                rows.iter()
-                    .enumerate()
-                    .filter(|(_, r)| r.split == split)
-                    .collect()
-            };
-            let mut val = pick(mammo_edge::labels::Split::Val);
-            if val.is_empty() {
-                log::warn!(
-                    "no validation rows in {}: thresholds set on the training rows",
-                    manifest.display()
-                );
-                val = pick(mammo_edge::labels::Split::Train);
-            }
-            let samples = data::load(
-                root,
-                &val,
-                &cfg.preprocess(),
-                Some(&run.join("cache")),
-                cfg.threads,
+            let meta = export_run(
+                &run,
+                &manifest,
+                &out,
+                &ExportOptions {
+                    name,
+                    version,
+                    intended_use,
+                    training_data,
+                    sensitivity,
+                },
             )?;
-            // Write the file, then set both thresholds from what tract computes on that very file
-            // (the daemon's runner), and write it again with them.
-            let meta = |cancer_thr, recon_thr| {
-                meta_for(
-                    &cfg,
-                    &name,
-                    &version,
-                    &intended_use,
-                    &training_data,
-                    cancer_thr,
-                    sensitivity as f32,
-                    recon_thr,
-                )
-            };
-            export(&net, &meta(0.5, f32::INFINITY), &out)?;
-            let runner = mammo_edge::model::ModelRunner::load(&out)?;
-            let mut scored = Vec::new();
-            let mut recon = Vec::new();
-            for s in &samples {
-                let o = runner.run(&s.input)?;
-                recon.push(o.recon_error as f64);
-                if let Some(l) = s.labels.cancer {
-                    scored.push((o.cancer as f64, l));
+            eprintln!(
+                "export: {} ({} {}): cancer threshold {:.4} at sensitivity {sensitivity}, recon_error threshold {:.5} (set with tract on the written file)",
+                out.display(),
+                meta.model_name,
+                meta.model_version,
+                meta.cancer_threshold,
+                meta.recon_error_threshold
+            );
+            Ok(())
+        }
+        Command::Quantize {
+            model,
+            manifest,
+            out,
+            samples,
+            python,
+            run,
+            show_plan,
+        } => {
+            use mammo_edge::train::quantize::{quantize, QuantizeOptions};
+            let r = quantize(&QuantizeOptions {
+                model,
+                manifest,
+                out: out.clone(),
+                samples,
+                python,
+                cache: run.map(|r| r.join("cache")),
+                threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            })?;
+            if show_plan {
+                for o in &r.plan {
+                    println!(
+                        "{:<14} {:<40} {:?} -> {}  {}",
+                        o.op, o.name, o.inputs, o.output, o.info
+                    );
                 }
             }
-            if !scored.iter().any(|(_, l)| *l) {
-                log::warn!("no cancer-positive validation image: cancer threshold left at 0.5");
-            }
-            let (cancer_thr, recon_thr) = thresholds(&scored, &recon, sensitivity);
-            export(&net, &meta(cancer_thr, recon_thr), &out)?;
-            let runner = mammo_edge::model::ModelRunner::load(&out)?;
-            eprintln!(
-                "export: {} ({} {}): cancer threshold {cancer_thr:.4} at sensitivity {sensitivity} on {} validation images (tract), recon_error threshold {recon_thr:.5}",
+            println!(
+                "tract plan of {}: {} nodes; {} integer matrix products (int8 GEMM kernels):",
                 out.display(),
-                runner.meta.model_name,
-                runner.meta.model_version,
-                samples.len()
+                r.plan.len(),
+                r.int8_nodes.len()
+            );
+            for o in &r.int8_nodes {
+                let k = mammo_edge::train::quantize::kernels(o).join(", ");
+                println!(
+                    "  {:<28} {:?} -> {}  kernel {k}",
+                    o.name, o.inputs, o.output
+                );
+            }
+            eprintln!(
+                "quantize: {} calibration images; thresholds from tract on {} validation images: cancer {:.4}, recon_error {:.5}; {}",
+                r.calibration_images, r.validation_images, r.cancer_threshold, r.recon_error_threshold, r.script_summary
             );
             Ok(())
         }
@@ -293,8 +346,12 @@ fn run(command: Command) -> anyhow::Result<()> {
             manifest,
             split,
             out,
+            ablation,
+            run,
+            stop_after,
         } => {
             use mammo_edge::labels::Split;
+            use mammo_edge::train::ablation::{self as abl, AblationOptions};
             let sp = match split.as_str() {
                 "train" => Split::Train,
                 "val" => Split::Val,
@@ -302,6 +359,17 @@ fn run(command: Command) -> anyhow::Result<()> {
             };
             let r = mammo_edge::train::eval::evaluate(&model, &manifest, sp, &out)?;
             println!("{}", mammo_edge::train::eval::markdown(&r));
+            if let (true, Some(run)) = (ablation, run) {
+                let a = abl::ablation(&AblationOptions {
+                    run,
+                    model,
+                    manifest,
+                    split: sp,
+                    out: out.join("ablation"),
+                    stop_after,
+                })?;
+                println!("{}", abl::markdown(&a));
+            }
             Ok(())
         }
         Command::Import {

@@ -70,6 +70,9 @@ pub struct ModelMeta {
     pub cancer_threshold_sensitivity: f32,
     /// `recon_error` above which an image is out of distribution.
     pub recon_error_threshold: f32,
+    /// How the weights are stored: `float32`, or the int8 scheme (`mammo-train quantize`).
+    /// Optional key; absent means `float32`.
+    pub quantization: String,
 }
 
 const P: &str = "mammo.";
@@ -115,6 +118,7 @@ impl ModelMeta {
                 "recon_error_threshold",
                 self.recon_error_threshold.to_string(),
             ),
+            ("quantization", self.quantization.clone()),
         ]
         .into_iter()
         .map(|(k, v)| (format!("{P}{k}"), v))
@@ -174,6 +178,7 @@ impl ModelMeta {
                 .map(|v| num("cancer_threshold_sensitivity", v))
                 .unwrap_or(Ok(f32::NAN))?,
             recon_error_threshold: num("recon_error_threshold", get("recon_error_threshold")?)?,
+            quantization: get("quantization").unwrap_or_else(|_| "float32".into()),
         };
         if meta.intended_use.trim().is_empty() {
             return Err(ContractError::Metadata(format!(

@@ -5,4 +5,4 @@ pub mod contract;
 pub mod runner;
 
 pub use contract::{ContractError, ModelMeta, OUTPUTS};
-pub use runner::{ModelOutputs, ModelRunner};
+pub use runner::{ModelOutputs, ModelRunner, PlanOp};

@@ -32,6 +32,20 @@ pub struct ModelOutputs {
     pub recon_error: f32,
 }
 
+/// One node of tract's optimised plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanOp {
+    /// Node name (from the ONNX graph, with tract's suffixes).
+    pub name: String,
+    /// Tract operator, e.g. `OptMatMul`, `Conv`.
+    pub op: String,
+    /// Tract's description of the operator (kernels chosen, packing).
+    pub info: String,
+    /// Datum type of each input and of the first output, e.g. `F32`, `I8`, `U8`.
+    pub inputs: Vec<String>,
+    pub output: String,
+}
+
 type Plan = std::sync::Arc<TypedRunnableModel>;
 
 /// A loaded, checked model.
@@ -50,7 +64,7 @@ impl ModelRunner {
     /// Load `path`, check the contract and optimise. Errors say what does not conform.
     pub fn load(path: &Path) -> Result<ModelRunner, ContractError> {
         let onnx = tract_onnx::onnx();
-        let proto = onnx
+        let mut proto = onnx
             .proto_model_for_path(path)
             .map_err(|e| ContractError::Read {
                 path: path.display().to_string(),
@@ -62,6 +76,11 @@ impl ModelRunner {
             .map(|p| (p.key.clone(), p.value.clone()))
             .collect();
         let meta = ModelMeta::from_props(&props)?;
+        // Intermediate shape annotations are optional in ONNX and some tools (onnxruntime's
+        // quantizer) write them for a fixed batch; tract infers every shape itself.
+        if let Some(g) = proto.graph.as_mut() {
+            g.value_info.clear();
+        }
         let graph = proto
             .graph
             .as_ref()
@@ -107,6 +126,33 @@ impl ModelRunner {
             runner.meta.intended_use
         );
         Ok(runner)
+    }
+
+    /// Tract's optimised plan, one entry per node in evaluation order: what actually runs. Used
+    /// to prove that a quantised model runs integer kernels (`mammo-train quantize`).
+    pub fn plan_ops(&self) -> Vec<PlanOp> {
+        let model = self.plan.model();
+        model
+            .eval_order()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|id| {
+                let node = model.node(id);
+                let ty = |o: OutletId| {
+                    model
+                        .outlet_fact(o)
+                        .map(|f| format!("{:?}", f.datum_type))
+                        .unwrap_or_default()
+                };
+                PlanOp {
+                    name: node.name.clone(),
+                    op: node.op.name().to_string(),
+                    info: node.op.info().unwrap_or_default().join("; "),
+                    inputs: node.inputs.iter().map(|&o| ty(o)).collect(),
+                    output: ty(OutletId::new(id, 0)),
+                }
+            })
+            .collect()
     }
 
     /// One forward pass. `input`: the preprocessed, normalised `[H · W]` tensor.

@@ -42,6 +42,9 @@ pub struct SynthConfig {
     pub compress: bool,
     /// Worker threads.
     pub threads: usize,
+    /// Vendor whose exams all go to the `test` split (an unseen vendor for the trainer); it
+    /// must be one of `vendors`.
+    pub hold_out: Option<Vendor>,
 }
 
 impl Default for SynthConfig {
@@ -58,6 +61,7 @@ impl Default for SynthConfig {
             label_noise: 0.0,
             compress: false,
             threads: 2,
+            hold_out: None,
         }
     }
 }
@@ -188,7 +192,9 @@ fn plan(cfg: &SynthConfig) -> Vec<ExamPlan> {
             let (lo, hi) = (lo + 3.0, (hi - 3.0).min(90.0));
             let target_pd = lo + (hi - lo) * rng.uniform();
             let u = rng.uniform();
-            let split = if u < 0.7 {
+            let split = if cfg.hold_out == Some(vendor) {
+                Split::Test
+            } else if u < 0.7 {
                 Split::Train
             } else if u < 0.85 {
                 Split::Val

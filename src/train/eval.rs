@@ -78,6 +78,8 @@ pub struct Report {
     pub skipped: usize,
     pub overall: GroupReport,
     pub by_vendor: BTreeMap<String, GroupReport>,
+    /// PNG plots written next to the report (file names); empty when no font was found.
+    pub plots: Vec<String>,
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
@@ -289,7 +291,9 @@ pub fn evaluate(
             by_vendor.insert(name, group(&g, &runner, &trained));
         }
     }
+    let plots = write_plots(&scored, &runner, &trained, out);
     let report = Report {
+        plots,
         model: format!("{} {}", runner.meta.model_name, runner.meta.model_version),
         intended_use: runner.meta.intended_use.clone(),
         split: split_name.into(),
@@ -300,6 +304,115 @@ pub fn evaluate(
     };
     write(&report, out)?;
     Ok(report)
+}
+
+/// ROC per vendor, cancer calibration, density and vendor confusion matrices into `out`; returns
+/// the file names written (a plot that fails is logged and left out).
+fn write_plots(
+    scored: &[Scored],
+    runner: &ModelRunner,
+    trained: &[String],
+    out: &Path,
+) -> Vec<String> {
+    use super::plots;
+    if std::fs::create_dir_all(out).is_err() {
+        return Vec::new();
+    }
+    let name = |v: Vendor| {
+        if trained.iter().any(|t| t == v.as_str()) {
+            v.as_str().to_string()
+        } else {
+            format!("{} (unseen)", v.as_str())
+        }
+    };
+    let curve = |label: String, s: &[&Scored]| -> plots::Curve {
+        let (sc, lb) = s
+            .iter()
+            .filter_map(|x| x.row.cancer.map(|c| (x.cancer, c)))
+            .unzip();
+        (label, sc, lb)
+    };
+    let mut curves: Vec<plots::Curve> = Vendor::ALL
+        .iter()
+        .map(|&v| {
+            curve(
+                name(v),
+                &scored.iter().filter(|s| s.vendor == v).collect::<Vec<_>>(),
+            )
+        })
+        .filter(|c| !c.1.is_empty())
+        .collect();
+    curves.push(curve("all".into(), &scored.iter().collect::<Vec<_>>()));
+    let model = &runner.meta.model_name;
+    let mut written = Vec::new();
+    let mut keep = |file: &str, r: Result<(), plots::PlotError>| match r {
+        Ok(()) => written.push(file.to_string()),
+        Err(e) => log::warn!("plot {file} not written: {e}"),
+    };
+    keep(
+        "roc.png",
+        plots::roc(
+            &out.join("roc.png"),
+            &format!("{model}: cancer ROC per image"),
+            &curves,
+        ),
+    );
+    keep(
+        "calibration.png",
+        plots::calibration(
+            &out.join("calibration.png"),
+            &format!("{model}: cancer calibration"),
+            &curves,
+        ),
+    );
+    let mut dens = vec![vec![0usize; 4]; 4];
+    for s in scored {
+        if let Some(d) = s.row.density {
+            dens[d.index()][s.density.min(3)] += 1;
+        }
+    }
+    keep(
+        "confusion_density.png",
+        plots::confusion(
+            &out.join("confusion_density.png"),
+            "BI-RADS density",
+            &runner.meta.density_classes,
+            &dens,
+        ),
+    );
+    let classes = &runner.meta.vendor_classes;
+    let mut vend = vec![vec![0usize; classes.len()]; classes.len()];
+    for s in scored
+        .iter()
+        .filter(|s| trained.iter().any(|t| t == s.vendor.as_str()))
+    {
+        let t = classes.iter().position(|c| c == s.vendor.as_str());
+        let p = classes.iter().position(|c| *c == s.vendor_pred);
+        if let (Some(t), Some(p)) = (t, p) {
+            vend[t][p] += 1;
+        }
+    }
+    // only the vendors that occur, as rows and columns
+    let used: Vec<usize> = (0..classes.len())
+        .filter(|&i| vend[i].iter().sum::<usize>() > 0 || vend.iter().any(|r| r[i] > 0))
+        .collect();
+    if !used.is_empty() {
+        let names: Vec<String> = used.iter().map(|&i| classes[i].clone()).collect();
+        let m: Vec<Vec<usize>> = used
+            .iter()
+            .map(|&i| used.iter().map(|&j| vend[i][j]).collect())
+            .collect();
+        keep(
+            "confusion_vendor.png",
+            plots::confusion(
+                &out.join("confusion_vendor.png"),
+                "vendor (trained vendors)",
+                &names,
+                &m,
+            ),
+        );
+    }
+    written
 }
 
 fn f(v: Option<f64>) -> String {
@@ -343,6 +456,12 @@ pub fn markdown(r: &Report) -> String {
             g.recon_error_p95,
             g.ood_fraction
         ));
+    }
+    if !r.plots.is_empty() {
+        s.push('\n');
+        for p in &r.plots {
+            s.push_str(&format!("![{p}]({p})\n"));
+        }
     }
     s
 }

@@ -22,6 +22,16 @@ pub enum ExportError {
     Write { path: String, detail: String },
     #[error("tensor data: {0}")]
     Data(String),
+    #[error("reading {path}: {detail}")]
+    Read { path: String, detail: String },
+    #[error(transparent)]
+    Model(#[from] crate::model::ContractError),
+    #[error(transparent)]
+    Fit(#[from] super::fit::FitError),
+    #[error(transparent)]
+    Manifest(#[from] crate::manifest::ManifestError),
+    #[error(transparent)]
+    Samples(#[from] super::data::DataError),
 }
 
 struct Graph {
@@ -396,6 +406,7 @@ pub fn meta_for(
         cancer_threshold,
         cancer_threshold_sensitivity: sensitivity,
         recon_error_threshold,
+        quantization: "float32".into(),
     }
 }
 
@@ -419,4 +430,131 @@ pub fn thresholds(cancer: &[(f64, bool)], recon_error: &[f64], sensitivity: f64)
         e[((0.99 * (e.len() - 1) as f64).round() as usize).min(e.len() - 1)]
     };
     (cancer_thr as f32, recon_thr as f32)
+}
+
+/// Replace the `mammo.*` entries of the ONNX file at `path` by `meta` (other entries, e.g. those
+/// of other tools, are kept) and write the file again.
+pub fn write_meta(path: &Path, meta: &ModelMeta) -> Result<(), ExportError> {
+    let bytes = std::fs::read(path).map_err(|e| ExportError::Read {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    })?;
+    let mut proto = pb::ModelProto::decode(bytes.as_slice()).map_err(|e| ExportError::Read {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    })?;
+    proto
+        .metadata_props
+        .retain(|p| !p.key.starts_with("mammo."));
+    proto.metadata_props.extend(
+        meta.to_props()
+            .into_iter()
+            .map(|(key, value)| pb::StringStringEntryProto { key, value }),
+    );
+    let tmp = path.with_extension("onnx.tmp");
+    std::fs::write(&tmp, proto.encode_to_vec())
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| ExportError::Write {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })
+}
+
+/// Set both operating thresholds of the model file at `path` from what tract computes on that
+/// very file (the daemon's runner) for `samples` (validation images): the cancer threshold at
+/// `sensitivity` and the 99th percentile of `recon_error` ([`thresholds`]). Returns them.
+pub fn calibrate_thresholds(
+    path: &Path,
+    samples: &[super::data::Sample],
+    sensitivity: f64,
+) -> Result<(f32, f32), ExportError> {
+    let runner = crate::model::ModelRunner::load(path)?;
+    let mut scored = Vec::new();
+    let mut recon = Vec::new();
+    for s in samples {
+        let o = runner.run(&s.input)?;
+        recon.push(o.recon_error as f64);
+        if let Some(l) = s.labels.cancer {
+            scored.push((o.cancer as f64, l));
+        }
+    }
+    if !scored.iter().any(|(_, l)| *l) {
+        log::warn!("no cancer-positive validation image: cancer threshold left at 0.5");
+    }
+    let (cancer, recon_thr) = thresholds(&scored, &recon, sensitivity);
+    let mut meta = runner.meta.clone();
+    meta.cancer_threshold = cancer;
+    meta.cancer_threshold_sensitivity = sensitivity as f32;
+    meta.recon_error_threshold = recon_thr;
+    write_meta(path, &meta)?;
+    Ok((cancer, recon_thr))
+}
+
+/// Names and policy written into an exported model's metadata.
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    pub name: String,
+    pub version: String,
+    /// Intended-use statement carried by every result.
+    pub intended_use: String,
+    /// Description of the training data.
+    pub training_data: String,
+    /// Validation sensitivity (0–1) at which the cancer operating threshold is chosen.
+    pub sensitivity: f64,
+}
+
+/// Export the training run in folder `run` (its `fit_config.json` and `best.mpk`) to the ONNX
+/// file `out`, then set both thresholds with tract on that file from the `manifest`'s validation
+/// rows (training rows when there are none). Returns the metadata written.
+pub fn export_run(
+    run: &Path,
+    manifest_path: &Path,
+    out: &Path,
+    o: &ExportOptions,
+) -> Result<ModelMeta, ExportError> {
+    use crate::labels::Split;
+    let cfg = super::fit::read_config(run)?;
+    let net = super::fit::load_net(&run.join("best.mpk"), &cfg.model)?;
+    let rows = crate::manifest::read(manifest_path)?;
+    let root = manifest_path.parent().unwrap_or(Path::new("."));
+    let pick = |split| -> Vec<_> {
+        rows.iter()
+            .enumerate()
+            .filter(|(_, r)| r.split == split)
+            .collect()
+    };
+    let mut val = pick(Split::Val);
+    if val.is_empty() {
+        log::warn!(
+            "no validation rows in {}: thresholds set on the training rows",
+            manifest_path.display()
+        );
+        val = pick(Split::Train);
+    }
+    let samples = super::data::load(
+        root,
+        &val,
+        &cfg.preprocess(),
+        Some(&run.join("cache")),
+        cfg.threads,
+    )?;
+    let meta = meta_for(
+        &cfg,
+        &o.name,
+        &o.version,
+        &o.intended_use,
+        &o.training_data,
+        0.5,
+        o.sensitivity as f32,
+        f32::INFINITY,
+    );
+    export(&net, &meta, out)?;
+    let (cancer, recon) = calibrate_thresholds(out, &samples, o.sensitivity)?;
+    log::info!(
+        "export {}: cancer threshold {cancer:.4} at sensitivity {} on {} validation images (tract), recon_error threshold {recon:.5}",
+        out.display(),
+        o.sensitivity,
+        samples.len()
+    );
+    Ok(crate::model::ModelRunner::load(out)?.meta)
 }

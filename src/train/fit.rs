@@ -1,6 +1,7 @@
 //! `mammo-train fit`: masked multi-task training on a manifest with AdamW and a cosine learning-rate
-//! schedule on the NdArray CPU backend with autodiff; validation every epoch; a checkpoint (model +
-//! optimizer + epoch) every epoch and resume from it; early stopping on the primary task.
+//! schedule, on the NdArray CPU backend or (feature `cuda`) Burn's CUDA backend in f32, f16 or
+//! bf16, chosen at run time; validation every epoch; a checkpoint (model + optimizer + epoch)
+//! every epoch and resume from it; early stopping on the primary task.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,8 @@ use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::activation::{sigmoid, softmax};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::ElementConversion;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -29,6 +32,30 @@ use crate::synth::SplitMix64;
 pub type TrainBackend = Autodiff<NdArray<f32>>;
 /// Inference backend (BatchNorm uses running statistics).
 pub type InferBackend = NdArray<f32>;
+
+/// Where training runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    /// Burn NdArray (one CPU thread per process).
+    #[default]
+    Cpu,
+    /// Burn CUDA backend, first GPU (cargo feature `cuda`; the driver is needed at run time).
+    Cuda,
+}
+
+/// Float type of the whole network during training. Burn 0.21 has no automatic mixed precision
+/// (autocast with f32 master weights and loss scaling), so `f16` / `bf16` train the whole network
+/// in half precision on the GPU; `bf16` keeps f32's exponent range and needs no loss scaling.
+/// Checkpoints and `best.mpk` are always stored in f32, so export is the same for all three.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    F16,
+    Bf16,
+}
 
 /// Errors of training.
 #[derive(Debug, Error)]
@@ -67,6 +94,9 @@ pub struct FitConfig {
     pub augment: bool,
     /// Threads for decoding and preprocessing.
     pub threads: usize,
+    /// Backend and float type of training.
+    pub device: Device,
+    pub precision: Precision,
     /// Stop (after checkpointing) once this epoch is done, to continue later with `--resume`
     /// (time-boxed runs). Not part of the run's definition.
     #[serde(skip)]
@@ -89,6 +119,8 @@ impl Default for FitConfig {
             patience: 6,
             augment: true,
             threads: 2,
+            device: Device::Cpu,
+            precision: Precision::F32,
             stop_after: None,
         }
     }
@@ -221,11 +253,11 @@ pub struct Predictions {
 }
 
 /// Run the inference network over samples.
-pub fn predict(
-    net: &MtlNet<InferBackend>,
+pub fn predict<B: Backend>(
+    net: &MtlNet<B>,
     samples: &[Sample],
     cfg: &FitConfig,
-    device: &burn::backend::ndarray::NdArrayDevice,
+    device: &B::Device,
 ) -> Predictions {
     let mut p = Predictions {
         cancer: vec![],
@@ -242,13 +274,18 @@ pub fn predict(
     let mut batches = 0;
     for chunk in samples.chunks(cfg.batch_size.max(1)) {
         let items: Vec<(&Sample, Vec<f32>)> = chunk.iter().map(|s| (s, s.input.clone())).collect();
-        let (x, t) = data::batch::<InferBackend>(&items, &cfg.model, device);
+        let (x, t) = data::batch::<B>(&items, &cfg.model, device);
         let out = net.forward(x);
         let losses = loss::task_losses(&out, &t);
         let total = loss::total(&losses, &cfg.weights, None);
-        loss_sum += total.into_scalar() as f64;
+        loss_sum += total.into_scalar().elem::<f64>();
         batches += 1;
-        let v = |t: Tensor<InferBackend, 2>| t.into_data().to_vec::<f32>().unwrap_or_default();
+        let v = |t: Tensor<B, 2>| {
+            t.into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .unwrap_or_default()
+        };
         let n = chunk.len();
         p.cancer
             .extend(v(sigmoid(out.cancer)).iter().map(|&x| x as f64));
@@ -259,7 +296,7 @@ pub fn predict(
             .extend((0..n).map(|i| [0, 1, 2, 3].map(|k| d[i * 4 + k] as f64)));
         p.percent
             .extend(v(sigmoid(out.percent)).iter().map(|&x| x as f64 * 100.0));
-        let argmax = |t: Tensor<InferBackend, 2>| {
+        let argmax = |t: Tensor<B, 2>| {
             let k = t.dims()[1];
             let d = v(t);
             (0..n)
@@ -276,6 +313,7 @@ pub fn predict(
         let sq: Vec<f32> = (out.recon.clone() - out.recon_target.clone())
             .powf_scalar(2.0)
             .into_data()
+            .convert::<f32>()
             .to_vec()
             .unwrap_or_default();
         p.recon_error.extend(
@@ -284,6 +322,7 @@ pub fn predict(
         );
         let m = sigmoid(out.mask)
             .into_data()
+            .convert::<f32>()
             .to_vec::<f32>()
             .unwrap_or_default();
         p.mask.extend(m.chunks(h * w).map(|c| c.to_vec()));
@@ -358,6 +397,54 @@ pub fn fit(
     resume: bool,
 ) -> Result<FitReport, FitError> {
     cfg.validate()?;
+    match (cfg.device, cfg.precision) {
+        (Device::Cpu, Precision::F32) => {
+            fit_on::<TrainBackend>(manifest_path, cfg, out, resume, Default::default())
+        }
+        (Device::Cpu, p) => Err(FitError::Config(format!(
+            "precision {p:?} needs device cuda: the NdArray CPU backend trains in f32"
+        ))),
+        #[cfg(feature = "cuda")]
+        (Device::Cuda, p) => {
+            use burn::backend::cuda::CudaDevice;
+            use burn::backend::Cuda;
+            let dev = CudaDevice::default();
+            match p {
+                Precision::F32 => {
+                    fit_on::<Autodiff<Cuda<f32>>>(manifest_path, cfg, out, resume, dev)
+                }
+                Precision::F16 => fit_on::<Autodiff<Cuda<burn::tensor::f16>>>(
+                    manifest_path,
+                    cfg,
+                    out,
+                    resume,
+                    dev,
+                ),
+                Precision::Bf16 => fit_on::<Autodiff<Cuda<burn::tensor::bf16>>>(
+                    manifest_path,
+                    cfg,
+                    out,
+                    resume,
+                    dev,
+                ),
+            }
+        }
+        #[cfg(not(feature = "cuda"))]
+        (Device::Cuda, _) => Err(FitError::Config(
+            "device cuda: this mammo-train was built without the `cuda` feature \
+             (cargo build --release --features cuda)"
+                .into(),
+        )),
+    }
+}
+
+fn fit_on<B: AutodiffBackend>(
+    manifest_path: &Path,
+    cfg: &FitConfig,
+    out: &Path,
+    resume: bool,
+    device: B::Device,
+) -> Result<FitReport, FitError> {
     std::fs::create_dir_all(out).map_err(|e| io_err(out, e))?;
     let root = manifest_path.parent().unwrap_or(Path::new("."));
     let rows = manifest::read(manifest_path)?;
@@ -389,13 +476,18 @@ pub fn fit(
     )
     .map_err(|e| io_err(out, e))?;
 
-    let device = Default::default();
-    TrainBackend::seed(&device, cfg.seed);
+    B::seed(&device, cfg.seed);
     let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
     let mut model = TrainModel {
-        net: cfg.model.init::<TrainBackend>(&device),
+        net: cfg.model.init::<B>(&device),
         log_vars: Param::from_tensor(Tensor::zeros([TASKS.len()], &device)),
     };
+    log::info!(
+        "backend {:?} {:?} ({})",
+        cfg.device,
+        cfg.precision,
+        std::any::type_name::<B>()
+    );
     log::info!(
         "network: {} parameters, {:.1} M multiply-accumulates per {}x{} image",
         model.net.num_params(),
@@ -405,7 +497,7 @@ pub fn fit(
     );
     let mut optim = AdamWConfig::new()
         .with_weight_decay(cfg.weight_decay)
-        .init::<TrainBackend, TrainModel<TrainBackend>>();
+        .init::<B, TrainModel<B>>();
     let ckpt = out.join("checkpoint");
     let mut progress = Progress {
         epoch: 0,
@@ -485,15 +577,15 @@ pub fn fit(
                     (s, x)
                 })
                 .collect();
-            let (x, t) = data::batch::<TrainBackend>(&items, &cfg.model, &device);
+            let (x, t) = data::batch::<B>(&items, &cfg.model, &device);
             let out_b = model.net.forward(x);
             let losses = loss::task_losses(&out_b, &t);
             let lv = cfg.uncertainty.then(|| model.log_vars.val());
             let total = loss::total(&losses, &cfg.weights, lv);
             for (k, l) in losses.iter().enumerate() {
-                sums[k] += l.clone().into_scalar() as f64;
+                sums[k] += l.clone().into_scalar().elem::<f64>();
             }
-            let tv = total.clone().into_scalar() as f64;
+            let tv = total.clone().into_scalar().elem::<f64>();
             total_sum += tv;
             let grads = GradientsParams::from_grads(total.backward(), &model);
             model = optim.step(lr, model, grads);
@@ -600,6 +692,13 @@ pub fn fit(
 }
 
 /// Load a network saved by [`fit`] (`best.mpk`) for inference.
+/// The `fit_config.json` of the training run in folder `run`.
+pub fn read_config(run: &Path) -> Result<FitConfig, FitError> {
+    let path = run.join("fit_config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| io_err(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| io_err(&path, e))
+}
+
 pub fn load_net(path: &Path, model: &MtlConfig) -> Result<MtlNet<InferBackend>, FitError> {
     let device = Default::default();
     let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();

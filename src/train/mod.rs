@@ -1,6 +1,7 @@
 //! Host trainer (cargo feature `train`): the multi-task network in Burn, masked multi-task loss,
 //! data loading through the shared preprocessing, training loop and metrics.
 
+pub mod ablation;
 pub mod data;
 pub mod eval;
 pub mod export;
@@ -8,3 +9,5 @@ pub mod fit;
 pub mod loss;
 pub mod metrics;
 pub mod model;
+pub mod plots;
+pub mod quantize;

@@ -263,7 +263,194 @@ fn eval_reports_per_vendor_with_the_unseen_vendor_marked() {
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains(&key) && md.contains("research only"));
     assert!(out.join("report.json").exists());
+    // the PNG plots: ROC per vendor, calibration, confusion matrices
+    for (file, w, h) in [("roc.png", 640, 560), ("calibration.png", 640, 560)] {
+        assert!(r.plots.iter().any(|p| p == file), "{file} in {:?}", r.plots);
+        let img = image::open(out.join(file)).unwrap().into_rgb8();
+        assert_eq!((img.width(), img.height()), (w, h));
+        // not a blank canvas: curves and text put non-white pixels in
+        let ink = img.pixels().filter(|p| p.0 != [255, 255, 255]).count();
+        assert!(ink > 2000, "{file}: {ink} non-white pixels");
+    }
+    assert!(r.plots.iter().any(|p| p == "confusion_density.png"));
+    assert!(md.contains("![roc.png](roc.png)"));
     let r2 = mammo_edge::train::eval::evaluate(&model, &m, Split::Train, &out).unwrap();
     assert!(r2.by_vendor.keys().all(|k| !k.contains("unseen")));
     assert!(r2.overall.vendor_macro_f1.is_some());
+}
+
+#[test]
+fn roc_points_and_reliability_bins_of_known_scores() {
+    use mammo_edge::train::plots::{reliability, roc_points};
+    let pts = roc_points(&[0.9, 0.8, 0.3, 0.1], &[true, false, true, false]);
+    assert_eq!(
+        pts,
+        vec![(0.0, 0.0), (0.0, 0.5), (0.5, 0.5), (0.5, 1.0), (1.0, 1.0)]
+    );
+    // ties step diagonally
+    assert_eq!(
+        roc_points(&[0.5, 0.5], &[true, false]),
+        vec![(0.0, 0.0), (1.0, 1.0)]
+    );
+    assert!(roc_points(&[0.5], &[true]).is_empty());
+    let b = reliability(&[0.05, 0.15, 0.12, 0.95], &[false, true, false, true], 10);
+    assert_eq!(b.len(), 3);
+    assert!((b[0].0 - 0.05).abs() < 1e-12 && b[0].1 == 0.0 && b[0].2 == 1);
+    assert!((b[1].0 - 0.135).abs() < 1e-12 && b[1].1 == 0.5 && b[1].2 == 2);
+    assert!(b[2].1 == 1.0 && b[2].2 == 1);
+}
+
+/// True when `python3` can import onnx and onnxruntime; in CI (`CI` set) their absence fails.
+fn python_quantizer() -> bool {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import onnx, onnxruntime.quantization, numpy"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must provide python3 with onnx and onnxruntime"
+        );
+        eprintln!("SKIPPED: python3 with onnx + onnxruntime not found (pip install onnx onnxruntime numpy)");
+    }
+    ok
+}
+
+#[test]
+fn quantize_writes_an_int8_model_that_tract_runs_with_integer_kernels() {
+    use mammo_edge::train::quantize::{quantize, QuantizeOptions};
+    if !python_quantizer() {
+        return;
+    }
+    let (d, cfg) = trained();
+    let (_, _, f32_path) = exported(d.path(), &cfg, 1.0);
+    let int8_path = d.path().join("m.int8.onnx");
+    let r = quantize(&QuantizeOptions {
+        model: f32_path.clone(),
+        manifest: d.path().join("manifest.csv"),
+        out: int8_path.clone(),
+        samples: 8,
+        python: "python3".into(),
+        cache: Some(d.path().join("run/cache")),
+        threads: 2,
+    })
+    .unwrap();
+    assert!(r.calibration_images >= 4 && r.calibration_images <= 8);
+    // every quantised convolution runs as an integer kernel in tract's plan
+    // the 9 convolutions (stem, 6 encoder, mask and reconstruction 1×1) run as int8 GEMMs
+    assert!(
+        r.int8_nodes.len() >= 9,
+        "int8 nodes in tract's plan: {:#?}",
+        r.int8_nodes
+    );
+    assert!(r
+        .int8_nodes
+        .iter()
+        .all(|o| mammo_edge::train::quantize::kernels(o)
+            .iter()
+            .all(|k| k.contains("i32"))));
+    assert!(
+        r.script_summary.contains("QLinearConv"),
+        "{}",
+        r.script_summary
+    );
+    let f = ModelRunner::load(&f32_path).unwrap();
+    let q = ModelRunner::load(&int8_path).unwrap();
+    assert!(
+        q.meta.quantization.starts_with("int8 QOperator"),
+        "{}",
+        q.meta.quantization
+    );
+    assert_eq!(f.meta.quantization, "float32");
+    assert!(q.meta.recon_error_threshold.is_finite() && q.meta.recon_error_threshold > 0.0);
+    assert_eq!(q.meta.intended_use, f.meta.intended_use);
+    // int8 outputs stay close to float32 on real (phantom) inputs
+    let rows = manifest::read(&d.path().join("manifest.csv")).unwrap();
+    let pick: Vec<_> = rows.iter().enumerate().take(6).collect();
+    let samples = data::load(d.path(), &pick, &cfg.preprocess(), None, 2).unwrap();
+    for s in &samples {
+        let (a, b) = (f.run(&s.input).unwrap(), q.run(&s.input).unwrap());
+        let d = max_diff(
+            &[
+                a.cancer,
+                a.normal,
+                a.density[0],
+                a.density[1],
+                a.density[2],
+                a.density[3],
+                a.view[0],
+            ],
+            &[
+                b.cancer,
+                b.normal,
+                b.density[0],
+                b.density[1],
+                b.density[2],
+                b.density[3],
+                b.view[0],
+            ],
+        );
+        assert!(d <= 0.05, "int8 vs float32 probabilities differ by {d}");
+        assert!((a.percent_density - b.percent_density).abs() <= 5.0);
+    }
+}
+
+#[test]
+fn ablation_trains_the_cancer_only_baseline_with_the_same_config_and_compares_per_vendor() {
+    use mammo_edge::labels::Split;
+    use mammo_edge::train::ablation::{ablation, AblationOptions};
+    use mammo_edge::train::fit::read_config;
+    let (d, cfg) = trained();
+    let (_, _, model) = exported(d.path(), &cfg, 1.0);
+    let out = d.path().join("ablation");
+    let a = ablation(&AblationOptions {
+        run: d.path().join("run"),
+        model: model.clone(),
+        manifest: d.path().join("manifest.csv"),
+        split: Split::Train,
+        out: out.clone(),
+        stop_after: None,
+    })
+    .unwrap();
+    // same configuration, only the loss weights differ
+    let base = read_config(&out.join("baseline-run")).unwrap();
+    assert_eq!(base.model, cfg.model);
+    assert_eq!(
+        (base.epochs, base.seed, base.lr),
+        (cfg.epochs, cfg.seed, cfg.lr)
+    );
+    let w = base.weights;
+    assert_eq!(w.cancer, 1.0);
+    assert_eq!(
+        [w.normal, w.density, w.percent, w.vendor, w.view, w.mask, w.recon],
+        [0.0; 7]
+    );
+    assert!(std::fs::symlink_metadata(out.join("baseline-run/cache"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let q = ModelRunner::load(&out.join("baseline.onnx")).unwrap();
+    assert!(q.meta.model_name.ends_with("-cancer-only"));
+    assert_eq!(a.baseline_epochs, cfg.epochs);
+    // one row per vendor plus "all", both models scored on the same images
+    let mtl = mammo_edge::train::eval::evaluate(
+        &model,
+        &d.path().join("manifest.csv"),
+        Split::Train,
+        &d.path().join("e"),
+    )
+    .unwrap();
+    assert_eq!(a.rows.len(), mtl.by_vendor.len() + 1);
+    let all = a.rows.last().unwrap();
+    assert_eq!(
+        (all.group.as_str(), all.images),
+        ("all", mtl.overall.images)
+    );
+    assert_eq!(all.mtl.map(|x| x[0]), mtl.overall.cancer_auc.map(|x| x[0]));
+    // AUC exists for both models or for neither (it needs both classes among the images)
+    assert_eq!(all.single_task.is_some(), all.mtl.is_some());
+    let md = std::fs::read_to_string(out.join("ablation.md")).unwrap();
+    assert!(md.contains("single-task") && md.contains("| all |"));
+    assert!(out.join("mtl/report.json").exists() && out.join("baseline/report.json").exists());
 }

@@ -530,3 +530,53 @@ fn sets_never_share_identifiers_and_never_overwrite() {
     assert!(e.to_string().contains("already holds"), "{e}");
     assert!(files(a.path()) == before);
 }
+
+#[test]
+fn a_held_out_vendor_is_only_in_the_test_split() {
+    use mammo_edge::dicom::Vendor;
+    use mammo_edge::labels::Split;
+    let d = tmp();
+    let cfg = SynthConfig {
+        count: 80,
+        seed: 3,
+        vendors: vec![
+            Vendor::Hologic,
+            Vendor::Ge,
+            Vendor::Siemens,
+            Vendor::ImsGiotto,
+        ],
+        hold_out: Some(Vendor::ImsGiotto),
+        ..small(80, 3)
+    };
+    generate(&cfg, d.path()).unwrap();
+    let rows = manifest::read(&d.path().join("manifest.csv")).unwrap();
+    let held: Vec<_> = rows
+        .iter()
+        .filter(|r| r.vendor == Some(Vendor::ImsGiotto))
+        .collect();
+    assert_eq!(held.len(), 20, "vendors cycle: a quarter of 80 images");
+    assert!(held.iter().all(|r| r.split == Split::Test));
+    // the other vendors keep the 70/15/15 patient split, so training has rows of each
+    for v in [Vendor::Hologic, Vendor::Ge, Vendor::Siemens] {
+        assert!(rows
+            .iter()
+            .any(|r| r.vendor == Some(v) && r.split == Split::Train));
+    }
+    // the same set without hold-out differs only in the held vendor's split column
+    let d2 = tmp();
+    generate(
+        &SynthConfig {
+            hold_out: None,
+            ..cfg
+        },
+        d2.path(),
+    )
+    .unwrap();
+    let rows2 = manifest::read(&d2.path().join("manifest.csv")).unwrap();
+    for (a, b) in rows.iter().zip(&rows2) {
+        assert_eq!(a.path, b.path);
+        if a.vendor != Some(Vendor::ImsGiotto) {
+            assert_eq!(a.split, b.split);
+        }
+    }
+}

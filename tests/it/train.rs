@@ -162,3 +162,30 @@ fn demo_and_production_sizes() {
         assert!(n < max_params, "{n}");
     }
 }
+
+#[test]
+fn half_precision_is_refused_on_the_cpu_backend_with_the_reason() {
+    use mammo_edge::train::fit::{Device, FitError, Precision};
+    let d = phantoms(8);
+    for p in [Precision::F16, Precision::Bf16] {
+        let cfg = FitConfig {
+            device: Device::Cpu,
+            precision: p,
+            ..tiny()
+        };
+        match fit(
+            &d.path().join("manifest.csv"),
+            &cfg,
+            &d.path().join("run"),
+            false,
+        ) {
+            Err(FitError::Config(m)) => assert!(m.contains("needs device cuda"), "{m}"),
+            other => panic!(
+                "expected a config error, got {:?}",
+                other.map(|r| r.best_epoch)
+            ),
+        }
+    }
+    // nothing was written for a refused run
+    assert!(!d.path().join("run/fit_config.json").exists());
+}

@@ -1,0 +1,85 @@
+//! `mammo-edge bench`: inference speed of one or more models in tract on this machine, on the
+//! same inputs (seeded normal noise of the model's input size), written as a Markdown table with
+//! ratios to the first model measured in the same run.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::model::{ContractError, ModelRunner};
+use crate::synth::SplitMix64;
+
+/// Timing of one model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelTiming {
+    pub model: PathBuf,
+    /// `mammo.quantization` of the model (`float32` or the int8 scheme).
+    pub quantization: String,
+    pub input: (usize, usize),
+    /// One forward pass (all heads), milliseconds: median and 90th percentile over `runs`.
+    pub median_ms: f64,
+    pub p90_ms: f64,
+    pub runs: usize,
+    /// Load + optimise + contract check, milliseconds.
+    pub load_ms: f64,
+}
+
+/// Time `runs` forward passes of each model (after 3 warm-up passes), one model after the other.
+/// Errors: a model that cannot be loaded or refuses the contract.
+pub fn bench(models: &[PathBuf], runs: usize) -> Result<Vec<ModelTiming>, ContractError> {
+    models.iter().map(|m| bench_one(m, runs.max(1))).collect()
+}
+
+fn bench_one(path: &Path, runs: usize) -> Result<ModelTiming, ContractError> {
+    let t0 = Instant::now();
+    let runner = ModelRunner::load(path)?;
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let (h, w) = (runner.meta.input_height, runner.meta.input_width);
+    let mut rng = SplitMix64::new(42);
+    let input: Vec<f32> = (0..h * w).map(|_| rng.normal() as f32).collect();
+    for _ in 0..3 {
+        runner.run(&input)?;
+    }
+    let mut t: Vec<f64> = (0..runs)
+        .map(|_| {
+            let s = Instant::now();
+            runner.run(&input).map(|_| s.elapsed().as_secs_f64() * 1e3)
+        })
+        .collect::<Result<_, _>>()?;
+    t.sort_by(f64::total_cmp);
+    Ok(ModelTiming {
+        model: path.to_path_buf(),
+        quantization: runner.meta.quantization.clone(),
+        input: (h, w),
+        median_ms: t[t.len() / 2],
+        p90_ms: t[((t.len() - 1) as f64 * 0.9).round() as usize],
+        runs,
+        load_ms,
+    })
+}
+
+/// Markdown table; the speed-up column is relative to the first model.
+pub fn markdown(t: &[ModelTiming]) -> String {
+    let mut s = String::from(
+        "| model | weights | input | median ms | p90 ms | images/s | speed-up vs first | load ms |\n|---|---|---|---:|---:|---:|---:|---:|\n",
+    );
+    let base = t.first().map_or(f64::NAN, |b| b.median_ms);
+    for m in t {
+        s.push_str(&format!(
+            "| {} | {} | {}x{} | {:.2} | {:.2} | {:.1} | {:.2}x | {:.0} |\n",
+            m.model
+                .file_name()
+                .map_or_else(String::new, |f| f.to_string_lossy().into_owned()),
+            m.quantization.split(':').next().unwrap_or(""),
+            m.input.0,
+            m.input.1,
+            m.median_ms,
+            m.p90_ms,
+            1e3 / m.median_ms,
+            base / m.median_ms,
+            m.load_ms
+        ));
+    }
+    s
+}
