@@ -63,11 +63,21 @@ fn tract_err(e: impl std::fmt::Display) -> ContractError {
 impl ModelRunner {
     /// Load `path`, check the contract and optimise. Errors say what does not conform.
     pub fn load(path: &Path) -> Result<ModelRunner, ContractError> {
+        let bytes = std::fs::read(path).map_err(|e| ContractError::Read {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        Self::from_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// Like [`ModelRunner::load`] for a model held in memory (the bundled demo model); `label`
+    /// names it in errors.
+    pub fn from_bytes(bytes: &[u8], label: &str) -> Result<ModelRunner, ContractError> {
         let onnx = tract_onnx::onnx();
         let mut proto = onnx
-            .proto_model_for_path(path)
+            .proto_model_for_read(&mut std::io::Cursor::new(bytes))
             .map_err(|e| ContractError::Read {
-                path: path.display().to_string(),
+                path: label.to_string(),
                 detail: format!("{e:#}"),
             })?;
         let props: HashMap<String, String> = proto
