@@ -3,8 +3,10 @@
 //! See docs/ARCHITECTURE.md for the map of modules and the data flow.
 
 pub mod bench;
+pub mod config;
 pub mod demo;
 pub mod dicom;
+pub mod exam;
 pub mod files;
 pub mod import;
 pub mod infer;
@@ -13,6 +15,7 @@ pub mod labels;
 pub mod manifest;
 pub mod model;
 pub mod preprocess;
+pub mod store;
 pub mod synth;
 #[cfg(feature = "train")]
 pub mod train;

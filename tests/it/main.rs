@@ -3,6 +3,8 @@
 
 mod cli;
 mod codecs;
+mod config;
+mod exam;
 #[cfg(feature = "train")]
 mod export;
 mod grey_pipeline;
@@ -10,6 +12,7 @@ mod import;
 mod real_data;
 mod rejections;
 mod reported_cases;
+mod store;
 mod synth;
 #[cfg(feature = "train")]
 mod train;

@@ -1,0 +1,643 @@
+//! The edge daemon's TOML configuration: every key with a compiled-in default, the commented
+//! default file an operator edits (`Config::default_toml`), loading, and validation whose errors
+//! name the key (`mqtt.url: scheme must be mqtt:// or mqtts://`). Keys: docs/daemon-store.md.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::dicom::IngestOptions;
+
+/// Why a configuration is refused. Every message starts with the key it is about (or the file).
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Not TOML, or a key has the wrong type / an unknown name. `key` is the dotted path
+    /// (`ingest.max_attempts`), `line` is 1-based where known.
+    #[error("config {origin}{}: {}{message}", at_line(*line), key_prefix(key))]
+    Parse {
+        origin: String,
+        key: String,
+        line: Option<usize>,
+        message: String,
+    },
+    /// A value of the right type that is not allowed.
+    #[error("{key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+impl ConfigError {
+    /// The dotted key the error is about (`""` for an unreadable file or a syntax error).
+    pub fn key(&self) -> &str {
+        match self {
+            ConfigError::Read { .. } => "",
+            ConfigError::Parse { key, .. } => key,
+            ConfigError::Invalid { key, .. } => key,
+        }
+    }
+}
+
+fn at_line(line: Option<usize>) -> String {
+    line.map(|l| format!(" line {l}")).unwrap_or_default()
+}
+
+fn key_prefix(key: &str) -> String {
+    if key.is_empty() || key == "." {
+        String::new()
+    } else {
+        format!("{key}: ")
+    }
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// The whole configuration. Missing sections and keys take the defaults of `Config::default()`;
+/// unknown keys are refused (a typo must not silently fall back to a default).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub watch: WatchConfig,
+    pub state: StateConfig,
+    pub model: ModelConfig,
+    pub ingest: IngestConfig,
+    pub mqtt: MqttConfig,
+    pub exam: ExamConfig,
+    pub files: FilesConfig,
+    pub privacy: PrivacyConfig,
+}
+
+/// `[watch]`: the export folders (DESIGN.md, "Data flow (edge)").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WatchConfig {
+    /// Folders watched (recursively) for DICOM files. Default `["/srv/dicom-export"]`.
+    pub dirs: Vec<PathBuf>,
+    /// A file is taken once its size and mtime have not changed for this long, s. Default 2.
+    pub stable_secs: u64,
+    /// Full rescan period besides file-system events, s. Default 30.
+    pub rescan_secs: u64,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            dirs: vec![PathBuf::from("/srv/dicom-export")],
+            stable_secs: 2,
+            rescan_secs: 30,
+        }
+    }
+}
+
+/// `[state]`: the SQLite state (DESIGN.md, "Storage guarantees").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateConfig {
+    /// Folder of `state.sqlite`. Default `/var/lib/mammo-edge`.
+    pub dir: PathBuf,
+    /// Delivered outbox rows and done ledger rows older than this are deleted, days. Default 30.
+    pub retention_days: u32,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            dir: PathBuf::from("/var/lib/mammo-edge"),
+            retention_days: 30,
+        }
+    }
+}
+
+impl StateConfig {
+    /// `retention_days` as a duration.
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(u64::from(self.retention_days) * 86_400)
+    }
+}
+
+/// `[model]`: the ONNX model (DESIGN.md, "Model contract").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// ONNX file following docs/model-contract.md.
+    /// Default `/usr/share/mammo-edge/models/mammo-mtl-demo.int8.onnx`.
+    pub path: PathBuf,
+    /// Inference threads. Default 1.
+    pub threads: u32,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            path: PathBuf::from("/usr/share/mammo-edge/models/mammo-mtl-demo.int8.onnx"),
+            threads: 1,
+        }
+    }
+}
+
+/// `[ingest]`: limits on reading one file (DESIGN.md, "DICOM ingest rules").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Largest image decoded, pixels (Rows × Columns × frames × samples). Default 60 000 000.
+    pub pixel_budget: u64,
+    /// Time limit for decoding one file, s. Default 60.
+    pub file_timeout_secs: u64,
+    /// A file whose decoding crashes or times out this many times is quarantined. Default 3.
+    pub max_attempts: u32,
+    /// Score For Processing images (with a percentile window) instead of skipping them.
+    /// Default false.
+    pub allow_for_processing: bool,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            pixel_budget: 60_000_000,
+            file_timeout_secs: 60,
+            max_attempts: 3,
+            allow_for_processing: false,
+        }
+    }
+}
+
+/// `[mqtt]`: the broker (DESIGN.md, "MQTT contract"). Empty paths mean "not set".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `mqtt://host[:port]` (plaintext, default port 1883) or `mqtts://host[:port]` (TLS, 8883).
+    /// Default `mqtt://127.0.0.1:1883`.
+    pub url: String,
+    /// Topic prefix, `<prefix>/image`, `<prefix>/exam` … Default `mammo/site-1/edge-1`.
+    pub topic_prefix: String,
+    /// MQTT client identifier. Default `mammo-edge-1`.
+    pub client_id: String,
+    /// PEM CA bundle that signs the broker's certificate; required with `mqtts://`.
+    pub ca_file: PathBuf,
+    /// PEM client certificate and its key (both or neither; `mqtts://` only).
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// User name; its password is read from `password_file`.
+    pub username: String,
+    /// File holding the password (first line). A password never goes in the TOML itself.
+    pub password_file: PathBuf,
+    /// Allow plaintext `mqtt://` to a host other than loopback. Default false.
+    pub allow_insecure: bool,
+    /// Whether the file has an `mqtt.password` key, only to refuse it with a clear message (the
+    /// value itself is not kept).
+    #[serde(default, skip_serializing, deserialize_with = "key_present")]
+    password: bool,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            url: "mqtt://127.0.0.1:1883".into(),
+            topic_prefix: "mammo/site-1/edge-1".into(),
+            client_id: "mammo-edge-1".into(),
+            ca_file: PathBuf::new(),
+            client_cert: PathBuf::new(),
+            client_key: PathBuf::new(),
+            username: String::new(),
+            password_file: PathBuf::new(),
+            allow_insecure: false,
+            password: false,
+        }
+    }
+}
+
+/// A broker address parsed from `mqtt.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broker {
+    /// True for `mqtts://`.
+    pub tls: bool,
+    /// Host name or IP address (IPv6 without brackets).
+    pub host: String,
+    pub port: u16,
+}
+
+impl Broker {
+    /// Parse `mqtt://host[:port]` / `mqtts://host[:port]` (an optional trailing `/`; IPv6 in
+    /// brackets). Errors name `mqtt.url`: wrong scheme, credentials in the URL, empty host, bad port.
+    pub fn parse(url: &str) -> Result<Broker, ConfigError> {
+        const KEY: &str = "mqtt.url";
+        let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("mqtt://") {
+            (false, r)
+        } else {
+            return Err(invalid(
+                KEY,
+                format!("scheme must be mqtt:// or mqtts:// (got {url:?})"),
+            ));
+        };
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.contains('@') {
+            return Err(invalid(
+                KEY,
+                "credentials do not belong in the URL; use mqtt.username and mqtt.password_file",
+            ));
+        }
+        if authority.contains(['/', '?', '#']) {
+            return Err(invalid(
+                KEY,
+                format!("only mqtt[s]://host[:port] is accepted (got {url:?})"),
+            ));
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| invalid(KEY, format!("unclosed [ in {url:?}")))?;
+            let port =
+                match after {
+                    "" => None,
+                    p => Some(p.strip_prefix(':').ok_or_else(|| {
+                        invalid(KEY, format!("expected :port after ] in {url:?}"))
+                    })?),
+                };
+            (h, port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(invalid(KEY, format!("no host in {url:?}")));
+        }
+        let port = match port {
+            None => {
+                if tls {
+                    8883
+                } else {
+                    1883
+                }
+            }
+            Some(p) => match p.parse::<u16>() {
+                Ok(p) if p > 0 => p,
+                _ => return Err(invalid(KEY, format!("port {p:?} is not 1–65535"))),
+            },
+        };
+        Ok(Broker {
+            tls,
+            host: host.to_string(),
+            port,
+        })
+    }
+
+    /// True for `localhost`, `127.0.0.0/8` and `::1`.
+    pub fn is_loopback(&self) -> bool {
+        self.host.eq_ignore_ascii_case("localhost")
+            || self
+                .host
+                .parse::<IpAddr>()
+                .map(|ip| ip.is_loopback())
+                .unwrap_or(false)
+    }
+}
+
+impl MqttConfig {
+    /// The broker address of `url` (already checked by `Config::validate`).
+    pub fn broker(&self) -> Result<Broker, ConfigError> {
+        Broker::parse(&self.url)
+    }
+}
+
+/// `[exam]`: exam aggregation (DESIGN.md, "Data flow (edge)", exam rule).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExamConfig {
+    /// An incomplete exam is published once no image has arrived for this long, s. Default 300.
+    pub quiet_secs: u64,
+}
+
+impl Default for ExamConfig {
+    fn default() -> Self {
+        ExamConfig { quiet_secs: 300 }
+    }
+}
+
+/// What happens to an input file once it is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum FilesAfter {
+    /// Leave it where it is (the ledger remembers it).
+    Keep,
+    /// Move it into `done/`, `skipped/` or `failed/` next to the watched folder.
+    Move,
+}
+
+impl TryFrom<String> for FilesAfter {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "keep" => Ok(FilesAfter::Keep),
+            "move" => Ok(FilesAfter::Move),
+            _ => Err(format!("{s:?} is not keep or move")),
+        }
+    }
+}
+
+/// `[files]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilesConfig {
+    /// `keep` (default) or `move`.
+    pub after: FilesAfter,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        FilesConfig {
+            after: FilesAfter::Keep,
+        }
+    }
+}
+
+/// How StudyInstanceUID / SOPInstanceUID appear in messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum UidMode {
+    /// As in the DICOM file (needed to link results inside the hospital).
+    Plain,
+    /// Replaced by a keyed hash with the key in `privacy.key_file`.
+    Hashed,
+}
+
+impl TryFrom<String> for UidMode {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "plain" => Ok(UidMode::Plain),
+            "hashed" => Ok(UidMode::Hashed),
+            _ => Err(format!("{s:?} is not plain or hashed")),
+        }
+    }
+}
+
+/// `[privacy]`: what identifying data may leave the appliance (DESIGN.md, "MQTT contract").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrivacyConfig {
+    /// `plain` (default) or `hashed`.
+    pub uids: UidMode,
+    /// Secret key of the UID hash; required with `uids = "hashed"`.
+    pub key_file: PathBuf,
+    /// Publish AccessionNumber. Default false.
+    pub publish_accession: bool,
+    /// Publish input file names (they often contain patient names). Default false.
+    pub publish_file_names: bool,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        PrivacyConfig {
+            uids: UidMode::Plain,
+            key_file: PathBuf::new(),
+            publish_accession: false,
+            publish_file_names: false,
+        }
+    }
+}
+
+/// The commented default configuration (`mammo-edge print-default-config`). It parses back to
+/// `Config::default()` (a test holds it to that).
+const DEFAULT_TOML: &str = r#"# mammo-edge configuration. Every key is optional; the values shown are the defaults.
+# Unknown keys are refused. Reference: docs/daemon-store.md.
+
+[watch]
+# Export folders watched (recursively) for DICOM files.
+dirs = ["/srv/dicom-export"]
+# A file is taken once its size and mtime have not changed for this many seconds.
+stable_secs = 2
+# Full rescan period besides file-system events, seconds.
+rescan_secs = 30
+
+[state]
+# Folder of state.sqlite (ledger, results, outbox).
+dir = "/var/lib/mammo-edge"
+# Delivered outbox rows and done ledger rows older than this many days are deleted.
+retention_days = 30
+
+[model]
+# ONNX model following docs/model-contract.md.
+path = "/usr/share/mammo-edge/models/mammo-mtl-demo.int8.onnx"
+# Inference threads.
+threads = 1
+
+[ingest]
+# Largest image decoded, pixels (Rows x Columns).
+pixel_budget = 60000000
+# Time limit for decoding one file, seconds.
+file_timeout_secs = 60
+# A file whose decoding crashes or times out this many times is quarantined.
+max_attempts = 3
+# Score For Processing images (percentile window) instead of skipping them.
+allow_for_processing = false
+
+[mqtt]
+# mqtt://host[:port] (plaintext, 1883) or mqtts://host[:port] (TLS, 8883).
+url = "mqtt://127.0.0.1:1883"
+# Messages go to <topic_prefix>/image, /exam, /skipped, /error, /status, /health.
+topic_prefix = "mammo/site-1/edge-1"
+client_id = "mammo-edge-1"
+# TLS: CA bundle (required with mqtts://), client certificate and key (PEM, both or neither).
+ca_file = ""
+client_cert = ""
+client_key = ""
+# The password is read from password_file; a password never goes in this file.
+username = ""
+password_file = ""
+# Plaintext mqtt:// is allowed only to loopback unless this is true.
+allow_insecure = false
+
+[exam]
+# An incomplete exam is published once no image has arrived for this many seconds.
+quiet_secs = 300
+
+[files]
+# keep: leave input files in place; move: into done/, skipped/, failed/ next to the watched folder.
+after = "keep"
+
+[privacy]
+# plain: StudyInstanceUID / SOPInstanceUID as in the file; hashed: keyed hash with key_file.
+uids = "plain"
+key_file = ""
+# AccessionNumber and file names (which often contain patient names) only when allowed.
+publish_accession = false
+publish_file_names = false
+"#;
+
+impl Config {
+    /// The commented default configuration text; it parses back to `Config::default()`.
+    pub fn default_toml() -> String {
+        DEFAULT_TOML.to_string()
+    }
+
+    /// Read, parse and validate a configuration file.
+    ///
+    /// Errors: `Read` (I/O), `Parse` (syntax, wrong type, unknown key: names the key and line),
+    /// `Invalid` (a value not allowed: names the key).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parse and validate configuration text; `origin` names it in errors (a path, `"(text)"`).
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let line_of = |span: Option<std::ops::Range<usize>>| {
+            span.map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+        };
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            key: String::new(),
+            line: line_of(e.span()),
+            message: e.message().trim().to_string(),
+        })?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            ConfigError::Parse {
+                origin: origin.to_string(),
+                key,
+                line: line_of(inner.span()),
+                message: inner.message().trim().to_string(),
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check values the types allow but the daemon does not; the first problem found is returned,
+    /// naming its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("watch.stable_secs", self.watch.stable_secs),
+            ("watch.rescan_secs", self.watch.rescan_secs),
+            ("state.retention_days", u64::from(self.state.retention_days)),
+            ("model.threads", u64::from(self.model.threads)),
+            ("ingest.pixel_budget", self.ingest.pixel_budget),
+            ("ingest.file_timeout_secs", self.ingest.file_timeout_secs),
+            ("ingest.max_attempts", u64::from(self.ingest.max_attempts)),
+            ("exam.quiet_secs", self.exam.quiet_secs),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if self.watch.dirs.is_empty() {
+            return Err(invalid("watch.dirs", "at least one folder is needed"));
+        }
+        if self.watch.dirs.iter().any(|d| d.as_os_str().is_empty()) {
+            return Err(invalid("watch.dirs", "an entry is empty"));
+        }
+        if self.state.dir.as_os_str().is_empty() {
+            return Err(invalid("state.dir", "must not be empty"));
+        }
+        if self.model.path.as_os_str().is_empty() {
+            return Err(invalid("model.path", "must not be empty"));
+        }
+        self.validate_mqtt()?;
+        if self.privacy.uids == UidMode::Hashed && is_unset(&self.privacy.key_file) {
+            return Err(invalid(
+                "privacy.key_file",
+                "required when privacy.uids = \"hashed\"",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_mqtt(&self) -> Result<(), ConfigError> {
+        let m = &self.mqtt;
+        if m.password {
+            return Err(invalid(
+                "mqtt.password",
+                "a password never goes in the TOML; put it in a file and set mqtt.password_file",
+            ));
+        }
+        let broker = m.broker()?;
+        if !broker.tls && !broker.is_loopback() && !m.allow_insecure {
+            return Err(invalid(
+                "mqtt.url",
+                format!(
+                    "plaintext mqtt:// to {} (not loopback) is refused; use mqtts:// or set mqtt.allow_insecure = true",
+                    broker.host
+                ),
+            ));
+        }
+        if broker.tls && is_unset(&m.ca_file) {
+            return Err(invalid("mqtt.ca_file", "required with mqtts://"));
+        }
+        if is_unset(&m.client_cert) != is_unset(&m.client_key) {
+            let key = if is_unset(&m.client_cert) {
+                "mqtt.client_cert"
+            } else {
+                "mqtt.client_key"
+            };
+            return Err(invalid(
+                key,
+                "mqtt.client_cert and mqtt.client_key go together",
+            ));
+        }
+        if !broker.tls && !is_unset(&m.client_cert) {
+            return Err(invalid("mqtt.client_cert", "needs mqtts://"));
+        }
+        if !is_unset(&m.password_file) && m.username.is_empty() {
+            return Err(invalid("mqtt.username", "required with mqtt.password_file"));
+        }
+        let prefix = &m.topic_prefix;
+        if prefix.is_empty() {
+            return Err(invalid("mqtt.topic_prefix", "must not be empty"));
+        }
+        if prefix.contains(['+', '#', '\0']) {
+            return Err(invalid(
+                "mqtt.topic_prefix",
+                format!("{prefix:?} contains a wildcard (+ #) or NUL"),
+            ));
+        }
+        if prefix.starts_with('/') || prefix.ends_with('/') || prefix.contains("//") {
+            return Err(invalid(
+                "mqtt.topic_prefix",
+                format!("{prefix:?} has an empty topic level (leading, trailing or double /)"),
+            ));
+        }
+        if m.client_id.is_empty() {
+            return Err(invalid("mqtt.client_id", "must not be empty"));
+        }
+        Ok(())
+    }
+
+    /// Ingest options for `dicom::read_mammogram`: `pixel_budget` at 16 bits per sample
+    /// (2 bytes per pixel) and the For Processing policy; other fields keep their defaults.
+    pub fn ingest_options(&self) -> IngestOptions {
+        IngestOptions {
+            max_pixel_bytes: self.ingest.pixel_budget.saturating_mul(2),
+            accept_for_processing: self.ingest.allow_for_processing,
+            ..IngestOptions::default()
+        }
+    }
+}
+
+fn key_present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(d).map(|_| true)
+}
+
+fn is_unset(p: &Path) -> bool {
+    p.as_os_str().is_empty()
+}

@@ -1,0 +1,917 @@
+//! The daemon's SQLite state (`<state.dir>/state.sqlite`, WAL, `synchronous=FULL`): the ledger of
+//! input files, one result row per SOPInstanceUID and model, the outbox of MQTT messages drained
+//! in order, and the exam state used for aggregation. Implements DESIGN.md, "Storage guarantees";
+//! tables and guarantees are described in docs/daemon-store.md.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use serde::Serialize;
+use thiserror::Error;
+use uuid::Uuid;
+
+/// File name of the database inside the state folder.
+pub const DB_FILE: &str = "state.sqlite";
+
+/// Schema version this build writes (`PRAGMA user_version`), = number of migrations.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// Migrations, applied in order; entry `i` brings the schema from version `i` to `i + 1`.
+/// Never edit an entry that has shipped: append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: ledger, results, outbox, exams. Times are Unix milliseconds (UTC); mtime in nanoseconds.
+    "CREATE TABLE ledger (
+        id INTEGER PRIMARY KEY,
+        path TEXT NOT NULL UNIQUE,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        sop_instance_uid TEXT,
+        study_instance_uid TEXT,
+        status TEXT NOT NULL CHECK (status IN
+            ('new', 'in_progress', 'done', 'skipped', 'error', 'quarantined')),
+        reason TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE INDEX ledger_sop ON ledger (sop_instance_uid);
+    CREATE INDEX ledger_status ON ledger (status, updated_at);
+    CREATE TABLE results (
+        sop_instance_uid TEXT NOT NULL,
+        model_sha256 TEXT NOT NULL,
+        result_id TEXT NOT NULL UNIQUE,
+        study_instance_uid TEXT NOT NULL,
+        ledger_id INTEGER REFERENCES ledger (id) ON DELETE SET NULL,
+        result_json TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (sop_instance_uid, model_sha256)
+    );
+    CREATE INDEX results_study ON results (study_instance_uid, model_sha256);
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        topic TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        retain INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        delivered_at INTEGER
+    );
+    CREATE INDEX outbox_undelivered ON outbox (id) WHERE delivered_at IS NULL;
+    CREATE TABLE exams (
+        study_instance_uid TEXT PRIMARY KEY,
+        revision INTEGER NOT NULL DEFAULT 0,
+        pending INTEGER NOT NULL DEFAULT 1,
+        last_image_at INTEGER NOT NULL,
+        published_at INTEGER,
+        published_json TEXT
+    );",
+];
+
+/// Why a state operation failed.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The state folder could not be created.
+    #[error("state folder {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Opening or configuring the database failed.
+    #[error("state database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    /// The database was written by a newer build.
+    #[error("state database schema version {found} is newer than this build's {supported}")]
+    SchemaTooNew { found: u32, supported: u32 },
+    /// A query failed.
+    #[error("state database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A result or payload could not be serialised.
+    #[error("JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Paths are stored as text; this one is not UTF-8.
+    #[error("path {0} is not UTF-8")]
+    NonUtf8Path(String),
+    /// The ticket's ledger row is no longer in progress (recovered, or finished already).
+    #[error("ledger row {ledger_id} ({path}) is not in progress: ticket is stale")]
+    StaleTicket { ledger_id: i64, path: String },
+    /// An exam revision other than the stored one + 1.
+    #[error("exam {study}: revision {got} given, {expected} expected")]
+    RevisionConflict {
+        study: String,
+        expected: u32,
+        got: u32,
+    },
+    /// A value in the database this build does not understand.
+    #[error("state database: unexpected {what} {value:?}")]
+    Corrupt { what: &'static str, value: String },
+}
+
+/// Status of a ledger row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Seen, waiting to be (re)tried.
+    New,
+    /// Claimed by a worker; left so by a crash until `recover`.
+    InProgress,
+    /// Scored: a result row exists (or the SOPInstanceUID was scored from another file).
+    Done,
+    /// Valid input not scored (reason given).
+    Skipped,
+    /// Invalid input (reason given).
+    Error,
+    /// Crashed or timed out `max_attempts` times; never retried (until the file changes).
+    Quarantined,
+}
+
+impl Status {
+    /// Name stored in the database and used in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::New => "new",
+            Status::InProgress => "in_progress",
+            Status::Done => "done",
+            Status::Skipped => "skipped",
+            Status::Error => "error",
+            Status::Quarantined => "quarantined",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Status, StoreError> {
+        Ok(match s {
+            "new" => Status::New,
+            "in_progress" => Status::InProgress,
+            "done" => Status::Done,
+            "skipped" => Status::Skipped,
+            "error" => Status::Error,
+            "quarantined" => Status::Quarantined,
+            _ => {
+                return Err(StoreError::Corrupt {
+                    what: "ledger status",
+                    value: s.into(),
+                })
+            }
+        })
+    }
+}
+
+/// Permission to work on one file, from `Store::claim`; hand it to exactly one `commit_*` or
+/// `retry_later`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ticket {
+    pub ledger_id: i64,
+    pub path: String,
+    /// Attempts made so far, this one included (1 for a first try).
+    pub attempts: u32,
+}
+
+/// What `Store::claim` decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// New or changed file, or a retry: the row is now `in_progress` and its attempts were
+    /// incremented before any decoding. Process it, then commit.
+    Process(Ticket),
+    /// Same path, size and mtime already finished with this status: nothing to do.
+    Finished(Status),
+    /// Attempts reached `max_attempts`: the row is `in_progress` (attempts unchanged); do not
+    /// decode, call `commit_quarantine` with its error message.
+    Quarantine(Ticket),
+    /// Another worker holds it (`in_progress` without a crash in between): leave it.
+    Busy,
+}
+
+/// An MQTT message to put in the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxMessage {
+    /// Full topic (`<prefix>/image` …).
+    pub topic: String,
+    pub payload: serde_json::Value,
+    pub retain: bool,
+}
+
+/// An outbox row waiting to be published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    /// Order of publication (AUTOINCREMENT: never reused).
+    pub id: i64,
+    pub topic: String,
+    /// JSON text, published as is.
+    pub payload: String,
+    pub retain: bool,
+    /// Unix time, ms.
+    pub created_at_ms: i64,
+}
+
+/// The identifiers a result row is keyed by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageKey {
+    pub sop_instance_uid: String,
+    pub study_instance_uid: String,
+    /// SHA-256 of the model file, hex (stored lower-case).
+    pub model_sha256: String,
+}
+
+/// What `commit_result` stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    /// Result row and messages stored; the ledger row is `done`.
+    Stored(Uuid),
+    /// A result for this SOPInstanceUID and model existed already: the ledger row is `done`
+    /// (reason `duplicate_sop`), nothing else was written.
+    Duplicate(Uuid),
+}
+
+/// One ledger row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerEntry {
+    pub id: i64,
+    pub path: String,
+    /// Bytes.
+    pub size: u64,
+    /// Modification time, ns since the Unix epoch.
+    pub mtime_ns: i64,
+    pub sop_instance_uid: Option<String>,
+    pub study_instance_uid: Option<String>,
+    pub status: Status,
+    pub reason: Option<String>,
+    pub attempts: u32,
+    /// Unix time, ms.
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// A stored result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResult {
+    pub sop_instance_uid: String,
+    pub result_id: Uuid,
+    /// The result as committed (JSON text).
+    pub result_json: String,
+}
+
+/// Aggregation state of one study.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExamState {
+    pub study_instance_uid: String,
+    /// Last published revision; 0 = never published.
+    pub revision: u32,
+    /// True when an image arrived after the last publication.
+    pub pending: bool,
+    /// Unix time of the last image committed for the study, ms.
+    pub last_image_at_ms: i64,
+    /// Unix time of the last publication, ms.
+    pub published_at_ms: Option<i64>,
+    /// The last published exam state (JSON text).
+    pub published_json: Option<String>,
+}
+
+/// Rows deleted by `purge`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Purged {
+    pub outbox: usize,
+    pub ledger: usize,
+}
+
+/// `result_id`: UUIDv5 in the OID namespace of `"<SOPInstanceUID>/<model sha256, lower-case hex>"`,
+/// stable across retries and restarts (DESIGN.md, "MQTT contract").
+pub fn result_id(sop_instance_uid: &str, model_sha256: &str) -> Uuid {
+    let name = format!(
+        "{}/{}",
+        sop_instance_uid.trim(),
+        model_sha256.trim().to_ascii_lowercase()
+    );
+    Uuid::new_v5(&Uuid::NAMESPACE_OID, name.as_bytes())
+}
+
+fn now_ms() -> i64 {
+    unix_ns(SystemTime::now()) / 1_000_000
+}
+
+/// Nanoseconds since the Unix epoch (negative before it; saturating).
+fn unix_ns(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
+    }
+}
+
+fn path_text(p: &Path) -> Result<&str, StoreError> {
+    p.to_str()
+        .ok_or_else(|| StoreError::NonUtf8Path(p.to_string_lossy().into_owned()))
+}
+
+/// The daemon's state database. One `Store` per process; writes take `&mut self`.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    max_attempts: u32,
+}
+
+impl Store {
+    /// Open (creating the folder and file if needed) `<dir>/state.sqlite`, set WAL and
+    /// `synchronous=FULL`, and migrate the schema to `SCHEMA_VERSION`. `max_attempts` is
+    /// `ingest.max_attempts` (values below 1 count as 1).
+    ///
+    /// Errors: `Dir`, `Open`, `SchemaTooNew` (a newer build wrote it), `Sqlite` (migration).
+    pub fn open(dir: &Path, max_attempts: u32) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join(DB_FILE);
+        let open_err = |source| StoreError::Open {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(open_err)?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(open_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(open_err(rusqlite::Error::InvalidParameterName(format!(
+                "journal_mode is {mode}, WAL needed"
+            ))));
+        }
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_err)?;
+        let mut store = Store {
+            conn,
+            path,
+            max_attempts: max_attempts.max(1),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let found: u32 = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Exclusive)?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+            log::info!(
+                "state database {}: schema migrated to version {}",
+                self.path.display(),
+                i + 1
+            );
+        }
+        Ok(())
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Schema version of the open database (`PRAGMA user_version`).
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        Ok(self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?)
+    }
+
+    fn write_tx(&mut self) -> Result<Transaction<'_>, StoreError> {
+        Ok(self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?)
+    }
+
+    /// Decide what to do with a stable file of `size` bytes modified at `mtime`, in one
+    /// transaction. A file not seen before, or whose size or mtime changed (attempts start again
+    /// at 1), or one waiting for a retry, is marked `in_progress` with attempts incremented
+    /// BEFORE the caller decodes it, so a crash while decoding counts. See `Claim`.
+    pub fn claim(
+        &mut self,
+        path: &Path,
+        size: u64,
+        mtime: SystemTime,
+    ) -> Result<Claim, StoreError> {
+        let path = path_text(path)?;
+        let size = i64::try_from(size).unwrap_or(i64::MAX);
+        let mtime_ns = unix_ns(mtime);
+        let max_attempts = self.max_attempts;
+        let now = now_ms();
+        let tx = self.write_tx()?;
+        let row: Option<(i64, i64, i64, String, u32)> = tx
+            .query_row(
+                "SELECT id, size, mtime_ns, status, attempts FROM ledger WHERE path = ?1",
+                [path],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()?;
+        let claim = match row {
+            None => {
+                tx.execute(
+                    "INSERT INTO ledger (path, size, mtime_ns, status, attempts, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, 'in_progress', 1, ?4, ?4)",
+                    params![path, size, mtime_ns, now],
+                )?;
+                Claim::Process(Ticket {
+                    ledger_id: tx.last_insert_rowid(),
+                    path: path.into(),
+                    attempts: 1,
+                })
+            }
+            Some((id, old_size, old_mtime, status, attempts)) => {
+                let status = Status::parse(&status)?;
+                let ticket = |attempts| Ticket {
+                    ledger_id: id,
+                    path: path.into(),
+                    attempts,
+                };
+                if status == Status::InProgress {
+                    Claim::Busy
+                } else if old_size != size || old_mtime != mtime_ns {
+                    tx.execute(
+                        "UPDATE ledger SET size = ?2, mtime_ns = ?3, sop_instance_uid = NULL,
+                         study_instance_uid = NULL, status = 'in_progress', reason = NULL,
+                         attempts = 1, updated_at = ?4 WHERE id = ?1",
+                        params![id, size, mtime_ns, now],
+                    )?;
+                    Claim::Process(ticket(1))
+                } else if status != Status::New {
+                    Claim::Finished(status)
+                } else if attempts >= max_attempts {
+                    tx.execute(
+                        "UPDATE ledger SET status = 'in_progress', updated_at = ?2 WHERE id = ?1",
+                        params![id, now],
+                    )?;
+                    Claim::Quarantine(ticket(attempts))
+                } else {
+                    tx.execute(
+                        "UPDATE ledger SET status = 'in_progress', attempts = attempts + 1,
+                         updated_at = ?2 WHERE id = ?1",
+                        params![id, now],
+                    )?;
+                    Claim::Process(ticket(attempts + 1))
+                }
+            }
+        };
+        tx.commit()?;
+        Ok(claim)
+    }
+
+    /// True when a result exists for this SOPInstanceUID (any model): a re-exported copy of an
+    /// image already scored must not be processed again (DESIGN.md, "Storage guarantees").
+    pub fn seen_sop(&self, sop_instance_uid: &str) -> Result<bool, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM results WHERE sop_instance_uid = ?1)",
+            [sop_instance_uid],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Store a scored image in ONE transaction: ledger row `done` with its UIDs, the result row
+    /// (`result` serialised to JSON, keyed by SOPInstanceUID + model sha256, `result_id` from
+    /// `result_id()`), the exam marked pending, and `messages` appended to the outbox in order.
+    /// If that result row exists already, only the ledger row is finished (`Committed::Duplicate`).
+    ///
+    /// Errors: `StaleTicket` (row not in progress; nothing written), `Json`, `Sqlite`.
+    pub fn commit_result<T: Serialize>(
+        &mut self,
+        ticket: &Ticket,
+        key: &ImageKey,
+        result: &T,
+        messages: &[OutboxMessage],
+    ) -> Result<Committed, StoreError> {
+        let json = serde_json::to_string(result)?;
+        let sha = key.model_sha256.trim().to_ascii_lowercase();
+        let id = result_id(&key.sop_instance_uid, &sha);
+        let now = now_ms();
+        let tx = self.write_tx()?;
+        let inserted = tx.execute(
+            "INSERT INTO results (sop_instance_uid, model_sha256, result_id, study_instance_uid,
+             ledger_id, result_json, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT DO NOTHING",
+            params![
+                key.sop_instance_uid,
+                sha,
+                id.to_string(),
+                key.study_instance_uid,
+                ticket.ledger_id,
+                json,
+                now
+            ],
+        )?;
+        let reason = (inserted == 0).then_some("duplicate_sop");
+        finish(
+            &tx,
+            ticket,
+            Status::Done,
+            Some(&key.sop_instance_uid),
+            Some(&key.study_instance_uid),
+            reason,
+            now,
+        )?;
+        if inserted == 0 {
+            tx.commit()?;
+            return Ok(Committed::Duplicate(id));
+        }
+        tx.execute(
+            "INSERT INTO exams (study_instance_uid, revision, pending, last_image_at)
+             VALUES (?1, 0, 1, ?2)
+             ON CONFLICT (study_instance_uid) DO UPDATE SET pending = 1,
+             last_image_at = excluded.last_image_at",
+            params![key.study_instance_uid, now],
+        )?;
+        push(&tx, messages, now)?;
+        tx.commit()?;
+        Ok(Committed::Stored(id))
+    }
+
+    /// Finish a valid input that is not scored (other modality, For Processing, view …): ledger
+    /// row `skipped` with `reason` and the UIDs when known, plus its outbox message, in one
+    /// transaction. Errors: `StaleTicket`, `Sqlite`.
+    pub fn commit_skip(
+        &mut self,
+        ticket: &Ticket,
+        sop_instance_uid: Option<&str>,
+        study_instance_uid: Option<&str>,
+        reason: &str,
+        message: &OutboxMessage,
+    ) -> Result<(), StoreError> {
+        self.finish_with(
+            ticket,
+            Status::Skipped,
+            sop_instance_uid,
+            study_instance_uid,
+            reason,
+            std::slice::from_ref(message),
+        )
+    }
+
+    /// Finish an invalid input (damaged, undecodable …): ledger row `error` with `reason`, plus
+    /// its outbox message, in one transaction. Errors: `StaleTicket`, `Sqlite`.
+    pub fn commit_error(
+        &mut self,
+        ticket: &Ticket,
+        sop_instance_uid: Option<&str>,
+        study_instance_uid: Option<&str>,
+        reason: &str,
+        message: &OutboxMessage,
+    ) -> Result<(), StoreError> {
+        self.finish_with(
+            ticket,
+            Status::Error,
+            sop_instance_uid,
+            study_instance_uid,
+            reason,
+            std::slice::from_ref(message),
+        )
+    }
+
+    /// Finish a `Claim::Quarantine`: ledger row `quarantined` with `reason`, plus its (error)
+    /// outbox message, in one transaction. Errors: `StaleTicket`, `Sqlite`.
+    pub fn commit_quarantine(
+        &mut self,
+        ticket: &Ticket,
+        reason: &str,
+        message: &OutboxMessage,
+    ) -> Result<(), StoreError> {
+        self.finish_with(
+            ticket,
+            Status::Quarantined,
+            None,
+            None,
+            reason,
+            std::slice::from_ref(message),
+        )
+    }
+
+    /// Finish a file whose SOPInstanceUID was scored already (`seen_sop`): ledger row `done`,
+    /// reason `duplicate_sop`, no message. Errors: `StaleTicket`, `Sqlite`.
+    pub fn commit_duplicate(
+        &mut self,
+        ticket: &Ticket,
+        sop_instance_uid: &str,
+        study_instance_uid: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.finish_with(
+            ticket,
+            Status::Done,
+            Some(sop_instance_uid),
+            study_instance_uid,
+            "duplicate_sop",
+            &[],
+        )
+    }
+
+    /// Give a claimed file back for a later retry (e.g. its decoding timed out): ledger row `new`
+    /// with `reason`, attempts kept, so it is quarantined once they reach `max_attempts`.
+    /// Errors: `StaleTicket`, `Sqlite`.
+    pub fn retry_later(&mut self, ticket: &Ticket, reason: &str) -> Result<(), StoreError> {
+        let now = now_ms();
+        let tx = self.write_tx()?;
+        finish(&tx, ticket, Status::New, None, None, Some(reason), now)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn finish_with(
+        &mut self,
+        ticket: &Ticket,
+        status: Status,
+        sop: Option<&str>,
+        study: Option<&str>,
+        reason: &str,
+        messages: &[OutboxMessage],
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        let tx = self.write_tx()?;
+        finish(&tx, ticket, status, sop, study, Some(reason), now)?;
+        push(&tx, messages, now)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Start-up recovery: rows left `in_progress` by a crash go back to `new` (reason
+    /// `interrupted`), attempts kept, so a file that keeps crashing the daemon is eventually
+    /// quarantined. Returns how many rows were recovered.
+    pub fn recover(&mut self) -> Result<usize, StoreError> {
+        let now = now_ms();
+        let tx = self.write_tx()?;
+        let n = tx.execute(
+            "UPDATE ledger SET status = 'new', reason = 'interrupted', updated_at = ?1
+             WHERE status = 'in_progress'",
+            [now],
+        )?;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Up to `limit` undelivered outbox rows, oldest (lowest id) first.
+    pub fn next_undelivered(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, topic, payload, retain, created_at FROM outbox
+             WHERE delivered_at IS NULL ORDER BY id LIMIT ?1",
+        )?;
+        let rows = st.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+            Ok(OutboxRow {
+                id: r.get(0)?,
+                topic: r.get(1)?,
+                payload: r.get(2)?,
+                retain: r.get(3)?,
+                created_at_ms: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Mark an outbox row delivered (call on PUBACK). Returns false if it was delivered already
+    /// or does not exist.
+    pub fn mark_delivered(&mut self, id: i64) -> Result<bool, StoreError> {
+        let n = self.conn.execute(
+            "UPDATE outbox SET delivered_at = ?2 WHERE id = ?1 AND delivered_at IS NULL",
+            params![id, now_ms()],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Number of outbox rows not yet delivered.
+    pub fn undelivered_count(&self) -> Result<u64, StoreError> {
+        let n: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
+    /// Delete delivered outbox rows and `done` ledger rows last updated at least `retention` ago
+    /// (`state.retention_days`), in one transaction. Undelivered messages, results and rows in
+    /// any other status are kept. A file still in a watched folder whose ledger row was purged is
+    /// claimed again and recognised by `seen_sop`.
+    pub fn purge(&mut self, retention: Duration) -> Result<Purged, StoreError> {
+        let cutoff =
+            now_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+        let tx = self.write_tx()?;
+        let outbox = tx.execute(
+            "DELETE FROM outbox WHERE delivered_at IS NOT NULL AND delivered_at <= ?1",
+            [cutoff],
+        )?;
+        let ledger = tx.execute(
+            "DELETE FROM ledger WHERE status = 'done' AND updated_at <= ?1",
+            [cutoff],
+        )?;
+        tx.commit()?;
+        Ok(Purged { outbox, ledger })
+    }
+
+    /// The ledger row of `path`, if any.
+    pub fn ledger_entry(&self, path: &Path) -> Result<Option<LedgerEntry>, StoreError> {
+        let path = path_text(path)?;
+        let row = self
+            .conn
+            .query_row(
+                "SELECT id, path, size, mtime_ns, sop_instance_uid, study_instance_uid, status,
+                 reason, attempts, created_at, updated_at FROM ledger WHERE path = ?1",
+                [path],
+                |r| {
+                    Ok((
+                        LedgerEntry {
+                            id: r.get(0)?,
+                            path: r.get(1)?,
+                            size: r.get::<_, i64>(2)? as u64,
+                            mtime_ns: r.get(3)?,
+                            sop_instance_uid: r.get(4)?,
+                            study_instance_uid: r.get(5)?,
+                            status: Status::New,
+                            reason: r.get(7)?,
+                            attempts: r.get(8)?,
+                            created_at_ms: r.get(9)?,
+                            updated_at_ms: r.get(10)?,
+                        },
+                        r.get::<_, String>(6)?,
+                    ))
+                },
+            )
+            .optional()?;
+        row.map(|(mut e, status)| {
+            e.status = Status::parse(&status)?;
+            Ok(e)
+        })
+        .transpose()
+    }
+
+    /// Results of a study for one model, in commit order (the aggregator's input).
+    pub fn study_results(
+        &self,
+        study_instance_uid: &str,
+        model_sha256: &str,
+    ) -> Result<Vec<StoredResult>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT sop_instance_uid, result_id, result_json FROM results
+             WHERE study_instance_uid = ?1 AND model_sha256 = ?2 ORDER BY created_at, rowid",
+        )?;
+        let rows = st.query_map(
+            params![study_instance_uid, model_sha256.trim().to_ascii_lowercase()],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            },
+        )?;
+        rows.map(|row| {
+            let (sop_instance_uid, id, result_json) = row?;
+            let result_id = Uuid::parse_str(&id).map_err(|_| StoreError::Corrupt {
+                what: "result_id",
+                value: id,
+            })?;
+            Ok(StoredResult {
+                sop_instance_uid,
+                result_id,
+                result_json,
+            })
+        })
+        .collect()
+    }
+
+    /// Aggregation state of a study (`None` before its first result).
+    pub fn exam_state(&self, study_instance_uid: &str) -> Result<Option<ExamState>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT study_instance_uid, revision, pending, last_image_at, published_at,
+                 published_json FROM exams WHERE study_instance_uid = ?1",
+                [study_instance_uid],
+                exam_row,
+            )
+            .optional()?)
+    }
+
+    /// Studies with unpublished images whose last image is at least `quiet` old
+    /// (`exam.quiet_secs`): the incomplete exams due for publication, oldest first.
+    pub fn quiet_exams(&self, quiet: Duration) -> Result<Vec<ExamState>, StoreError> {
+        let cutoff = now_ms().saturating_sub(i64::try_from(quiet.as_millis()).unwrap_or(i64::MAX));
+        let mut st = self.conn.prepare_cached(
+            "SELECT study_instance_uid, revision, pending, last_image_at, published_at,
+             published_json FROM exams WHERE pending = 1 AND last_image_at <= ?1
+             ORDER BY last_image_at",
+        )?;
+        let rows = st.query_map([cutoff], exam_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Record a publication of the exam in ONE transaction with its outbox messages: revision
+    /// (must be the stored revision + 1, see `exam::next_revision`), the published state
+    /// (`exam` as JSON), pending cleared.
+    ///
+    /// Errors: `RevisionConflict` (nothing written), `Json`, `Sqlite`.
+    pub fn commit_exam<T: Serialize>(
+        &mut self,
+        study_instance_uid: &str,
+        revision: u32,
+        exam: &T,
+        messages: &[OutboxMessage],
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_string(exam)?;
+        let now = now_ms();
+        let tx = self.write_tx()?;
+        let stored: u32 = tx
+            .query_row(
+                "SELECT revision FROM exams WHERE study_instance_uid = ?1",
+                [study_instance_uid],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
+        if revision != stored + 1 {
+            return Err(StoreError::RevisionConflict {
+                study: study_instance_uid.into(),
+                expected: stored + 1,
+                got: revision,
+            });
+        }
+        tx.execute(
+            "INSERT INTO exams (study_instance_uid, revision, pending, last_image_at,
+             published_at, published_json) VALUES (?1, ?2, 0, ?3, ?3, ?4)
+             ON CONFLICT (study_instance_uid) DO UPDATE SET revision = excluded.revision,
+             pending = 0, published_at = excluded.published_at,
+             published_json = excluded.published_json",
+            params![study_instance_uid, revision, now, json],
+        )?;
+        push(&tx, messages, now)?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+fn exam_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ExamState> {
+    Ok(ExamState {
+        study_instance_uid: r.get(0)?,
+        revision: r.get(1)?,
+        pending: r.get(2)?,
+        last_image_at_ms: r.get(3)?,
+        published_at_ms: r.get(4)?,
+        published_json: r.get(5)?,
+    })
+}
+
+/// Set the final (or retry) status of a claimed row; the row must still be in progress with the
+/// ticket's attempts, else `StaleTicket` (the caller's transaction is then dropped: rolled back).
+fn finish(
+    tx: &Transaction<'_>,
+    ticket: &Ticket,
+    status: Status,
+    sop: Option<&str>,
+    study: Option<&str>,
+    reason: Option<&str>,
+    now: i64,
+) -> Result<(), StoreError> {
+    let n = tx.execute(
+        "UPDATE ledger SET status = ?3, sop_instance_uid = COALESCE(?4, sop_instance_uid),
+         study_instance_uid = COALESCE(?5, study_instance_uid), reason = ?6, updated_at = ?7
+         WHERE id = ?1 AND attempts = ?2 AND status = 'in_progress'",
+        params![
+            ticket.ledger_id,
+            ticket.attempts,
+            status.as_str(),
+            sop,
+            study,
+            reason,
+            now
+        ],
+    )?;
+    if n != 1 {
+        return Err(StoreError::StaleTicket {
+            ledger_id: ticket.ledger_id,
+            path: ticket.path.clone(),
+        });
+    }
+    Ok(())
+}
+
+fn push(tx: &Transaction<'_>, messages: &[OutboxMessage], now: i64) -> Result<(), StoreError> {
+    let mut st = tx.prepare_cached(
+        "INSERT INTO outbox (topic, payload, retain, created_at) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for m in messages {
+        st.execute(params![
+            m.topic,
+            serde_json::to_string(&m.payload)?,
+            m.retain,
+            now
+        ])?;
+    }
+    Ok(())
+}

@@ -1,0 +1,222 @@
+//! The daemon configuration: defaults, the commented default file, loading, and validation
+//! errors that name their key.
+
+use std::path::PathBuf;
+
+use mammo_edge::config::{Broker, Config, ConfigError, FilesAfter, UidMode};
+
+use crate::util::tmp;
+
+/// Parse `text`, expecting a refusal; returns the error.
+fn refuse(text: &str) -> ConfigError {
+    match Config::parse(text, "(test)") {
+        Ok(c) => panic!("should be refused:\n{text}\ngot {c:?}"),
+        Err(e) => e,
+    }
+}
+
+/// The error names `key` both as its key and in its message.
+fn assert_names(text: &str, key: &str) {
+    let e = refuse(text);
+    assert_eq!(e.key(), key, "{e}");
+    assert!(e.to_string().contains(key), "message {e:?} lacks {key}");
+}
+
+#[test]
+fn default_toml_parses_back_to_defaults() {
+    let text = Config::default_toml();
+    let parsed = Config::parse(&text, "(default)").expect("default config parses");
+    assert_eq!(parsed, Config::default());
+    // The values operators' scripts rely on.
+    let d = Config::default();
+    assert_eq!(d.watch.dirs, vec![PathBuf::from("/srv/dicom-export")]);
+    assert_eq!(d.watch.stable_secs, 2);
+    assert_eq!(d.watch.rescan_secs, 30);
+    assert_eq!(d.state.dir, PathBuf::from("/var/lib/mammo-edge"));
+    assert_eq!(d.state.retention_days, 30);
+    assert_eq!(d.state.retention().as_secs(), 30 * 86_400);
+    assert_eq!(d.model.threads, 1);
+    assert_eq!(d.ingest.pixel_budget, 60_000_000);
+    assert_eq!(d.ingest.file_timeout_secs, 60);
+    assert_eq!(d.ingest.max_attempts, 3);
+    assert!(!d.ingest.allow_for_processing);
+    assert_eq!(d.mqtt.url, "mqtt://127.0.0.1:1883");
+    assert_eq!(d.mqtt.topic_prefix, "mammo/site-1/edge-1");
+    assert_eq!(d.mqtt.client_id, "mammo-edge-1");
+    assert!(!d.mqtt.allow_insecure);
+    assert_eq!(d.exam.quiet_secs, 300);
+    assert_eq!(d.files.after, FilesAfter::Keep);
+    assert_eq!(d.privacy.uids, UidMode::Plain);
+    assert!(!d.privacy.publish_accession && !d.privacy.publish_file_names);
+    // Every key of the default file is a commented, explicit line.
+    for key in [
+        "dirs",
+        "stable_secs",
+        "rescan_secs",
+        "dir",
+        "retention_days",
+        "path",
+        "threads",
+        "pixel_budget",
+        "file_timeout_secs",
+        "max_attempts",
+        "allow_for_processing",
+        "url",
+        "topic_prefix",
+        "client_id",
+        "ca_file",
+        "client_cert",
+        "client_key",
+        "username",
+        "password_file",
+        "allow_insecure",
+        "quiet_secs",
+        "after",
+        "uids",
+        "key_file",
+        "publish_accession",
+        "publish_file_names",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(&format!("{key} = "))),
+            "default_toml lacks {key}"
+        );
+    }
+    // An empty file is the defaults too.
+    assert_eq!(Config::parse("", "(empty)").unwrap(), Config::default());
+}
+
+#[test]
+fn load_reads_a_file_and_keeps_unset_keys_at_defaults() {
+    let dir = tmp();
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        "[watch]\ndirs = [\"/a\", \"/b\"]\n[ingest]\nmax_attempts = 5\n\
+         [mqtt]\nurl = \"mqtts://broker.example:8884\"\nca_file = \"/etc/ca.pem\"\n\
+         [files]\nafter = \"move\"\n[privacy]\nuids = \"hashed\"\nkey_file = \"/etc/k\"\n",
+    )
+    .unwrap();
+    let c = Config::load(&path).expect("loads");
+    assert_eq!(c.watch.dirs, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
+    assert_eq!(c.watch.stable_secs, 2);
+    assert_eq!(c.ingest.max_attempts, 5);
+    assert_eq!(c.files.after, FilesAfter::Move);
+    assert_eq!(c.privacy.uids, UidMode::Hashed);
+    assert_eq!(
+        c.mqtt.broker().unwrap(),
+        Broker {
+            tls: true,
+            host: "broker.example".into(),
+            port: 8884
+        }
+    );
+    assert_eq!(c.ingest_options().max_pixel_bytes, 120_000_000);
+
+    let missing = Config::load(&dir.path().join("nope.toml")).unwrap_err();
+    assert!(matches!(missing, ConfigError::Read { .. }), "{missing}");
+    assert!(missing.to_string().contains("nope.toml"), "{missing}");
+}
+
+#[test]
+fn broker_urls() {
+    let b = Broker::parse("mqtt://localhost").unwrap();
+    assert_eq!((b.tls, b.host.as_str(), b.port), (false, "localhost", 1883));
+    assert!(b.is_loopback());
+    let b = Broker::parse("mqtts://[::1]/").unwrap();
+    assert_eq!((b.tls, b.host.as_str(), b.port), (true, "::1", 8883));
+    assert!(b.is_loopback());
+    let b = Broker::parse("mqtt://10.1.2.3:1884").unwrap();
+    assert_eq!((b.host.as_str(), b.port), ("10.1.2.3", 1884));
+    assert!(!b.is_loopback());
+    assert!(Broker::parse("mqtt://:1883").is_err());
+    assert!(Broker::parse("mqtt://host:0").is_err());
+    assert!(Broker::parse("mqtt://host:99999").is_err());
+    assert!(Broker::parse("mqtt://host/topic").is_err());
+}
+
+#[test]
+fn each_validation_error_names_its_key() {
+    let cases: &[(&str, &str)] = &[
+        ("[mqtt]\nurl = \"http://127.0.0.1\"", "mqtt.url"),
+        ("[mqtt]\nurl = \"mqtt://user:pw@127.0.0.1\"", "mqtt.url"),
+        ("[mqtt]\nurl = \"mqtt://broker.hospital.org\"", "mqtt.url"),
+        (
+            "[mqtt]\nurl = \"mqtts://broker.hospital.org\"",
+            "mqtt.ca_file",
+        ),
+        (
+            "[mqtt]\nurl = \"mqtts://b\"\nca_file = \"/ca\"\nclient_cert = \"/c\"",
+            "mqtt.client_key",
+        ),
+        (
+            "[mqtt]\nclient_cert = \"/c\"\nclient_key = \"/k\"",
+            "mqtt.client_cert",
+        ),
+        ("[mqtt]\npassword_file = \"/p\"", "mqtt.username"),
+        ("[mqtt]\npassword = \"hunter2\"", "mqtt.password"),
+        ("[mqtt]\ntopic_prefix = \"mammo/#\"", "mqtt.topic_prefix"),
+        ("[mqtt]\ntopic_prefix = \"/mammo\"", "mqtt.topic_prefix"),
+        ("[mqtt]\nclient_id = \"\"", "mqtt.client_id"),
+        ("[privacy]\nuids = \"hashed\"", "privacy.key_file"),
+        ("[watch]\ndirs = []", "watch.dirs"),
+        ("[watch]\nstable_secs = 0", "watch.stable_secs"),
+        ("[watch]\nrescan_secs = 0", "watch.rescan_secs"),
+        ("[state]\nretention_days = 0", "state.retention_days"),
+        ("[state]\ndir = \"\"", "state.dir"),
+        ("[model]\nthreads = 0", "model.threads"),
+        ("[model]\npath = \"\"", "model.path"),
+        ("[ingest]\npixel_budget = 0", "ingest.pixel_budget"),
+        (
+            "[ingest]\nfile_timeout_secs = 0",
+            "ingest.file_timeout_secs",
+        ),
+        ("[ingest]\nmax_attempts = 0", "ingest.max_attempts"),
+        ("[exam]\nquiet_secs = 0", "exam.quiet_secs"),
+        // Type and vocabulary errors come from parsing and still name the key.
+        ("[files]\nafter = \"copy\"", "files.after"),
+        ("[privacy]\nuids = \"salted\"", "privacy.uids"),
+        ("[ingest]\nmax_attempts = \"three\"", "ingest.max_attempts"),
+        ("[ingest]\nmax_attempts = -1", "ingest.max_attempts"),
+        ("[watch]\nstable_secs = 1.5", "watch.stable_secs"),
+    ];
+    for (text, key) in cases {
+        assert_names(text, key);
+    }
+    // The refused password is not echoed back.
+    let e = refuse("[mqtt]\npassword = \"hunter2\"");
+    assert!(!format!("{e} {e:?}").contains("hunter2"), "{e:?}");
+}
+
+#[test]
+fn plaintext_to_a_remote_broker_needs_allow_insecure() {
+    let text = "[mqtt]\nurl = \"mqtt://broker.hospital.org\"\nallow_insecure = true";
+    let c = Config::parse(text, "(test)").expect("allowed when explicitly insecure");
+    assert!(!c.mqtt.broker().unwrap().is_loopback());
+    let e = refuse("[mqtt]\nurl = \"mqtt://broker.hospital.org\"");
+    assert!(e.to_string().contains("allow_insecure"), "{e}");
+    // TLS to a remote broker with a CA is fine without it.
+    Config::parse(
+        "[mqtt]\nurl = \"mqtts://broker.hospital.org\"\nca_file = \"/etc/ca.pem\"",
+        "(test)",
+    )
+    .unwrap();
+}
+
+#[test]
+fn unknown_keys_and_syntax_errors_are_refused_with_a_line() {
+    let e = refuse("[watch]\nstable_sec = 3\n");
+    assert_eq!(e.key(), "watch.stable_sec", "{e}");
+    assert!(e.to_string().contains("stable_sec"), "{e}");
+    assert!(e.to_string().contains("line 2"), "{e}");
+    let e = refuse("[mqttt]\nurl = \"mqtt://127.0.0.1\"\n");
+    assert_eq!(e.key(), "mqttt", "{e}");
+    // A syntax error has no key, only its line.
+    let e = refuse("[mqtt]\nurl = mqtt://x\n");
+    assert!(matches!(e, ConfigError::Parse { line: Some(2), .. }), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("config (test) line 2: string values must be quoted"),
+        "{e}"
+    );
+}

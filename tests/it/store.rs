@@ -1,0 +1,427 @@
+//! The SQLite state on real files in temp folders: claims and attempts, quarantine, crash
+//! recovery, result + outbox atomicity and order, duplicates, purge, schema and pragmas.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mammo_edge::store::{
+    result_id, Claim, Committed, ImageKey, OutboxMessage, Status, Store, StoreError, Ticket,
+    DB_FILE, SCHEMA_VERSION,
+};
+use serde_json::json;
+
+use crate::util::tmp;
+
+const SHA: &str = "ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef0123456789";
+
+fn mtime(s: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_700_000_000 + s)
+}
+
+fn msg(topic: &str, n: u32) -> OutboxMessage {
+    OutboxMessage {
+        topic: topic.into(),
+        payload: json!({ "n": n }),
+        retain: false,
+    }
+}
+
+fn key(sop: &str) -> ImageKey {
+    ImageKey {
+        sop_instance_uid: sop.into(),
+        study_instance_uid: "1.2.3".into(),
+        model_sha256: SHA.into(),
+    }
+}
+
+fn process(c: Claim) -> Ticket {
+    match c {
+        Claim::Process(t) => t,
+        other => panic!("expected Process, got {other:?}"),
+    }
+}
+
+fn attempts(s: &Store, p: &Path) -> u32 {
+    s.ledger_entry(p).unwrap().expect("ledger row").attempts
+}
+
+fn status(s: &Store, p: &Path) -> Status {
+    s.ledger_entry(p).unwrap().expect("ledger row").status
+}
+
+#[test]
+fn open_sets_wal_full_sync_and_schema_version() {
+    let dir = tmp();
+    let state = dir.path().join("state");
+    let s = Store::open(&state, 3).unwrap();
+    assert_eq!(s.path(), state.join(DB_FILE));
+    assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+    assert_eq!(SCHEMA_VERSION, 1);
+    drop(s);
+    // Read back by a separate connection: WAL is persistent, user_version is in the header.
+    let c = rusqlite::Connection::open(state.join(DB_FILE)).unwrap();
+    let mode: String = c
+        .pragma_query_value(None, "journal_mode", |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let v: u32 = c
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, SCHEMA_VERSION);
+    // Reopening does not migrate again.
+    let s = Store::open(&state, 3).unwrap();
+    assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let dir = tmp();
+    drop(Store::open(dir.path(), 3).unwrap());
+    let c = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+    c.pragma_update(None, "user_version", 99).unwrap();
+    drop(c);
+    match Store::open(dir.path(), 3) {
+        Err(StoreError::SchemaTooNew {
+            found: 99,
+            supported,
+        }) => {
+            assert_eq!(supported, SCHEMA_VERSION)
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("a newer schema must be refused"),
+    }
+}
+
+#[test]
+fn claim_marks_in_progress_and_counts_attempts_before_decoding() {
+    let dir = tmp();
+    let mut s = Store::open(dir.path(), 3).unwrap();
+    let f = PathBuf::from("/srv/dicom-export/a.dcm");
+    let t = process(s.claim(&f, 1000, mtime(0)).unwrap());
+    assert_eq!(t.attempts, 1);
+    let e = s.ledger_entry(&f).unwrap().unwrap();
+    assert_eq!(e.status, Status::InProgress);
+    assert_eq!((e.attempts, e.size), (1, 1000));
+    assert_eq!(e.mtime_ns, 1_700_000_000 * 1_000_000_000);
+    // While in progress another claim is told to leave it.
+    assert_eq!(s.claim(&f, 1000, mtime(0)).unwrap(), Claim::Busy);
+
+    s.commit_error(&t, None, None, "truncated", &msg("p/error", 1))
+        .unwrap();
+    assert_eq!(status(&s, &f), Status::Error);
+    assert_eq!(
+        s.ledger_entry(&f).unwrap().unwrap().reason.as_deref(),
+        Some("truncated")
+    );
+    // Same path, size and mtime: already finished.
+    assert_eq!(
+        s.claim(&f, 1000, mtime(0)).unwrap(),
+        Claim::Finished(Status::Error)
+    );
+    // The file changed (re-exported in place): processed again, attempts start over.
+    let t2 = process(s.claim(&f, 1001, mtime(5)).unwrap());
+    assert_eq!(t2.attempts, 1);
+    assert_eq!(t2.ledger_id, t.ledger_id);
+    // A ticket finishes its row once; a second commit with it is refused.
+    s.commit_skip(
+        &t2,
+        Some("9.9"),
+        Some("1.2.3"),
+        "for_processing",
+        &msg("p/skipped", 2),
+    )
+    .unwrap();
+    let err = s
+        .commit_skip(&t2, None, None, "again", &msg("p/skipped", 3))
+        .unwrap_err();
+    assert!(matches!(err, StoreError::StaleTicket { .. }), "{err}");
+    // The failed commit wrote nothing.
+    assert_eq!(s.undelivered_count().unwrap(), 2);
+    let e = s.ledger_entry(&f).unwrap().unwrap();
+    assert_eq!(e.status, Status::Skipped);
+    assert_eq!(e.sop_instance_uid.as_deref(), Some("9.9"));
+}
+
+#[test]
+fn a_file_that_keeps_failing_is_quarantined_after_max_attempts() {
+    let dir = tmp();
+    let mut s = Store::open(dir.path(), 3).unwrap();
+    let f = PathBuf::from("/x/poison.dcm");
+    for n in 1..=3 {
+        let t = process(s.claim(&f, 10, mtime(0)).unwrap());
+        assert_eq!(t.attempts, n);
+        s.retry_later(&t, "decode timed out").unwrap();
+        assert_eq!(status(&s, &f), Status::New);
+        assert_eq!(attempts(&s, &f), n);
+    }
+    let q = match s.claim(&f, 10, mtime(0)).unwrap() {
+        Claim::Quarantine(t) => t,
+        other => panic!("expected Quarantine, got {other:?}"),
+    };
+    assert_eq!(
+        q.attempts, 3,
+        "a quarantine claim does not count an attempt"
+    );
+    s.commit_quarantine(&q, "timed out 3 times", &msg("p/error", 1))
+        .unwrap();
+    let e = s.ledger_entry(&f).unwrap().unwrap();
+    assert_eq!((e.status, e.attempts), (Status::Quarantined, 3));
+    assert_eq!(e.reason.as_deref(), Some("timed out 3 times"));
+    assert_eq!(
+        s.claim(&f, 10, mtime(0)).unwrap(),
+        Claim::Finished(Status::Quarantined)
+    );
+    let out = s.next_undelivered(10).unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].topic, "p/error");
+}
+
+#[test]
+fn crash_while_decoding_is_retried_with_attempts_preserved() {
+    let dir = tmp();
+    let f = PathBuf::from("/x/crash.dcm");
+    for n in 1..=2 {
+        let mut s = Store::open(dir.path(), 3).unwrap();
+        if n > 1 {
+            assert_eq!(s.recover().unwrap(), 1);
+            let e = s.ledger_entry(&f).unwrap().unwrap();
+            assert_eq!((e.status, e.attempts), (Status::New, n - 1));
+            assert_eq!(e.reason.as_deref(), Some("interrupted"));
+        }
+        let t = process(s.claim(&f, 10, mtime(0)).unwrap());
+        assert_eq!(t.attempts, n);
+        // Crash: the store is dropped without any commit.
+        drop(s);
+    }
+    // Third crash, then the fourth claim quarantines: a poison file is never retried forever.
+    let mut s = Store::open(dir.path(), 3).unwrap();
+    s.recover().unwrap();
+    let t = process(s.claim(&f, 10, mtime(0)).unwrap());
+    assert_eq!(t.attempts, 3);
+    drop(s);
+    let mut s = Store::open(dir.path(), 3).unwrap();
+    assert_eq!(s.recover().unwrap(), 1);
+    assert!(matches!(
+        s.claim(&f, 10, mtime(0)).unwrap(),
+        Claim::Quarantine(Ticket { attempts: 3, .. })
+    ));
+    // A ticket from before the recovery cannot commit.
+    s.recover().unwrap();
+    let err = s.commit_error(&t, None, None, "late", &msg("p/error", 1));
+    assert!(matches!(err, Err(StoreError::StaleTicket { .. })));
+    assert_eq!(s.undelivered_count().unwrap(), 0);
+}
+
+#[test]
+fn result_and_outbox_commit_together_in_order_and_survive_reopen() {
+    let dir = tmp();
+    let mut s = Store::open(dir.path(), 3).unwrap();
+    let fa = PathBuf::from("/x/a.dcm");
+    let fb = PathBuf::from("/x/b.dcm");
+    let ta = process(s.claim(&fa, 1, mtime(0)).unwrap());
+    let tb = process(s.claim(&fb, 1, mtime(0)).unwrap());
+    let id_a = result_id("1.2.3.1", SHA);
+    let got = s
+        .commit_result(
+            &ta,
+            &key("1.2.3.1"),
+            &json!({ "cancer_probability": 0.25 }),
+            &[msg("p/image", 1), msg("p/health", 2)],
+        )
+        .unwrap();
+    assert_eq!(got, Committed::Stored(id_a));
+    let e = s.ledger_entry(&fa).unwrap().unwrap();
+    assert_eq!(e.status, Status::Done);
+    assert_eq!(e.sop_instance_uid.as_deref(), Some("1.2.3.1"));
+    assert_eq!(e.study_instance_uid.as_deref(), Some("1.2.3"));
+    s.commit_result(
+        &tb,
+        &key("1.2.3.2"),
+        &json!({ "b": 1 }),
+        &[msg("p/image", 3)],
+    )
+    .unwrap();
+
+    let results = s.study_results("1.2.3", SHA).unwrap();
+    assert_eq!(results.len(), 2);
+    assert_eq!(results[0].sop_instance_uid, "1.2.3.1");
+    assert_eq!(results[0].result_id, id_a);
+    assert_eq!(results[0].result_json, r#"{"cancer_probability":0.25}"#);
+    let exam = s.exam_state("1.2.3").unwrap().expect("exam row");
+    assert!(exam.pending);
+    assert_eq!(exam.revision, 0);
+
+    let out = s.next_undelivered(10).unwrap();
+    let order: Vec<(&str, &str)> = out
+        .iter()
+        .map(|r| (r.topic.as_str(), r.payload.as_str()))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            ("p/image", r#"{"n":1}"#),
+            ("p/health", r#"{"n":2}"#),
+            ("p/image", r#"{"n":3}"#)
+        ]
+    );
+    assert!(out.windows(2).all(|w| w[0].id < w[1].id));
+    assert_eq!(s.next_undelivered(2).unwrap().len(), 2);
+
+    assert!(s.mark_delivered(out[0].id).unwrap());
+    assert!(!s.mark_delivered(out[0].id).unwrap(), "delivered only once");
+    assert_eq!(s.undelivered_count().unwrap(), 2);
+    drop(s);
+
+    // After a restart the undelivered rows are still there, in order; delivered ones are not.
+    let mut s = Store::open(dir.path(), 3).unwrap();
+    assert_eq!(s.recover().unwrap(), 0);
+    let out2 = s.next_undelivered(10).unwrap();
+    assert_eq!(out2, out[1..].to_vec());
+    assert_eq!(s.undelivered_count().unwrap(), 2);
+}
+
+#[test]
+fn a_failed_commit_leaves_neither_result_nor_outbox_rows() {
+    let dir = tmp();
+    let mut s = Store::open(dir.path(), 3).unwrap();
+    let f = PathBuf::from("/x/a.dcm");
+    let t = process(s.claim(&f, 1, mtime(0)).unwrap());
+    // Recovery between claim and commit makes the ticket stale: the whole transaction rolls
+    // back, including the result row inserted before the ledger check.
+    s.recover().unwrap();
+    let err = s
+        .commit_result(&t, &key("7.7"), &json!({}), &[msg("p/image", 1)])
+        .unwrap_err();
+    assert!(matches!(err, StoreError::StaleTicket { .. }), "{err}");
+    assert!(!s.seen_sop("7.7").unwrap());
+    assert_eq!(s.undelivered_count().unwrap(), 0);
+    assert!(s.exam_state("1.2.3").unwrap().is_none());
+}
+
+#[test]
+fn same_sop_instance_uid_twice_is_detected() {
+    let dir = tmp();
+    let mut s = Store::open(dir.path(), 3).unwrap();
+    let t = process(s.claim(Path::new("/x/a.dcm"), 1, mtime(0)).unwrap());
+    assert!(!s.seen_sop("5.5").unwrap());
+    s.commit_result(&t, &key("5.5"), &json!({}), &[msg("p/image", 1)])
+        .unwrap();
+    assert!(s.seen_sop("5.5").unwrap());
+
+    // Re-exported under another name: the caller checks seen_sop and finishes it as duplicate.
+    let copy = PathBuf::from("/x/copy-of-a.dcm");
+    let t = process(s.claim(&copy, 1, mtime(1)).unwrap());
+    s.commit_duplicate(&t, "5.5", Some("1.2.3")).unwrap();
+    let e = s.ledger_entry(&copy).unwrap().unwrap();
+    assert_eq!(
+        (e.status, e.reason.as_deref()),
+        (Status::Done, Some("duplicate_sop"))
+    );
+
+    // A caller that skipped the check still cannot create a second result or message.
+    let again = PathBuf::from("/x/again.dcm");
+    let t = process(s.claim(&again, 1, mtime(2)).unwrap());
+    let got = s
+        .commit_result(&t, &key("5.5"), &json!({ "x": 1 }), &[msg("p/image", 2)])
+        .unwrap();
+    assert_eq!(got, Committed::Duplicate(result_id("5.5", SHA)));
+    assert_eq!(s.study_results("1.2.3", SHA).unwrap().len(), 1);
+    assert_eq!(s.undelivered_count().unwrap(), 1);
+    assert_eq!(status(&s, &again), Status::Done);
+}
+
+#[test]
+fn result_id_is_uuid_v5_of_sop_and_model() {
+    let a = result_id("1.2.840.1", SHA);
+    assert_eq!(a.get_version_num(), 5);
+    assert_eq!(a, result_id("1.2.840.1", &SHA.to_ascii_lowercase()));
+    assert_ne!(a, result_id("1.2.840.2", SHA));
+    assert_ne!(a, result_id("1.2.840.1", "00"));
+    assert_eq!(
+        a,
+        uuid::Uuid::new_v5(
+            &uuid::Uuid::NAMESPACE_OID,
+            format!("1.2.840.1/{}", SHA.to_ascii_lowercase()).as_bytes()
+        )
+    );
+}
+
+#[test]
+fn purge_deletes_only_delivered_messages_and_done_rows_past_retention() {
+    let dir = tmp();
+    let mut s = Store::open(dir.path(), 3).unwrap();
+    let done = PathBuf::from("/x/done.dcm");
+    let err = PathBuf::from("/x/err.dcm");
+    let t = process(s.claim(&done, 1, mtime(0)).unwrap());
+    s.commit_result(
+        &t,
+        &key("1.1"),
+        &json!({}),
+        &[msg("p/image", 1), msg("p/image", 2)],
+    )
+    .unwrap();
+    let t = process(s.claim(&err, 1, mtime(0)).unwrap());
+    s.commit_error(&t, None, None, "damaged", &msg("p/error", 3))
+        .unwrap();
+    let first = s.next_undelivered(1).unwrap()[0].id;
+    assert!(s.mark_delivered(first).unwrap());
+
+    // Within retention nothing goes.
+    let p = s.purge(Duration::from_secs(30 * 86_400)).unwrap();
+    assert_eq!((p.outbox, p.ledger), (0, 0));
+    std::thread::sleep(Duration::from_millis(5));
+    // Past retention: the delivered message and the done row; undelivered messages, the error
+    // row and the result stay.
+    let p = s.purge(Duration::ZERO).unwrap();
+    assert_eq!((p.outbox, p.ledger), (1, 1));
+    assert!(s.ledger_entry(&done).unwrap().is_none());
+    assert_eq!(status(&s, &err), Status::Error);
+    assert_eq!(s.undelivered_count().unwrap(), 2);
+    assert!(s.seen_sop("1.1").unwrap());
+    // The purged file, if still there, is claimed again and recognised by its SOPInstanceUID.
+    assert!(matches!(
+        s.claim(&done, 1, mtime(0)).unwrap(),
+        Claim::Process(_)
+    ));
+}
+
+#[test]
+fn exam_revisions_are_stored_in_sequence() {
+    let dir = tmp();
+    let mut s = Store::open(dir.path(), 3).unwrap();
+    let t = process(s.claim(Path::new("/x/a.dcm"), 1, mtime(0)).unwrap());
+    s.commit_result(&t, &key("2.1"), &json!({}), &[]).unwrap();
+    // Quiet for zero seconds: due; for an hour: not yet.
+    std::thread::sleep(Duration::from_millis(5));
+    assert_eq!(s.quiet_exams(Duration::ZERO).unwrap().len(), 1);
+    assert!(s.quiet_exams(Duration::from_secs(3600)).unwrap().is_empty());
+
+    let err = s.commit_exam("1.2.3", 2, &json!({}), &[]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::RevisionConflict {
+                expected: 1,
+                got: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    s.commit_exam("1.2.3", 1, &json!({ "revision": 1 }), &[msg("p/exam", 1)])
+        .unwrap();
+    let st = s.exam_state("1.2.3").unwrap().unwrap();
+    assert_eq!((st.revision, st.pending), (1, false));
+    assert_eq!(st.published_json.as_deref(), Some(r#"{"revision":1}"#));
+    assert!(s.quiet_exams(Duration::ZERO).unwrap().is_empty());
+
+    // A later image makes the exam pending again; the next publication is revision 2.
+    let t = process(s.claim(Path::new("/x/b.dcm"), 1, mtime(0)).unwrap());
+    s.commit_result(&t, &key("2.2"), &json!({}), &[]).unwrap();
+    let st = s.exam_state("1.2.3").unwrap().unwrap();
+    assert_eq!((st.revision, st.pending), (1, true));
+    s.commit_exam("1.2.3", 2, &json!({ "revision": 2 }), &[msg("p/exam", 2)])
+        .unwrap();
+    assert_eq!(s.exam_state("1.2.3").unwrap().unwrap().revision, 2);
+    assert_eq!(s.undelivered_count().unwrap(), 2);
+}
