@@ -136,9 +136,12 @@ enum Command {
         /// Random seed of the phantom exam.
         #[arg(long, default_value_t = 7)]
         seed: u64,
-        /// Print one JSON object per image instead of a line.
+        /// Print JSON lines (one per image: inspection + result; then the exam) instead of text.
         #[arg(long)]
         json: bool,
+        /// Score with this ONNX model instead of the bundled int8 demo model.
+        #[arg(long)]
+        model: Option<PathBuf>,
     },
 }
 
@@ -401,19 +404,65 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo { out, seed, json } => {
+        Command::Demo {
+            out,
+            seed,
+            json,
+            model,
+        } => {
             let exam = out.join("exam");
             if exam.join("manifest.csv").is_file() {
                 std::fs::remove_dir_all(&exam)
                     .with_context(|| format!("clearing {}", exam.display()))?;
             }
-            let reports = mammo_edge::demo::run(&out, seed).context("demo failed")?;
-            for r in &reports {
-                print(r, json)?;
+            let d = mammo_edge::demo::run(&out, seed, model.as_deref()).context("demo failed")?;
+            for i in &d.images {
+                if json {
+                    println!("{}", serde_json::to_string(i)?);
+                    continue;
+                }
+                print(&i.inspection, false)?;
+                let r = &i.result;
+                println!(
+                    "    model: cancer {:.3} (flag {}), density {} {:?}, percent density {:.1} %, vendor {} (header {}), view {}, OOD {} (score {:.4})",
+                    r.cancer_probability,
+                    if r.cancer_flag { "yes" } else { "no" },
+                    r.density,
+                    r.density_probabilities.map(|p| (p * 100.0).round() / 100.0),
+                    r.percent_density,
+                    r.vendor_predicted,
+                    r.vendor.as_str(),
+                    r.view_predicted,
+                    if r.ood { "yes" } else { "no" },
+                    r.ood_score
+                );
+            }
+            let e = &d.exam;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(
+                        &serde_json::json!({"exam": e, "model": d.model, "intended_use": d.intended_use})
+                    )?
+                );
+            } else {
+                println!(
+                    "exam: triage {:?}, cancer {:.3} (threshold {:.3}), density {:?}, percent density {:.1} %, dense breasts {}, complete {} (views {}), OOD {}",
+                    e.triage,
+                    e.cancer_probability,
+                    e.cancer_threshold,
+                    e.density,
+                    e.percent_density,
+                    e.dense_breasts,
+                    e.complete,
+                    e.views_present.join(" "),
+                    e.ood
+                );
+                println!("model: {}; intended use: {}", d.model, d.intended_use);
             }
             eprintln!(
                 "demo: {} phantom images in {}, previews in {}",
-                reports.len(),
+                d.images.len(),
                 out.join("exam").display(),
                 out.join("preview").display()
             );

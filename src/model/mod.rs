@@ -1,6 +1,7 @@
 //! The ONNX model contract (docs/model-contract.md) and its tract runner: what any model the
 //! appliance runs must look like — input, outputs, `mammo.*` metadata — checked at load time.
 
+pub mod bundled;
 pub mod contract;
 pub mod runner;
 

@@ -31,20 +31,62 @@ fn demo_runs_on_a_fresh_folder() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let lines = json_lines(&out.stdout);
-    assert_eq!(lines.len(), 4);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stdout.contains("SYNTH^PATIENT") && !stdout.contains("SYNTH-"),
+        "no patient name or ID in the output"
+    );
+    let mut lines = json_lines(&out.stdout);
+    assert_eq!(lines.len(), 5, "4 images, then the exam");
+    let exam = lines.pop().unwrap();
     let views: Vec<String> = lines
         .iter()
         .map(|l| {
-            assert_eq!(l["status"], "accepted");
+            let i = &l["inspection"];
+            assert_eq!(i["status"], "accepted");
+            // the bundled model scored it: probabilities in range, the research-only statement
+            let r = &l["result"];
+            assert!(r["intended_use"]
+                .as_str()
+                .unwrap()
+                .contains("not for clinical use"));
+            let c = r["cancer_probability"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&c));
+            let pd = r["percent_density"].as_f64().unwrap();
+            assert!((0.0..=100.0).contains(&pd));
+            let dsum: f64 = r["density_probabilities"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_f64().unwrap())
+                .sum();
+            assert!(
+                (dsum - 1.0).abs() < 1e-3,
+                "density probabilities sum to {dsum}"
+            );
+            assert_eq!(r["view"], i["view"]);
             format!(
                 "{}{}",
-                l["laterality"].as_str().unwrap(),
-                l["view"].as_str().unwrap()
+                i["laterality"].as_str().unwrap(),
+                i["view"].as_str().unwrap()
             )
         })
         .collect();
     assert_eq!(views, ["LCC", "LMLO", "RCC", "RMLO"]);
+    // the exam rule over the four views
+    let e = &exam["exam"];
+    assert_eq!(e["complete"], true);
+    assert_eq!(e["images"], 4);
+    let max_cancer = lines
+        .iter()
+        .map(|l| l["result"]["cancer_probability"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    assert!((e["cancer_probability"].as_f64().unwrap() - max_cancer).abs() < 1e-6);
+    assert!(exam["intended_use"]
+        .as_str()
+        .unwrap()
+        .contains("research only"));
+    let lines: Vec<serde_json::Value> = lines.iter().map(|l| l["inspection"].clone()).collect();
     let studies: std::collections::HashSet<_> = lines
         .iter()
         .map(|l| {

@@ -1,0 +1,15 @@
+//! The demo model compiled into the binary (`models/mammo-mtl-demo.int8.onnx`, see
+//! `models/MODEL_CARD.md`): trained on synthetic phantoms only — research use, not for clinical use.
+
+use super::{ContractError, ModelRunner};
+
+/// Bytes of `models/mammo-mtl-demo.int8.onnx`.
+pub const DEMO_MODEL_INT8: &[u8] = include_bytes!("../../models/mammo-mtl-demo.int8.onnx");
+
+/// Name under which the bundled model appears in logs and errors.
+pub const DEMO_MODEL_NAME: &str = "bundled models/mammo-mtl-demo.int8.onnx";
+
+/// Load the bundled demo model (contract checked like any other model).
+pub fn demo_model() -> Result<ModelRunner, ContractError> {
+    ModelRunner::from_bytes(DEMO_MODEL_INT8, DEMO_MODEL_NAME)
+}
