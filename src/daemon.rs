@@ -644,18 +644,20 @@ impl Pipeline {
         }
         // the stuck thread is abandoned (it ends when its job does; its reply is ignored)
         self.workers_started += 1;
-        match Store::open(&self.config.state.dir, self.config.ingest.max_attempts).and_then(|s| {
-            Ok(spawn_worker(
-                self.runner.clone(),
-                self.opts.clone(),
-                s,
-                self.replies_tx.clone(),
-                self.workers_started,
-            ))
-        }) {
-            Ok(Ok(w)) => self.worker = w,
-            Ok(Err(e)) => log::error!("new worker: {e}"),
-            Err(e) => log::error!("new worker: {e}"),
+        let worker = Store::open(&self.config.state.dir, self.config.ingest.max_attempts)
+            .map_err(DaemonError::from)
+            .and_then(|s| {
+                spawn_worker(
+                    self.runner.clone(),
+                    self.opts.clone(),
+                    s,
+                    self.replies_tx.clone(),
+                    self.workers_started,
+                )
+            });
+        match worker {
+            Ok(w) => self.worker = w,
+            Err(e) => log::error!("new worker not started ({e}); the old one is kept"),
         }
         self.requeue(&b.path);
     }

@@ -161,18 +161,24 @@ pub fn tls_config(m: &MqttConfig) -> Result<rustls::ClientConfig, PublishError> 
 /// `offline` LWT on `<prefix>/status`, credentials (password from `mqtt.password_file`, trailing
 /// newline removed) and TLS. Files are read here, so a bad path fails before connecting.
 pub fn mqtt_options(m: &MqttConfig) -> Result<MqttOptions, PublishError> {
+    options(m, true)
+}
+
+fn options(m: &MqttConfig, will: bool) -> Result<MqttOptions, PublishError> {
     let broker: Broker = m.broker()?;
     let topics = Topics::new(&m.topic_prefix);
     let mut o = MqttOptions::new(m.client_id.clone(), broker.host.clone(), broker.port);
     o.set_clean_session(true)
         .set_keep_alive(KEEP_ALIVE)
-        .set_max_packet_size(MAX_PACKET, MAX_PACKET)
-        .set_last_will(LastWill::new(
+        .set_max_packet_size(MAX_PACKET, MAX_PACKET);
+    if will {
+        o.set_last_will(LastWill::new(
             topics.status(),
             "offline",
             QoS::AtLeastOnce,
             true,
         ));
+    }
     if !m.username.is_empty() {
         let password = if m.password_file.as_os_str().is_empty() {
             String::new()
@@ -202,16 +208,10 @@ pub fn mqtt_options(m: &MqttConfig) -> Result<MqttOptions, PublishError> {
 /// Errors: `File` / `Tls` (local files), `Connect` (refused, TLS handshake, unreachable),
 /// `Timeout`.
 pub async fn probe(m: &MqttConfig, timeout: Duration) -> Result<(), PublishError> {
-    let mut o = mqtt_options(m)?;
-    // a probe must not leave `offline` behind for a running daemon with the same prefix
+    // its own client id and no LWT: a check must not disturb a running daemon's session or
+    // leave `offline` behind
+    let mut o = options(m, false)?;
     o.set_client_id(format!("{}-check", m.client_id));
-    let mut o = o;
-    o.set_last_will(LastWill::new(
-        format!("{}/check", m.topic_prefix),
-        "",
-        QoS::AtMostOnce,
-        false,
-    ));
     let (client, mut events) = AsyncClient::new(o, 8);
     let url = m.url.clone();
     let wait = async {
@@ -435,7 +435,7 @@ impl Publisher {
     }
 
     /// Graceful end: retained `offline` (the LWT fires only on an unclean end), then DISCONNECT.
-    async fn goodbye(&self, client: &AsyncClient, events: &mut EventLoop) {
+    async fn goodbye(&mut self, client: &AsyncClient, events: &mut EventLoop) {
         let _ = client.try_publish(self.topics.status(), QoS::AtLeastOnce, true, "offline");
         let _ = client.try_disconnect();
         let drain = async {

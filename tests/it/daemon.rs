@@ -1,13 +1,13 @@
 //! The daemon end to end: the `mammo-edge` binary (`run`, `check`) on a temporary watched folder
-//! and state folder, a real mosquitto on loopback and a real subscriber (`mosquitto_sub`);
+//! and state folder, a real mosquitto on loopback and a real subscriber (rumqttc's client);
 //! phantom exams from the synth generator, payloads checked against docs/schemas/*.json.
 //! The model is `MAMMO_TEST_MODEL` when set, else a tiny ONNX model that follows the contract,
 //! built here with tract-onnx's protobuf types (its outputs are simple functions of the image).
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -325,48 +325,58 @@ struct Received {
     payload: String,
 }
 
-/// `mosquitto_sub` on `<prefix>/#` at QoS 1 with a persistent session (`-c`, fixed id), lines
-/// collected by a thread.
+/// A real MQTT subscriber (rumqttc's blocking client) on `<prefix>/#` at QoS 1 with a
+/// persistent session (clean session off, fixed client id): the broker keeps what arrives while
+/// it is away. Messages are collected by a thread.
 struct Subscriber {
-    child: Child,
+    client: rumqttc::Client,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
     got: Arc<Mutex<Vec<Received>>>,
 }
 
 impl Subscriber {
     fn start(port: u16, prefix: &str, id: &str, got: Arc<Mutex<Vec<Received>>>) -> Subscriber {
-        let mut child = Command::new("mosquitto_sub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-q",
-                "1",
-                "-c",
-                "-i",
-                id,
-            ])
-            .args(["-t", &format!("{prefix}/#"), "-v"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto_sub not runnable (apt-get install mosquitto-clients)");
-        let out = child.stdout.take().unwrap();
-        let sink = got.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if let Some((topic, payload)) = line.split_once(' ') {
-                    sink.lock().unwrap().push(Received {
-                        topic: topic.into(),
-                        payload: payload.into(),
-                    });
+        use rumqttc::{Event, Outgoing, Packet, QoS};
+        let mut o = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+        o.set_clean_session(false)
+            .set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut conn) = rumqttc::Client::new(o, 64);
+        client
+            .subscribe(format!("{prefix}/#"), QoS::AtLeastOnce)
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (subscribed_tx, subscribed) = std::sync::mpsc::channel();
+        let (sink, halt) = (got.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for ev in conn.iter() {
+                let halted = halt.load(Ordering::SeqCst);
+                match ev {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        sink.lock().unwrap().push(Received {
+                            topic: p.topic.clone(),
+                            payload: String::from_utf8_lossy(&p.payload).into_owned(),
+                        });
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = subscribed_tx.send(());
+                    }
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) if halted => break,
+                    Ok(_) => {}
+                    Err(_) if halted => break,
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
                 }
             }
         });
-        // the subscription is in place once the retained status (if any) or a short wait passed
-        std::thread::sleep(Duration::from_millis(300));
-        Subscriber { child, got }
+        subscribed
+            .recv_timeout(Duration::from_secs(10))
+            .expect("no SUBACK from the broker");
+        Subscriber {
+            client,
+            stop,
+            thread: Some(thread),
+            got,
+        }
     }
 
     fn on(&self, leaf: &str) -> Vec<Value> {
@@ -399,8 +409,11 @@ impl Subscriber {
 
 impl Drop for Subscriber {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.client.disconnect();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -868,7 +881,12 @@ fn re_exported_sop_instance_is_not_processed_twice() {
     assert_eq!(sub.on("image").len(), 1);
     let e = &sub.on("exam")[0];
     assert_eq!(e["complete"], false);
-    assert_eq!(e["triage"].as_str().unwrap() != "routine", true);
+    let c = sub.on("image")[0]["cancer_probability"].as_f64().unwrap();
+    let want = if c >= 0.5 { "priority" } else { "review" };
+    assert_eq!(
+        e["triage"], want,
+        "incomplete exam below the threshold is review"
+    );
     assert_eq!(e["views_missing"].as_array().unwrap().len(), 3);
     assert_eq!(s.count("SELECT COUNT(*) FROM results"), 1);
     assert!(d.stop().success());
