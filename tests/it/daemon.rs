@@ -422,6 +422,7 @@ impl Drop for Subscriber {
 /// A watched folder, a state folder, a config, and the daemon binary.
 struct Setup {
     _root: tempfile::TempDir,
+    model: PathBuf,
     watch: PathBuf,
     state: PathBuf,
     config: PathBuf,
@@ -451,6 +452,7 @@ impl Setup {
         )
         .unwrap();
         Setup {
+            model,
             log: root.path().join("daemon.log"),
             _root: root,
             watch,
@@ -603,6 +605,8 @@ fn four_view_exam_gives_four_images_and_one_complete_exam_without_patient_data()
     });
     let images = sub.on("image");
     let exams = sub.on("exam");
+    let meta = mammo_edge::model::ModelRunner::load(&s.model).unwrap().meta;
+    let tiny = meta.model_name == "tiny-test";
     assert_eq!(images.len(), 4, "{images:?}");
     assert_eq!(exams.len(), 1, "{exams:?}");
     let (vi, ve) = (schema("image"), schema("exam"));
@@ -611,21 +615,26 @@ fn four_view_exam_gives_four_images_and_one_complete_exam_without_patient_data()
     for m in &images {
         assert_valid(&vi, m);
         assert_eq!(m["schema"], "mammo-edge.image/1");
-        assert_eq!(m["model"]["name"], "tiny-test");
-        assert_eq!(m["model"]["intended_use"], TEST_INTENDED_USE);
+        assert_eq!(m["model"]["name"], meta.model_name.as_str());
+        assert_eq!(m["model"]["intended_use"], meta.intended_use.as_str());
         assert_eq!(m["model"]["sha256"].as_str().unwrap().len(), 64);
         assert_eq!(m["study_instance_uid"], study.as_str());
         assert_eq!(m["uid_mode"], "plain");
         assert!(m.get("file").is_none() && m.get("accession_number").is_none());
         assert_eq!(m["file_hash"].as_str().unwrap().len(), 64);
-        assert_eq!(m["ood"], false, "recon_error of the tiny model is 0");
-        // the tiny model: cancer = sigmoid(f), normal = sigmoid(-f), percent = 100 sigmoid(f)
         let c = m["cancer_probability"].as_f64().unwrap();
-        let n = m["normal_probability"].as_f64().unwrap();
-        let pd = m["percent_density"].as_f64().unwrap();
-        assert!((c + n - 1.0).abs() < 2e-3, "{c} + {n}");
-        assert!((pd - 100.0 * c).abs() < 0.05, "{pd} vs {c}");
-        assert_eq!(m["cancer_flag"], c >= 0.5);
+        let score = m["ood_score"].as_f64().unwrap();
+        assert_eq!(m["ood"], score > f64::from(meta.recon_error_threshold));
+        assert_eq!(m["cancer_flag"], c >= f64::from(meta.cancer_threshold));
+        if tiny {
+            // cancer = sigmoid(f), normal = sigmoid(-f), percent = 100 sigmoid(f), recon error 0
+            let n = m["normal_probability"].as_f64().unwrap();
+            let pd = m["percent_density"].as_f64().unwrap();
+            assert!((c + n - 1.0).abs() < 2e-3, "{c} + {n}");
+            assert!((pd - 100.0 * c).abs() < 0.05, "{pd} vs {c}");
+            assert_eq!(m["ood"], false);
+            assert_eq!(m["model"]["intended_use"], TEST_INTENDED_USE);
+        }
         let p: f64 = m["density_probabilities"]
             .as_array()
             .unwrap()
@@ -653,8 +662,11 @@ fn four_view_exam_gives_four_images_and_one_complete_exam_without_patient_data()
         .map(|m| m["cancer_probability"].as_f64().unwrap())
         .fold(0.0, f64::max);
     assert!((e["cancer_probability"].as_f64().unwrap() - max_cancer).abs() < 1e-3);
-    let triage = if max_cancer >= 0.5 {
+    let any_ood = images.iter().any(|m| m["ood"] == true);
+    let triage = if max_cancer >= f64::from(meta.cancer_threshold) {
         "priority"
+    } else if any_ood {
+        "review"
     } else {
         "routine"
     };
@@ -881,8 +893,16 @@ fn re_exported_sop_instance_is_not_processed_twice() {
     assert_eq!(sub.on("image").len(), 1);
     let e = &sub.on("exam")[0];
     assert_eq!(e["complete"], false);
+    let threshold = mammo_edge::model::ModelRunner::load(&s.model)
+        .unwrap()
+        .meta
+        .cancer_threshold;
     let c = sub.on("image")[0]["cancer_probability"].as_f64().unwrap();
-    let want = if c >= 0.5 { "priority" } else { "review" };
+    let want = if c >= f64::from(threshold) {
+        "priority"
+    } else {
+        "review"
+    };
     assert_eq!(
         e["triage"], want,
         "incomplete exam below the threshold is review"
@@ -972,7 +992,11 @@ fn check_exit_codes_name_what_failed() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("tiny-test"));
+    let name = mammo_edge::model::ModelRunner::load(&model)
+        .unwrap()
+        .meta
+        .model_name;
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&name));
     let out = run(&ok, &[]);
     assert_eq!(
         out.status.code(),
