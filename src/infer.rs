@@ -8,7 +8,10 @@ use std::time::Instant;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::dicom::{read_mammogram, IngestError, IngestOptions, Laterality, Vendor, View};
+use crate::dicom::{
+    read_mammogram_detailed, Category, IngestError, IngestOptions, Laterality, MammoMeta, Vendor,
+    View,
+};
 use crate::model::{ContractError, ModelOutputs, ModelRunner};
 use crate::preprocess::{preprocess, PreprocessError};
 
@@ -21,6 +24,26 @@ pub enum InferError {
     Preprocess(#[from] PreprocessError),
     #[error(transparent)]
     Model(#[from] ContractError),
+}
+
+impl InferError {
+    /// `skipped` for valid input the model does not score, `error` otherwise.
+    pub fn category(&self) -> Category {
+        match self {
+            InferError::Ingest(e) => e.category(),
+            _ => Category::Error,
+        }
+    }
+
+    /// Stable machine code of the reason: the ingest codes (`truncated`, `not_mammogram` …),
+    /// `preprocess` or `model`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            InferError::Ingest(e) => e.code(),
+            InferError::Preprocess(_) => "preprocess",
+            InferError::Model(_) => "model",
+        }
+    }
 }
 
 /// Result for one image. No patient attribute appears here.
@@ -51,6 +74,8 @@ pub struct ImageResult {
     /// Reconstruction error and whether it exceeds the model's out-of-distribution threshold.
     pub ood_score: f32,
     pub ood: bool,
+    /// The header's laterality disagrees with the side found in the image (the header is trusted).
+    pub orientation_mismatch: bool,
     pub decode_ms: f64,
     pub preprocess_ms: f64,
     pub inference_ms: f64,
@@ -87,10 +112,19 @@ pub fn interpret(runner: &ModelRunner, o: &ModelOutputs) -> ImageResult {
         view_probability: o.view[w],
         ood_score: o.recon_error,
         ood: o.recon_error > m.recon_error_threshold,
+        orientation_mismatch: false,
         decode_ms: 0.0,
         preprocess_ms: 0.0,
         inference_ms: 0.0,
     }
+}
+
+/// A scored image with the header it came from (UIDs, AccessionNumber, Manufacturer: the caller
+/// decides what of it may be published).
+#[derive(Debug, Clone)]
+pub struct Scored {
+    pub meta: MammoMeta,
+    pub result: ImageResult,
 }
 
 /// Score one DICOM file.
@@ -99,19 +133,36 @@ pub fn infer_file(
     path: &Path,
     opts: &IngestOptions,
 ) -> Result<ImageResult, InferError> {
+    infer_file_detailed(runner, path, opts)
+        .map(|s| s.result)
+        .map_err(|(_, e)| e)
+}
+
+/// As [`infer_file`], also returning the header; a rejection carries the header when it could be
+/// read (so a skipped or failed file can be reported with its UIDs, view and vendor).
+pub fn infer_file_detailed(
+    runner: &ModelRunner,
+    path: &Path,
+    opts: &IngestOptions,
+) -> Result<Scored, (Option<Box<MammoMeta>>, InferError)> {
     let t0 = Instant::now();
-    let m = read_mammogram(path, opts)?;
+    let m = read_mammogram_detailed(path, opts).map_err(|(meta, e)| (meta, e.into()))?;
     let t1 = Instant::now();
-    let p = preprocess(&m, &runner.meta.preprocess())?;
+    let with_meta = |e: InferError| (Some(Box::new(m.meta.clone())), e);
+    let p = preprocess(&m, &runner.meta.preprocess()).map_err(|e| with_meta(e.into()))?;
     let t2 = Instant::now();
-    let o = runner.run(&p.tensor)?;
+    let o = runner.run(&p.tensor).map_err(|e| with_meta(e.into()))?;
     let t3 = Instant::now();
     let mut r = interpret(runner, &o);
     r.laterality = Some(p.geometry.laterality);
+    r.orientation_mismatch = p.geometry.orientation_mismatch;
     r.view = m.meta.view;
     r.vendor = m.meta.vendor;
     r.decode_ms = (t1 - t0).as_secs_f64() * 1e3;
     r.preprocess_ms = (t2 - t1).as_secs_f64() * 1e3;
     r.inference_ms = (t3 - t2).as_secs_f64() * 1e3;
-    Ok(r)
+    Ok(Scored {
+        meta: m.meta,
+        result: r,
+    })
 }

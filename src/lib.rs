@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod daemon;
 pub mod demo;
 pub mod dicom;
 pub mod exam;
@@ -13,9 +14,12 @@ pub mod infer;
 pub mod inspect;
 pub mod labels;
 pub mod manifest;
+pub mod message;
 pub mod model;
 pub mod preprocess;
+pub mod publish;
 pub mod store;
 pub mod synth;
 #[cfg(feature = "train")]
 pub mod train;
+pub mod watch;

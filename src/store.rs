@@ -675,6 +675,33 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Up to `limit` undelivered outbox rows with an id greater than `after`, oldest first: the
+    /// publisher's next rows while earlier ones are in flight (`after` = last id handed to the
+    /// client on this connection; 0 to start from the first undelivered row).
+    pub fn undelivered_after(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, topic, payload, retain, created_at FROM outbox
+             WHERE delivered_at IS NULL AND id > ?1 ORDER BY id LIMIT ?2",
+        )?;
+        let rows = st.query_map(
+            params![after, i64::try_from(limit).unwrap_or(i64::MAX)],
+            |r| {
+                Ok(OutboxRow {
+                    id: r.get(0)?,
+                    topic: r.get(1)?,
+                    payload: r.get(2)?,
+                    retain: r.get(3)?,
+                    created_at_ms: r.get(4)?,
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Mark an outbox row delivered (call on PUBACK). Returns false if it was delivered already
     /// or does not exist.
     pub fn mark_delivered(&mut self, id: i64) -> Result<bool, StoreError> {

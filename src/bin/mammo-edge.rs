@@ -1,4 +1,5 @@
-//! mammo-edge: the edge appliance's command line (inspect files, generate phantoms, run the demo).
+//! mammo-edge: the edge appliance's command line (the daemon `run`, `check`, inspect files,
+//! generate phantoms, run the demo).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,13 +14,24 @@ use mammo_edge::synth::style::styled_vendors;
 
 /// Exit status of `inspect` when some inputs were rejected (each still reported). 2 is clap's usage error.
 const EXIT_REJECTED: u8 = 3;
+/// Exit statuses of `run` and `check` (documented in their --help).
+const EXIT_CONFIG: u8 = 3;
+const EXIT_MODEL: u8 = 4;
+const EXIT_BROKER: u8 = 5;
+const EXIT_STATE: u8 = 6;
+
+const DAEMON_EXIT_HELP: &str = "Exit status: 0 ok (run: stopped by SIGTERM/SIGINT), \
+    1 other failure, 2 usage error, 3 configuration refused (the message names the key) or a \
+    watch.dirs folder that cannot be watched, 4 model refused (unreadable or not following docs/model-contract.md), \
+    5 broker unreachable or TLS / credential files unusable, \
+    6 state folder or database unusable, or privacy.key_file unusable.";
 
 #[derive(Parser)]
 #[command(
     name = "mammo-edge",
     version,
     about = "Mammography edge appliance: DICOM mammogram ingest, the shared preprocessing and synthetic \
-             phantoms (the scoring daemon with MQTT publishing is being built)"
+             phantoms, and the scoring daemon that publishes results over MQTT (docs/daemon.md)"
 )]
 struct Cli {
     /// More log output (-v debug, -vv trace). RUST_LOG overrides.
@@ -31,6 +43,27 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the daemon: watch the export folders, score each new mammogram, publish over MQTT.
+    /// Stops cleanly on SIGTERM / SIGINT.
+    #[command(after_help = DAEMON_EXIT_HELP)]
+    Run {
+        /// TOML configuration (keys: docs/daemon-store.md; `print-default-config` shows all).
+        #[arg(long, value_name = "PATH")]
+        config: PathBuf,
+    },
+    /// Print the default configuration, every key commented, to edit into /etc/mammo-edge/config.toml.
+    PrintDefaultConfig,
+    /// Check a configuration: the config itself, the model contract, the state folder and,
+    /// unless --no-broker, that the broker answers (CONNACK within 10 s).
+    #[command(after_help = DAEMON_EXIT_HELP)]
+    Check {
+        /// TOML configuration.
+        #[arg(long, value_name = "PATH")]
+        config: PathBuf,
+        /// Do not connect to the broker.
+        #[arg(long)]
+        no_broker: bool,
+    },
     /// Read DICOM files as the daemon would and report what was found, one line (or JSON object) per file.
     #[command(
         after_help = "Exit status: 0 all files accepted, 3 some rejected (each still reported), \
@@ -229,8 +262,83 @@ fn parse_vendor(v: &str) -> anyhow::Result<Vendor> {
         })
 }
 
+/// Exit status and message of a daemon error.
+fn daemon_failure(e: &mammo_edge::daemon::DaemonError) -> ExitCode {
+    use mammo_edge::daemon::DaemonError as D;
+    eprintln!("error: {e}");
+    ExitCode::from(match e {
+        D::Model { .. } => EXIT_MODEL,
+        D::Publish(_) => EXIT_BROKER,
+        D::Store(_) | D::Privacy(_) => EXIT_STATE,
+        D::Watch(_) => EXIT_CONFIG,
+        D::Runtime(_) => 1,
+    })
+}
+
+fn load_config(path: &std::path::Path) -> Result<mammo_edge::config::Config, ExitCode> {
+    mammo_edge::config::Config::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
+}
+
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Run { config } => {
+            let config = match load_config(&config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let rt = runtime()?;
+            match rt.block_on(mammo_edge::daemon::run(
+                config,
+                mammo_edge::daemon::shutdown_signal(),
+            )) {
+                Ok(_) => Ok(ExitCode::SUCCESS),
+                Err(e) => Ok(daemon_failure(&e)),
+            }
+        }
+        Command::PrintDefaultConfig => {
+            print!("{}", mammo_edge::config::Config::default_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config, no_broker } => {
+            let config = match load_config(&config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let rt = runtime()?;
+            match rt.block_on(mammo_edge::daemon::check(
+                &config,
+                !no_broker,
+                std::time::Duration::from_secs(10),
+            )) {
+                Ok(r) => {
+                    emit(&format!(
+                        "ok: config; model {} {} (sha256 {}); state {}; broker {}",
+                        r.model_name,
+                        r.model_version,
+                        r.model_sha256,
+                        config.state.dir.display(),
+                        if r.broker_checked {
+                            format!("{} reachable", config.mqtt.url)
+                        } else {
+                            "not checked".into()
+                        }
+                    ));
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => Ok(daemon_failure(&e)),
+            }
+        }
         Command::Inspect {
             json,
             preview,

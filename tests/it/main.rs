@@ -4,6 +4,7 @@
 mod cli;
 mod codecs;
 mod config;
+mod daemon;
 mod exam;
 #[cfg(feature = "train")]
 mod export;

@@ -1,0 +1,808 @@
+//! The edge daemon's run loop (DESIGN.md, "Data flow (edge)"): load config and model once, then
+//! watched folder → stable file → `Store::claim` → decode + preprocess + tract in a blocking
+//! worker thread (bounded queue, per-file time limit, panics caught) → result / skip / error row
+//! and its outbox messages in ONE transaction → the publisher drains the outbox → the exam rule
+//! publishes `exam` messages. [`run`] takes its shutdown as a future; [`check`] backs
+//! `mammo-edge check`. Main items: [`run`], [`check`], [`DaemonError`], [`RunStats`].
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use thiserror::Error;
+use tokio::sync::{mpsc, watch, Notify};
+
+use crate::config::{Config, FilesAfter};
+use crate::dicom::{Category, IngestOptions, MammoMeta};
+use crate::exam::{aggregate, next_revision};
+use crate::infer::{infer_file_detailed, Scored};
+use crate::message::{sha256_hex, Messages, ModelInfo, Privacy, StoredScore};
+use crate::model::{ContractError, ModelRunner};
+use crate::publish::{probe, PublishError, Publisher, Topics};
+use crate::store::{Claim, Committed, ImageKey, Status, Store, StoreError, Ticket};
+use crate::watch::{scan, FsEvents, Stability, WatchError};
+
+/// How often stability is checked, ms.
+const STABILITY_TICK: Duration = Duration::from_millis(250);
+/// How often quiet exams are looked for.
+const EXAM_TICK: Duration = Duration::from_secs(1);
+/// How often delivered rows past `state.retention_days` are purged.
+const PURGE_TICK: Duration = Duration::from_secs(3600);
+/// At shutdown, how long an image being scored may still take before it is left to recovery.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Files claimed per loop turn at most (keeps the loop responsive during a burst).
+const CLAIMS_PER_TURN: usize = 64;
+
+/// Why the daemon (or `check`) stopped.
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    /// The model file could not be read or does not follow docs/model-contract.md.
+    #[error("model.path {path}: {source}")]
+    Model {
+        path: PathBuf,
+        source: ContractError,
+    },
+    /// The state database could not be opened or written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A watched folder could not be watched.
+    #[error(transparent)]
+    Watch(#[from] WatchError),
+    /// `privacy.key_file` unusable.
+    #[error(transparent)]
+    Privacy(#[from] crate::message::MessageError),
+    /// Broker settings unusable, or (in `check`) the broker unreachable.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// A thread could not be started or a task failed.
+    #[error("runtime: {0}")]
+    Runtime(String),
+}
+
+/// Counters of one run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunStats {
+    pub scored: u64,
+    pub skipped: u64,
+    pub errors: u64,
+    pub duplicates: u64,
+    pub quarantined: u64,
+    /// Files given back for a retry after a time-out or a panic.
+    pub retries: u64,
+    pub exams_published: u64,
+}
+
+/// A loaded model with the sha256 of its file.
+pub struct LoadedModel {
+    pub runner: ModelRunner,
+    /// SHA-256 of the model file, lower-case hex.
+    pub sha256: String,
+}
+
+/// Load `model.path`, check the contract (`ModelRunner::load`, which also runs one warm-up
+/// pass) and hash the file. Errors: `Model`.
+pub fn load_model(config: &Config) -> Result<LoadedModel, DaemonError> {
+    let path = &config.model.path;
+    let err = |source| DaemonError::Model {
+        path: path.clone(),
+        source,
+    };
+    let bytes = std::fs::read(path).map_err(|e| {
+        err(ContractError::Read {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })
+    })?;
+    let sha256 = sha256_hex(&bytes);
+    let runner = ModelRunner::from_bytes(&bytes, &path.display().to_string()).map_err(err)?;
+    Ok(LoadedModel { runner, sha256 })
+}
+
+/// What `check` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckReport {
+    pub model_name: String,
+    pub model_version: String,
+    pub model_sha256: String,
+    /// False with `--no-broker`.
+    pub broker_checked: bool,
+}
+
+/// `mammo-edge check`: model contract, state folder, privacy key, TLS / credential files and,
+/// when `broker` is true, a CONNACK from the broker within `broker_timeout`.
+/// Errors: `Model`, `Store`, `Privacy`, `Publish`.
+pub async fn check(
+    config: &Config,
+    broker: bool,
+    broker_timeout: Duration,
+) -> Result<CheckReport, DaemonError> {
+    let model = load_model(config)?;
+    Privacy::from_config(config)?;
+    crate::publish::mqtt_options(&config.mqtt)?;
+    Store::open(&config.state.dir, config.ingest.max_attempts)?;
+    if broker {
+        probe(&config.mqtt, broker_timeout).await?;
+    }
+    Ok(CheckReport {
+        model_name: model.runner.meta.model_name.clone(),
+        model_version: model.runner.meta.model_version.clone(),
+        model_sha256: model.sha256,
+        broker_checked: broker,
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT (the shutdown future of the `run` command).
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => log::info!("SIGTERM: shutting down"),
+                _ = tokio::signal::ctrl_c() => log::info!("SIGINT: shutting down"),
+            }
+        }
+        Err(e) => {
+            log::warn!("SIGTERM handler not installed ({e}); only SIGINT stops the daemon");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// What the worker made of one file.
+enum Outcome {
+    Scored(Box<Scored>),
+    Rejected {
+        meta: Option<Box<MammoMeta>>,
+        category: Category,
+        code: &'static str,
+        reason: String,
+    },
+    /// The SOPInstanceUID was scored already (a re-exported copy).
+    Duplicate {
+        sop: String,
+        study: String,
+    },
+    Panicked(String),
+}
+
+struct Job {
+    seq: u64,
+    path: PathBuf,
+}
+
+struct Reply {
+    seq: u64,
+    outcome: Outcome,
+}
+
+/// The blocking worker: one thread, a job queue of one, its own read connection for `seen_sop`.
+struct Worker {
+    jobs: std::sync::mpsc::SyncSender<Job>,
+}
+
+fn spawn_worker(
+    runner: Arc<ModelRunner>,
+    opts: IngestOptions,
+    store: Store,
+    replies: mpsc::UnboundedSender<Reply>,
+    n: u64,
+) -> Result<Worker, DaemonError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(1);
+    std::thread::Builder::new()
+        .name(format!("mammo-worker-{n}"))
+        .spawn(move || {
+            while let Ok(job) = rx.recv() {
+                let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    work(&runner, &opts, &store, &job.path)
+                }))
+                .unwrap_or_else(|p| {
+                    let what = p
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "panic".into());
+                    Outcome::Panicked(what)
+                });
+                if replies
+                    .send(Reply {
+                        seq: job.seq,
+                        outcome,
+                    })
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| DaemonError::Runtime(format!("worker thread: {e}")))?;
+    Ok(Worker { jobs: tx })
+}
+
+/// Header first (a re-exported SOPInstanceUID is not decoded again), then the whole pipeline.
+fn work(runner: &ModelRunner, opts: &IngestOptions, store: &Store, path: &Path) -> Outcome {
+    if let Ok(obj) = crate::dicom::open_header(path) {
+        if let Ok(meta) = MammoMeta::from_object(&obj) {
+            if !meta.sop_instance_uid.is_empty() {
+                match store.seen_sop(&meta.sop_instance_uid) {
+                    Ok(true) => {
+                        return Outcome::Duplicate {
+                            sop: meta.sop_instance_uid,
+                            study: meta.study_instance_uid,
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => log::warn!("ledger lookup failed ({e}); decoding anyway"),
+                }
+            }
+        }
+    }
+    match infer_file_detailed(runner, path, opts) {
+        Ok(s) => Outcome::Scored(Box::new(s)),
+        Err((meta, e)) => Outcome::Rejected {
+            meta,
+            category: e.category(),
+            code: e.code(),
+            reason: e.to_string(),
+        },
+    }
+}
+
+struct InFlight {
+    seq: u64,
+    ticket: Ticket,
+    path: PathBuf,
+    deadline: tokio::time::Instant,
+}
+
+struct Pipeline {
+    config: Config,
+    store: Store,
+    msgs: Messages,
+    runner: Arc<ModelRunner>,
+    opts: IngestOptions,
+    stability: Stability,
+    queue: VecDeque<PathBuf>,
+    busy: Option<InFlight>,
+    worker: Worker,
+    workers_started: u64,
+    replies_tx: mpsc::UnboundedSender<Reply>,
+    seq: u64,
+    waker: Arc<Notify>,
+    /// Studies whose aggregation failed, with the image time it failed for (no retry loop).
+    exam_failed: HashMap<String, i64>,
+    stats: RunStats,
+}
+
+/// Run the daemon until `shutdown` resolves: recover the ledger, start the publisher, watch,
+/// score, publish. Returns the counters of the run.
+///
+/// Errors (all at start-up; later failures of one file or of the broker are logged and the
+/// daemon goes on): `Model`, `Store`, `Watch`, `Privacy`, `Publish` (TLS / credential files),
+/// `Runtime`.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<RunStats, DaemonError> {
+    let cfg = config.clone();
+    let model = tokio::task::spawn_blocking(move || load_model(&cfg))
+        .await
+        .map_err(|e| DaemonError::Runtime(e.to_string()))??;
+    let privacy = Privacy::from_config(&config)?;
+    // read the TLS / credential files now: a bad path stops the start, not the first connection
+    crate::publish::mqtt_options(&config.mqtt)?;
+    let mut store = Store::open(&config.state.dir, config.ingest.max_attempts)?;
+    let recovered = store.recover()?;
+    if recovered > 0 {
+        log::warn!("{recovered} file(s) interrupted by the last stop will be retried");
+    }
+    let info = ModelInfo::new(&model.runner.meta, &model.sha256);
+    let msgs = Messages {
+        topics: Topics::new(&config.mqtt.topic_prefix),
+        model: info.clone(),
+        privacy,
+    };
+    let status_info = serde_json::json!({
+        "appliance": "mammo-edge",
+        "version": env!("CARGO_PKG_VERSION"),
+        "model": info,
+        "started_at": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+    });
+    let publisher = Publisher::new(
+        config.mqtt.clone(),
+        Store::open(&config.state.dir, config.ingest.max_attempts)?,
+        status_info,
+    );
+    let waker = publisher.waker();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let publisher = tokio::spawn(publisher.run(stop_rx));
+
+    let (_fs, mut fs_rx) = FsEvents::start(&config.watch.dirs)?;
+    let runner = Arc::new(model.runner);
+    let opts = config.ingest_options();
+    let (replies_tx, mut replies_rx) = mpsc::unbounded_channel();
+    let worker = spawn_worker(
+        runner.clone(),
+        opts.clone(),
+        Store::open(&config.state.dir, config.ingest.max_attempts)?,
+        replies_tx.clone(),
+        1,
+    )?;
+    let mut p = Pipeline {
+        stability: Stability::new(Duration::from_secs(config.watch.stable_secs)),
+        config,
+        store,
+        msgs,
+        runner,
+        opts,
+        queue: VecDeque::new(),
+        busy: None,
+        worker,
+        workers_started: 1,
+        replies_tx,
+        seq: 0,
+        waker,
+        exam_failed: HashMap::new(),
+        stats: RunStats::default(),
+    };
+    log::info!(
+        "watching {} folder(s); broker {}; topics {}/…",
+        p.config.watch.dirs.len(),
+        p.config.mqtt.url,
+        p.config.mqtt.topic_prefix
+    );
+
+    let mut stable_tick = tokio::time::interval(STABILITY_TICK);
+    let mut rescan_tick = tokio::time::interval(Duration::from_secs(p.config.watch.rescan_secs));
+    let mut exam_tick = tokio::time::interval(EXAM_TICK);
+    let mut purge_tick = tokio::time::interval(PURGE_TICK);
+    for t in [
+        &mut stable_tick,
+        &mut rescan_tick,
+        &mut exam_tick,
+        &mut purge_tick,
+    ] {
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    tokio::pin!(shutdown);
+    loop {
+        if p.busy.is_none() {
+            p.start_next();
+        }
+        let deadline = p.busy.as_ref().map(|b| b.deadline);
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(path) = fs_rx.recv() => p.stability.observe(path, Instant::now()),
+            _ = stable_tick.tick() => {
+                let ready = p.stability.ready(Instant::now());
+                p.queue.extend(ready);
+            }
+            _ = rescan_tick.tick() => {
+                let now = Instant::now();
+                for path in scan(&p.config.watch.dirs) {
+                    p.stability.observe(path, now);
+                }
+            }
+            _ = exam_tick.tick() => p.quiet_exams(),
+            _ = purge_tick.tick() => p.purge(),
+            Some(reply) = replies_rx.recv() => p.reply(reply),
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)),
+                if deadline.is_some() => p.timed_out(),
+        }
+    }
+    if let Some(b) = &p.busy {
+        let grace = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        let until = b.deadline.min(grace);
+        log::info!(
+            "shutdown: waiting up to {:?} for the image being scored",
+            until - tokio::time::Instant::now()
+        );
+        match tokio::time::timeout_at(until, replies_rx.recv()).await {
+            Ok(Some(reply)) => p.reply(reply),
+            _ => log::info!("shutdown: image left in progress; it is retried at the next start"),
+        }
+    }
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(Duration::from_secs(5), publisher).await {
+        Ok(Ok(Ok(s))) => log::info!(
+            "publisher stopped: {} connection(s), {} message(s) delivered",
+            s.connections,
+            s.delivered
+        ),
+        Ok(Ok(Err(e))) => log::error!("publisher stopped: {e}"),
+        Ok(Err(e)) => log::error!("publisher task: {e}"),
+        Err(_) => log::warn!("publisher did not stop within 5 s"),
+    }
+    log::info!("stopped: {:?}", p.stats);
+    Ok(p.stats)
+}
+
+fn stat(path: &Path) -> Option<(u64, SystemTime)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.modified().ok()?))
+}
+
+impl Pipeline {
+    fn label(&self, path: &Path) -> String {
+        self.msgs.privacy.file_label(path)
+    }
+
+    /// Claim queued files until one goes to the worker (or the turn's budget is used).
+    fn start_next(&mut self) {
+        for _ in 0..CLAIMS_PER_TURN {
+            let Some(path) = self.queue.pop_front() else {
+                return;
+            };
+            let Some((size, mtime)) = stat(&path) else {
+                continue;
+            };
+            let claim = match self.store.claim(&path, size, mtime) {
+                Ok(c) => c,
+                Err(e) => {
+                    log::error!("{}: claim failed: {e}", self.label(&path));
+                    continue;
+                }
+            };
+            match claim {
+                Claim::Process(ticket) => {
+                    self.seq += 1;
+                    let job = Job {
+                        seq: self.seq,
+                        path: path.clone(),
+                    };
+                    if self.worker.jobs.try_send(job).is_err() {
+                        // cannot happen while one job at a time is sent; give the file back
+                        log::error!(
+                            "worker queue unavailable; {} retried later",
+                            self.label(&path)
+                        );
+                        let _ = self.store.retry_later(&ticket, "worker_unavailable");
+                        self.requeue(&path);
+                        continue;
+                    }
+                    log::debug!(
+                        "{}: scoring (attempt {})",
+                        self.label(&path),
+                        ticket.attempts
+                    );
+                    self.busy = Some(InFlight {
+                        seq: self.seq,
+                        ticket,
+                        path,
+                        deadline: tokio::time::Instant::now()
+                            + Duration::from_secs(self.config.ingest.file_timeout_secs),
+                    });
+                    return;
+                }
+                Claim::Quarantine(ticket) => self.quarantine(&path, &ticket),
+                Claim::Finished(status) => self.after(&path, status),
+                Claim::Busy => log::debug!("{}: in progress elsewhere", self.label(&path)),
+            }
+        }
+    }
+
+    fn requeue(&mut self, path: &Path) {
+        self.stability.forget(path);
+        self.stability.observe(path.to_path_buf(), Instant::now());
+    }
+
+    fn quarantine(&mut self, path: &Path, ticket: &Ticket) {
+        let last = self
+            .store
+            .ledger_entry(path)
+            .ok()
+            .flatten()
+            .and_then(|e| e.reason)
+            .unwrap_or_default();
+        let reason = format!(
+            "quarantined after {} attempt(s) that crashed or timed out (last: {last}); not retried until the file changes",
+            ticket.attempts
+        );
+        let msg = self.msgs.rejected(
+            false,
+            path,
+            &file_key(path, ticket),
+            None,
+            "quarantined",
+            &reason,
+        );
+        match self.store.commit_quarantine(ticket, &reason, &msg) {
+            Ok(()) => {
+                self.stats.quarantined += 1;
+                log::warn!("{}: {reason}", self.label(path));
+                self.waker.notify_one();
+                self.after(path, Status::Quarantined);
+            }
+            Err(e) => log::error!("{}: quarantine not recorded: {e}", self.label(path)),
+        }
+    }
+
+    fn reply(&mut self, reply: Reply) {
+        let Some(b) = self.busy.take_if(|b| b.seq == reply.seq) else {
+            log::debug!("late reply of an abandoned job ignored");
+            return;
+        };
+        let (path, ticket) = (b.path, b.ticket);
+        let label = self.label(&path);
+        let fkey = file_key(&path, &ticket);
+        let result = match reply.outcome {
+            Outcome::Scored(s) => {
+                let msg = self.msgs.image(&path, &s.meta, &s.result);
+                let key = ImageKey {
+                    sop_instance_uid: s.meta.sop_instance_uid.clone(),
+                    study_instance_uid: s.meta.study_instance_uid.clone(),
+                    model_sha256: self.msgs.model.sha256.clone(),
+                };
+                let payload = msg.payload.clone();
+                match self
+                    .store
+                    .commit_result(&ticket, &key, &payload, std::slice::from_ref(&msg))
+                {
+                    Ok(Committed::Stored(id)) => {
+                        self.stats.scored += 1;
+                        log::info!(
+                            "{label}: scored {} {} cancer {:.3} density {} ood {} ({:.0} ms); result {id}",
+                            s.result.laterality.map(|l| l.as_str()).unwrap_or("?"),
+                            s.result.view,
+                            s.result.cancer_probability,
+                            s.result.density,
+                            s.result.ood,
+                            s.result.decode_ms + s.result.preprocess_ms + s.result.inference_ms
+                        );
+                        self.waker.notify_one();
+                        self.exam_update(&key.study_instance_uid, false);
+                        Ok(Status::Done)
+                    }
+                    Ok(Committed::Duplicate(_)) => {
+                        self.stats.duplicates += 1;
+                        log::info!("{label}: SOPInstanceUID scored already; not published again");
+                        Ok(Status::Done)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Outcome::Duplicate { sop, study } => {
+                self.stats.duplicates += 1;
+                log::info!("{label}: SOPInstanceUID scored already (re-exported copy); not processed again");
+                self.store
+                    .commit_duplicate(
+                        &ticket,
+                        &sop,
+                        Some(&study).filter(|s| !s.is_empty()).map(|s| s.as_str()),
+                    )
+                    .map(|_| Status::Done)
+            }
+            Outcome::Rejected {
+                meta,
+                category,
+                code,
+                reason,
+            } => {
+                let skipped = category == Category::Skipped;
+                let meta = meta.as_deref();
+                let msg = self
+                    .msgs
+                    .rejected(skipped, &path, &fkey, meta, code, &reason);
+                let sop = meta
+                    .map(|m| m.sop_instance_uid.as_str())
+                    .filter(|s| !s.is_empty());
+                let study = meta
+                    .map(|m| m.study_instance_uid.as_str())
+                    .filter(|s| !s.is_empty());
+                let scrubbed = self.msgs.privacy.scrub(&reason, &path);
+                let r = if skipped {
+                    self.stats.skipped += 1;
+                    log::info!("{label}: skipped ({code}): {scrubbed}");
+                    self.store
+                        .commit_skip(&ticket, sop, study, code, &msg)
+                        .map(|_| Status::Skipped)
+                } else {
+                    self.stats.errors += 1;
+                    log::warn!("{label}: error ({code}): {scrubbed}");
+                    self.store
+                        .commit_error(&ticket, sop, study, code, &msg)
+                        .map(|_| Status::Error)
+                };
+                self.waker.notify_one();
+                r
+            }
+            Outcome::Panicked(what) => {
+                self.stats.retries += 1;
+                log::error!(
+                    "{label}: the worker panicked (attempt {} of {}): {}",
+                    ticket.attempts,
+                    self.config.ingest.max_attempts,
+                    self.msgs.privacy.scrub(&what, &path)
+                );
+                if let Err(e) = self.store.retry_later(&ticket, "panic") {
+                    log::error!("{label}: retry not recorded: {e}");
+                }
+                self.requeue(&path);
+                return;
+            }
+        };
+        match result {
+            Ok(status) => self.after(&path, status),
+            Err(e) => log::error!("{label}: result not recorded: {e}"),
+        }
+    }
+
+    fn timed_out(&mut self) {
+        let Some(b) = self.busy.take() else { return };
+        self.stats.retries += 1;
+        log::error!(
+            "{}: no result within ingest.file_timeout_secs = {} s (attempt {} of {}); worker replaced",
+            self.label(&b.path),
+            self.config.ingest.file_timeout_secs,
+            b.ticket.attempts,
+            self.config.ingest.max_attempts
+        );
+        if let Err(e) = self.store.retry_later(&b.ticket, "timeout") {
+            log::error!("{}: retry not recorded: {e}", self.label(&b.path));
+        }
+        // the stuck thread is abandoned (it ends when its job does; its reply is ignored)
+        self.workers_started += 1;
+        let worker = Store::open(&self.config.state.dir, self.config.ingest.max_attempts)
+            .map_err(DaemonError::from)
+            .and_then(|s| {
+                spawn_worker(
+                    self.runner.clone(),
+                    self.opts.clone(),
+                    s,
+                    self.replies_tx.clone(),
+                    self.workers_started,
+                )
+            });
+        match worker {
+            Ok(w) => self.worker = w,
+            Err(e) => log::error!("new worker not started ({e}); the old one is kept"),
+        }
+        self.requeue(&b.path);
+    }
+
+    /// Publish the exam of `study` when it has unpublished images and is complete, or when
+    /// `quiet_due` (quiet for `exam.quiet_secs`; then marked incomplete).
+    fn exam_update(&mut self, study: &str, quiet_due: bool) {
+        if let Err(e) = self.try_exam_update(study, quiet_due) {
+            log::error!("exam aggregation failed: {e}");
+        }
+    }
+
+    fn try_exam_update(&mut self, study: &str, quiet_due: bool) -> Result<(), StoreError> {
+        let Some(state) = self.store.exam_state(study)? else {
+            return Ok(());
+        };
+        if !state.pending || self.exam_failed.get(study) == Some(&state.last_image_at_ms) {
+            return Ok(());
+        }
+        let rows = self.store.study_results(study, &self.msgs.model.sha256)?;
+        let mut scores = Vec::new();
+        let mut ids = Vec::new();
+        for r in &rows {
+            match serde_json::from_str::<StoredScore>(&r.result_json) {
+                Ok(s) => {
+                    ids.push(s.result_id.clone());
+                    scores.push(s.score());
+                }
+                Err(e) => log::warn!("stored result {} unreadable: {e}", r.result_id),
+            }
+        }
+        let revision = next_revision(Some(state.revision));
+        let exam = match aggregate(&scores, self.msgs.model.cancer_threshold, revision) {
+            Ok(e) => e,
+            Err(e) => {
+                log::warn!("exam not aggregated: {e}");
+                self.exam_failed
+                    .insert(study.to_string(), state.last_image_at_ms);
+                return Ok(());
+            }
+        };
+        if !exam.complete && !quiet_due {
+            return Ok(());
+        }
+        let msg = self.msgs.exam(study, &exam, &ids);
+        self.store.commit_exam(study, revision, &exam, &[msg])?;
+        self.stats.exams_published += 1;
+        log::info!(
+            "exam published: revision {revision}, {} image(s), complete {}, triage {:?}",
+            exam.images,
+            exam.complete,
+            exam.triage
+        );
+        self.waker.notify_one();
+        Ok(())
+    }
+
+    fn quiet_exams(&mut self) {
+        let quiet = Duration::from_secs(self.config.exam.quiet_secs);
+        match self.store.quiet_exams(quiet) {
+            Ok(list) => {
+                for s in list {
+                    self.exam_update(&s.study_instance_uid, true);
+                }
+            }
+            Err(e) => log::error!("quiet exams: {e}"),
+        }
+    }
+
+    fn purge(&mut self) {
+        let days = u64::from(self.config.state.retention_days);
+        match self.store.purge(Duration::from_secs(days * 86_400)) {
+            Ok(p) if p.outbox + p.ledger > 0 => log::info!(
+                "purged {} delivered message(s) and {} ledger row(s) older than {days} days",
+                p.outbox,
+                p.ledger
+            ),
+            Ok(_) => {}
+            Err(e) => log::error!("purge: {e}"),
+        }
+    }
+
+    /// `files.after = move`: into `done/`, `skipped/` or `failed/` beside the watched folder,
+    /// keeping the path below it; an existing name gets a numeric suffix.
+    fn after(&mut self, path: &Path, status: Status) {
+        if self.config.files.after != FilesAfter::Move {
+            return;
+        }
+        let sub = match status {
+            Status::Done => "done",
+            Status::Skipped => "skipped",
+            Status::Error | Status::Quarantined => "failed",
+            Status::New | Status::InProgress => return,
+        };
+        match move_file(&self.config.watch.dirs, path, sub) {
+            Ok(Some(_)) => log::debug!("{} moved to {sub}/", self.label(path)),
+            Ok(None) => {}
+            Err(e) => log::warn!("{}: not moved to {sub}/: {e}", self.label(path)),
+        }
+        self.stability.forget(path);
+    }
+}
+
+/// Stable key of a file version for ids of messages without a SOPInstanceUID.
+fn file_key(path: &Path, ticket: &Ticket) -> String {
+    let (size, mtime) = stat(path)
+        .map(|(s, m)| {
+            (
+                s,
+                m.duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0),
+            )
+        })
+        .unwrap_or((0, 0));
+    format!("{}|{size}|{mtime}|{}", path.display(), ticket.ledger_id)
+}
+
+/// Move `path` (below one of `dirs`) to `<dir's parent>/<sub>/<path below dir>`. Returns the
+/// new path, or `None` when the file is gone or not below a watched folder.
+fn move_file(dirs: &[PathBuf], path: &Path, sub: &str) -> std::io::Result<Option<PathBuf>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let Some((dir, rel)) = dirs
+        .iter()
+        .find_map(|d| path.strip_prefix(d).ok().map(|r| (d, r)))
+    else {
+        return Ok(None);
+    };
+    let base = dir.parent().unwrap_or(dir).join(sub);
+    let mut to = base.join(rel);
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut n = 1;
+    while to.exists() {
+        let mut name = rel.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".{n}"));
+        to = base.join(rel).with_file_name(name);
+        n += 1;
+    }
+    if std::fs::rename(path, &to).is_err() {
+        std::fs::copy(path, &to)?;
+        std::fs::remove_file(path)?;
+    }
+    Ok(Some(to))
+}

@@ -1,0 +1,460 @@
+//! The JSON payloads of the MQTT contract (DESIGN.md, "MQTT contract"; schemas in
+//! docs/schemas/): `mammo-edge.image/1`, `.exam/1`, `.skipped/1`, `.error/1`, built from results
+//! under the identifier policy of `[privacy]` (UIDs plain or HMAC-SHA256 hashed, AccessionNumber
+//! and file names only when allowed, else a hash of the path). Patient attributes are never read
+//! into these. Main items: [`Messages`], [`ModelInfo`], [`Privacy`], [`hmac_hex`].
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use crate::config::{Config, UidMode};
+use crate::dicom::{Laterality, MammoMeta, View};
+use crate::exam::{ExamResult, ImageScore};
+use crate::infer::ImageResult;
+use crate::model::ModelMeta;
+use crate::publish::Topics;
+use crate::store::{result_id, OutboxMessage};
+
+/// Schema names (`schema` field), one per topic.
+pub mod schema {
+    pub const IMAGE: &str = "mammo-edge.image/1";
+    pub const EXAM: &str = "mammo-edge.exam/1";
+    pub const SKIPPED: &str = "mammo-edge.skipped/1";
+    pub const ERROR: &str = "mammo-edge.error/1";
+}
+
+/// Shortest accepted UID hash key, bytes.
+pub const MIN_KEY_BYTES: usize = 16;
+
+/// Why the message context could not be built.
+#[derive(Debug, Error)]
+pub enum MessageError {
+    /// `privacy.key_file` unreadable or too short.
+    #[error("privacy.key_file {path}: {detail}")]
+    KeyFile { path: String, detail: String },
+}
+
+/// HMAC-SHA256 (RFC 2104, FIPS 180-4) of `data` under `key`, lower-case hex (64 characters).
+pub fn hmac_hex(key: &[u8], data: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(data);
+    hex(&mac.finalize().into_bytes())
+}
+
+/// SHA-256 of `data`, lower-case hex.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex(&Sha256::digest(data))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The identifier policy of `[privacy]`.
+#[derive(Clone)]
+pub struct Privacy {
+    /// Key of the UID and path hashes (`privacy.key_file`); `None` with `uids = "plain"` and no
+    /// key file.
+    key: Option<Vec<u8>>,
+    uids: UidMode,
+    publish_accession: bool,
+    publish_file_names: bool,
+}
+
+impl std::fmt::Debug for Privacy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Privacy")
+            .field("key", &self.key.as_ref().map(|_| "<secret>"))
+            .field("uids", &self.uids)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Privacy {
+    /// From `[privacy]`; the key file (whole content, a trailing newline removed, at least
+    /// [`MIN_KEY_BYTES`]) is read when set. Errors: `KeyFile`.
+    pub fn from_config(c: &Config) -> Result<Privacy, MessageError> {
+        let p = &c.privacy;
+        let key = if p.key_file.as_os_str().is_empty() {
+            None
+        } else {
+            let err = |detail: String| MessageError::KeyFile {
+                path: p.key_file.display().to_string(),
+                detail,
+            };
+            let mut k = std::fs::read(&p.key_file).map_err(|e| err(e.to_string()))?;
+            while matches!(k.last(), Some(b'\n' | b'\r')) {
+                k.pop();
+            }
+            if k.len() < MIN_KEY_BYTES {
+                return Err(err(format!(
+                    "key of {} bytes; at least {MIN_KEY_BYTES} needed",
+                    k.len()
+                )));
+            }
+            Some(k)
+        };
+        Ok(Privacy {
+            key,
+            uids: p.uids,
+            publish_accession: p.publish_accession,
+            publish_file_names: p.publish_file_names,
+        })
+    }
+
+    /// A UID as published: as is, or `hmac-sha256:<hex>` with `uids = "hashed"`.
+    pub fn uid(&self, uid: &str) -> String {
+        match (self.uids, &self.key) {
+            (UidMode::Hashed, Some(k)) => format!("hmac-sha256:{}", hmac_hex(k, uid.as_bytes())),
+            _ => uid.to_string(),
+        }
+    }
+
+    /// `"plain"` or `"hashed"`.
+    pub fn uid_mode(&self) -> &'static str {
+        match self.uids {
+            UidMode::Plain => "plain",
+            UidMode::Hashed => "hashed",
+        }
+    }
+
+    /// Hash of a path for messages and logs: HMAC-SHA256 with the key when there is one, else
+    /// SHA-256; lower-case hex.
+    pub fn path_hash(&self, path: &Path) -> String {
+        let bytes = path.to_string_lossy();
+        match &self.key {
+            Some(k) => hmac_hex(k, bytes.as_bytes()),
+            None => sha256_hex(bytes.as_bytes()),
+        }
+    }
+
+    /// How a file is named in messages and logs: its name when `publish_file_names`, else
+    /// `sha256:<first 16 hex digits of the path hash>`.
+    pub fn file_label(&self, path: &Path) -> String {
+        if self.publish_file_names {
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        } else {
+            format!("sha256:{}", &self.path_hash(path)[..16])
+        }
+    }
+
+    /// Remove the path and the file name from a free-text reason unless file names may be
+    /// published (library errors sometimes quote the path).
+    pub fn scrub(&self, text: &str, path: &Path) -> String {
+        if self.publish_file_names {
+            return text.to_string();
+        }
+        let mut t = text.replace(&*path.to_string_lossy(), "<file>");
+        if let Some(name) = path.file_name().map(|n| n.to_string_lossy()) {
+            if name.len() >= 3 {
+                t = t.replace(&*name, "<file>");
+            }
+        }
+        t
+    }
+
+    fn file_fields(&self, path: &Path, out: &mut serde_json::Map<String, Value>) {
+        if self.publish_file_names {
+            out.insert(
+                "file".into(),
+                path.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+                    .into(),
+            );
+        } else {
+            out.insert("file_hash".into(), self.path_hash(path).into());
+        }
+    }
+}
+
+/// The model fields every message carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub version: String,
+    /// SHA-256 of the model file, lower-case hex.
+    pub sha256: String,
+    /// The model's intended-use statement (`mammo.intended_use`).
+    pub intended_use: String,
+    /// `mammo.cancer_threshold`, 0–1.
+    pub cancer_threshold: f32,
+    /// `mammo.recon_error_threshold` (mean squared error in the normalised input space).
+    pub ood_threshold: f32,
+}
+
+impl ModelInfo {
+    /// From the model's metadata and the sha256 of its file.
+    pub fn new(meta: &ModelMeta, sha256: &str) -> ModelInfo {
+        ModelInfo {
+            name: meta.model_name.clone(),
+            version: meta.model_version.clone(),
+            sha256: sha256.to_ascii_lowercase(),
+            intended_use: meta.intended_use.clone(),
+            cancer_threshold: meta.cancer_threshold,
+            ood_threshold: meta.recon_error_threshold,
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "name": self.name,
+            "version": self.version,
+            "sha256": self.sha256,
+            "intended_use": self.intended_use,
+        })
+    }
+}
+
+/// What the exam rule needs of a stored image result (`results.result_json` is the image
+/// payload; these fields are read back from it).
+#[derive(Debug, Clone, Deserialize)]
+pub struct StoredScore {
+    pub result_id: String,
+    pub laterality: Laterality,
+    pub view: View,
+    pub cancer_probability: f32,
+    pub density_probabilities: [f32; 4],
+    pub percent_density: f32,
+    pub ood: bool,
+}
+
+impl StoredScore {
+    /// As the exam rule's input.
+    pub fn score(&self) -> ImageScore {
+        ImageScore {
+            laterality: self.laterality,
+            view: self.view,
+            cancer_probability: self.cancer_probability,
+            density_probabilities: self.density_probabilities,
+            percent_density: self.percent_density,
+            ood: self.ood,
+        }
+    }
+}
+
+/// Builds the outbox messages of one appliance: topics, model fields, identifier policy.
+#[derive(Debug, Clone)]
+pub struct Messages {
+    pub topics: Topics,
+    pub model: ModelInfo,
+    pub privacy: Privacy,
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+fn round(x: f32, digits: i32) -> f64 {
+    let p = 10f64.powi(digits);
+    (f64::from(x) * p).round() / p
+}
+
+impl Messages {
+    fn base(&self, schema: &str, result_id: &str) -> serde_json::Map<String, Value> {
+        let mut m = serde_json::Map::new();
+        m.insert("schema".into(), schema.into());
+        m.insert("result_id".into(), result_id.into());
+        m.insert("produced_at".into(), now_rfc3339().into());
+        m.insert("model".into(), self.model.json());
+        m
+    }
+
+    fn uids(&self, m: &mut serde_json::Map<String, Value>, sop: Option<&str>, study: Option<&str>) {
+        m.insert("uid_mode".into(), self.privacy.uid_mode().into());
+        if let Some(s) = study {
+            m.insert("study_instance_uid".into(), self.privacy.uid(s).into());
+        }
+        if let Some(s) = sop {
+            m.insert("sop_instance_uid".into(), self.privacy.uid(s).into());
+        }
+    }
+
+    fn accession(&self, m: &mut serde_json::Map<String, Value>, meta: &MammoMeta) {
+        if self.privacy.publish_accession {
+            if let Some(a) = meta.accession_number.as_deref().filter(|a| !a.is_empty()) {
+                m.insert("accession_number".into(), a.into());
+            }
+        }
+    }
+
+    /// `<prefix>/image` (`mammo-edge.image/1`) for a scored image; `result_id` from
+    /// `store::result_id` (SOPInstanceUID + model sha256). The payload is also the stored
+    /// result (`StoredScore` reads it back).
+    pub fn image(&self, path: &Path, meta: &MammoMeta, r: &ImageResult) -> OutboxMessage {
+        let id = result_id(&meta.sop_instance_uid, &self.model.sha256).to_string();
+        let mut m = self.base(schema::IMAGE, &id);
+        self.uids(
+            &mut m,
+            Some(&meta.sop_instance_uid),
+            Some(&meta.study_instance_uid),
+        );
+        self.accession(&mut m, meta);
+        self.privacy.file_fields(path, &mut m);
+        let lat = r.laterality.map(|l| l.as_str()).unwrap_or("");
+        let rest = json!({
+            "laterality": lat,
+            "view": r.view,
+            "vendor": r.vendor,
+            "manufacturer": meta.manufacturer,
+            "vendor_predicted": r.vendor_predicted,
+            "vendor_probability": round(r.vendor_probability, 4),
+            "density": r.density,
+            "density_probabilities": r.density_probabilities.map(|p| round(p, 4)),
+            "percent_density": round(r.percent_density, 2),
+            "cancer_probability": round(r.cancer_probability, 4),
+            "cancer_threshold": round(self.model.cancer_threshold, 4),
+            "cancer_flag": r.cancer_flag,
+            "normal_probability": round(r.normal_probability, 4),
+            "view_predicted": r.view_predicted,
+            "view_probability": round(r.view_probability, 4),
+            "ood": r.ood,
+            "ood_score": r.ood_score,
+            "ood_threshold": self.model.ood_threshold,
+            "orientation_mismatch": r.orientation_mismatch,
+            "timings_ms": {
+                "decode": (r.decode_ms * 10.0).round() / 10.0,
+                "preprocess": (r.preprocess_ms * 10.0).round() / 10.0,
+                "inference": (r.inference_ms * 10.0).round() / 10.0,
+            },
+        });
+        if let Value::Object(rest) = rest {
+            m.extend(rest);
+        }
+        OutboxMessage {
+            topic: self.topics.topic("image"),
+            payload: Value::Object(m),
+            retain: false,
+        }
+    }
+
+    /// `<prefix>/exam` (`mammo-edge.exam/1`): the exam rule's result for a study, with
+    /// `result_id` = UUIDv5 of StudyInstanceUID + model sha256 (the same for every revision;
+    /// consumers keep the highest `revision`) and the `result_id`s of the images aggregated.
+    pub fn exam(
+        &self,
+        study_instance_uid: &str,
+        exam: &ExamResult,
+        image_result_ids: &[String],
+    ) -> OutboxMessage {
+        let id = result_id(study_instance_uid, &self.model.sha256).to_string();
+        let mut m = self.base(schema::EXAM, &id);
+        self.uids(&mut m, None, Some(study_instance_uid));
+        if let Ok(Value::Object(e)) = serde_json::to_value(exam) {
+            m.extend(e);
+        }
+        m.insert("image_result_ids".into(), json!(image_result_ids));
+        OutboxMessage {
+            topic: self.topics.topic("exam"),
+            payload: Value::Object(m),
+            retain: false,
+        }
+    }
+
+    /// `<prefix>/skipped` or `<prefix>/error` (`mammo-edge.skipped/1` / `.error/1`): an input
+    /// not scored, with the stable `reason_code` and the `reason` text (path scrubbed unless file
+    /// names may be published). `result_id`: from the SOPInstanceUID when the header was read,
+    /// else from the path, size and mtime (stable across retries of the same file).
+    pub fn rejected(
+        &self,
+        skipped: bool,
+        path: &Path,
+        file_key: &str,
+        meta: Option<&MammoMeta>,
+        code: &str,
+        reason: &str,
+    ) -> OutboxMessage {
+        let (schema, leaf) = if skipped {
+            (schema::SKIPPED, "skipped")
+        } else {
+            (schema::ERROR, "error")
+        };
+        let id = match meta {
+            Some(mm) if !mm.sop_instance_uid.is_empty() => {
+                result_id(&mm.sop_instance_uid, &self.model.sha256)
+            }
+            _ => result_id(
+                &format!("file:{}", sha256_hex(file_key.as_bytes())),
+                &self.model.sha256,
+            ),
+        }
+        .to_string();
+        let mut m = self.base(schema, &id);
+        m.insert("reason_code".into(), code.into());
+        m.insert("reason".into(), self.privacy.scrub(reason, path).into());
+        match meta {
+            Some(mm) => {
+                self.uids(
+                    &mut m,
+                    Some(&mm.sop_instance_uid)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| s.as_str()),
+                    Some(&mm.study_instance_uid)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| s.as_str()),
+                );
+                self.accession(&mut m, mm);
+                if let Some(l) = mm.laterality {
+                    m.insert("laterality".into(), l.as_str().into());
+                }
+                m.insert("view".into(), json!(mm.view));
+                m.insert("vendor".into(), json!(mm.vendor));
+                m.insert("manufacturer".into(), mm.manufacturer.clone().into());
+            }
+            None => {
+                m.insert("uid_mode".into(), self.privacy.uid_mode().into());
+            }
+        }
+        self.privacy.file_fields(path, &mut m);
+        OutboxMessage {
+            topic: self.topics.topic(leaf),
+            payload: Value::Object(m),
+            retain: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hmac_sha256_matches_rfc_4231_test_case_2() {
+        assert_eq!(
+            hmac_hex(b"Jefe", b"what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn scrub_removes_path_and_name_unless_names_are_allowed() {
+        let mut p = Privacy {
+            key: None,
+            uids: UidMode::Plain,
+            publish_accession: false,
+            publish_file_names: false,
+        };
+        let path = Path::new("/srv/export/DOE^JANE.dcm");
+        assert_eq!(
+            p.scrub(
+                "cannot open /srv/export/DOE^JANE.dcm: bad; DOE^JANE.dcm",
+                path
+            ),
+            "cannot open <file>: bad; <file>"
+        );
+        assert_eq!(
+            p.file_label(path),
+            format!("sha256:{}", &sha256_hex(b"/srv/export/DOE^JANE.dcm")[..16])
+        );
+        p.publish_file_names = true;
+        assert_eq!(p.file_label(path), "DOE^JANE.dcm");
+    }
+}

@@ -1,0 +1,452 @@
+//! MQTT publisher (rumqttc 0.25): drains the SQLite outbox to the broker IN ORDER at QoS 1 and
+//! marks a row delivered only on its PUBACK (DESIGN.md, "Storage guarantees"). On every ConnAck
+//! it republishes the retained `<prefix>/status` = `online` (the LWT is a retained `offline`) and
+//! resumes from the first undelivered row. rumqttc drops in-flight QoS 1 messages on reconnect
+//! with a clean session and keeps nothing on disk, so the outbox is the source of truth: each
+//! connection gets a fresh client, and reconnection uses our own capped backoff. Main items:
+//! [`Publisher`], [`probe`], [`PublishError`].
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
+    TlsConfiguration, Transport,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use thiserror::Error;
+use tokio::sync::{watch, Notify};
+
+use crate::config::{Broker, ConfigError, MqttConfig};
+use crate::store::{Store, StoreError};
+
+/// Outbox rows handed to the client before their PUBACKs (publication order is kept: the broker
+/// forwards QoS 1 messages of one connection in order).
+const WINDOW: usize = 16;
+/// First reconnection delay; doubled after each failed attempt up to [`BACKOFF_MAX`].
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+/// Longest delay between connection attempts.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// MQTT keep-alive, s.
+const KEEP_ALIVE: Duration = Duration::from_secs(30);
+/// Largest MQTT packet sent or received, bytes (exam messages are a few KiB).
+const MAX_PACKET: usize = 256 * 1024;
+
+/// Why publishing (or a broker check) failed.
+#[derive(Debug, Error)]
+pub enum PublishError {
+    /// The `[mqtt]` settings are not usable (URL).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A TLS or credential file could not be read or parsed; `key` is the config key.
+    #[error("{key} {path}: {detail}")]
+    File {
+        key: &'static str,
+        path: PathBuf,
+        detail: String,
+    },
+    /// Building the TLS client configuration failed.
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    /// The broker could not be reached or refused the connection.
+    #[error("broker {url}: {source}")]
+    Connect {
+        url: String,
+        source: Box<ConnectionError>,
+    },
+    /// The broker did not answer within the time given.
+    #[error("broker {url}: no CONNACK within {secs} s")]
+    Timeout { url: String, secs: u64 },
+    /// The outbox could not be read or updated.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Topics of the contract under `mqtt.topic_prefix` (DESIGN.md, "MQTT contract").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    /// `<prefix>`.
+    pub prefix: String,
+}
+
+impl Topics {
+    /// Topics under `prefix` (validated by `Config::validate`).
+    pub fn new(prefix: &str) -> Topics {
+        Topics {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// `<prefix>/<leaf>`, e.g. `leaf` = `image`, `exam`, `skipped`, `error`, `health`.
+    pub fn topic(&self, leaf: &str) -> String {
+        format!("{}/{leaf}", self.prefix)
+    }
+
+    /// `<prefix>/status`: retained `online` / `offline` (LWT).
+    pub fn status(&self) -> String {
+        self.topic("status")
+    }
+
+    /// `<prefix>/status/info`: retained JSON with the versions of the appliance and model.
+    pub fn status_info(&self) -> String {
+        self.topic("status/info")
+    }
+}
+
+fn read_file(key: &'static str, path: &Path) -> Result<Vec<u8>, PublishError> {
+    std::fs::read(path).map_err(|e| PublishError::File {
+        key,
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })
+}
+
+/// The rustls client configuration of `mqtts://`: the CA bundle of `mqtt.ca_file` as the only
+/// trust anchors and, when set, the client certificate chain and key (PEM) of
+/// `mqtt.client_cert` / `mqtt.client_key`. Uses the ring provider.
+pub fn tls_config(m: &MqttConfig) -> Result<rustls::ClientConfig, PublishError> {
+    let file_err = |key, path: &Path, detail: String| PublishError::File {
+        key,
+        path: path.to_path_buf(),
+        detail,
+    };
+    let ca = read_file("mqtt.ca_file", &m.ca_file)?;
+    let mut roots = rustls::RootCertStore::empty();
+    let mut n = 0;
+    for cert in CertificateDer::pem_slice_iter(&ca) {
+        let cert = cert.map_err(|e| file_err("mqtt.ca_file", &m.ca_file, e.to_string()))?;
+        roots
+            .add(cert)
+            .map_err(|e| file_err("mqtt.ca_file", &m.ca_file, e.to_string()))?;
+        n += 1;
+    }
+    if n == 0 {
+        return Err(file_err(
+            "mqtt.ca_file",
+            &m.ca_file,
+            "no PEM certificate in it".into(),
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| PublishError::Tls(e.to_string()))?
+        .with_root_certificates(roots);
+    if m.client_cert.as_os_str().is_empty() {
+        return Ok(builder.with_no_client_auth());
+    }
+    let pem = read_file("mqtt.client_cert", &m.client_cert)?;
+    let chain = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_err("mqtt.client_cert", &m.client_cert, e.to_string()))?;
+    if chain.is_empty() {
+        return Err(file_err(
+            "mqtt.client_cert",
+            &m.client_cert,
+            "no PEM certificate in it".into(),
+        ));
+    }
+    let key_pem = read_file("mqtt.client_key", &m.client_key)?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| file_err("mqtt.client_key", &m.client_key, e.to_string()))?;
+    builder
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| PublishError::Tls(e.to_string()))
+}
+
+/// rumqttc options of `[mqtt]`: broker, client id, clean session, keep-alive, the retained
+/// `offline` LWT on `<prefix>/status`, credentials (password from `mqtt.password_file`, trailing
+/// newline removed) and TLS. Files are read here, so a bad path fails before connecting.
+pub fn mqtt_options(m: &MqttConfig) -> Result<MqttOptions, PublishError> {
+    options(m, true)
+}
+
+fn options(m: &MqttConfig, will: bool) -> Result<MqttOptions, PublishError> {
+    let broker: Broker = m.broker()?;
+    let topics = Topics::new(&m.topic_prefix);
+    let mut o = MqttOptions::new(m.client_id.clone(), broker.host.clone(), broker.port);
+    o.set_clean_session(true)
+        .set_keep_alive(KEEP_ALIVE)
+        .set_max_packet_size(MAX_PACKET, MAX_PACKET);
+    if will {
+        o.set_last_will(LastWill::new(
+            topics.status(),
+            "offline",
+            QoS::AtLeastOnce,
+            true,
+        ));
+    }
+    if !m.username.is_empty() {
+        let password = if m.password_file.as_os_str().is_empty() {
+            String::new()
+        } else {
+            let bytes = read_file("mqtt.password_file", &m.password_file)?;
+            String::from_utf8(bytes)
+                .map_err(|_| PublishError::File {
+                    key: "mqtt.password_file",
+                    path: m.password_file.clone(),
+                    detail: "not UTF-8".into(),
+                })?
+                .trim_end_matches(['\r', '\n'])
+                .to_string()
+        };
+        o.set_credentials(m.username.clone(), password);
+    }
+    if broker.tls {
+        let cfg = tls_config(m)?;
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::new(cfg),
+        )));
+    }
+    Ok(o)
+}
+
+/// Connect once, wait for the CONNACK (at most `timeout`) and disconnect: `mammo-edge check`.
+/// Errors: `File` / `Tls` (local files), `Connect` (refused, TLS handshake, unreachable),
+/// `Timeout`.
+pub async fn probe(m: &MqttConfig, timeout: Duration) -> Result<(), PublishError> {
+    // its own client id and no LWT: a check must not disturb a running daemon's session or
+    // leave `offline` behind
+    let mut o = options(m, false)?;
+    o.set_client_id(format!("{}-check", m.client_id));
+    let (client, mut events) = AsyncClient::new(o, 8);
+    let url = m.url.clone();
+    let wait = async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(PublishError::Connect {
+                        url: url.clone(),
+                        source: Box::new(e),
+                    })
+                }
+            }
+        }
+    };
+    let r = match tokio::time::timeout(timeout, wait).await {
+        Ok(r) => r,
+        Err(_) => Err(PublishError::Timeout {
+            url: m.url.clone(),
+            secs: timeout.as_secs(),
+        }),
+    };
+    if r.is_ok() {
+        let _ = client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_secs(1), events.poll()).await;
+    }
+    r
+}
+
+/// Counters of one publisher, for logs and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PublishStats {
+    /// Successful connections (ConnAcks).
+    pub connections: u64,
+    /// Outbox rows marked delivered on PUBACK.
+    pub delivered: u64,
+}
+
+/// The outbox drainer. Runs until the shutdown signal; wakes on [`Publisher::wake`] (called by
+/// the pipeline after each commit) and otherwise checks the outbox every second.
+pub struct Publisher {
+    mqtt: MqttConfig,
+    store: Store,
+    topics: Topics,
+    /// Retained JSON for `<prefix>/status/info` (versions), sent on every ConnAck.
+    info: String,
+    wake: Arc<Notify>,
+    stats: PublishStats,
+}
+
+enum Ended {
+    /// The shutdown signal was seen.
+    Shutdown,
+    /// The connection failed (logged); reconnect after the backoff.
+    Lost { connected: bool },
+}
+
+impl Publisher {
+    /// A publisher draining `store` (its own connection to the state database) to the broker of
+    /// `mqtt`. `info` is the JSON published retained on `<prefix>/status/info`.
+    pub fn new(mqtt: MqttConfig, store: Store, info: serde_json::Value) -> Publisher {
+        Publisher {
+            topics: Topics::new(&mqtt.topic_prefix),
+            mqtt,
+            store,
+            info: info.to_string(),
+            wake: Arc::new(Notify::new()),
+            stats: PublishStats::default(),
+        }
+    }
+
+    /// Handle to wake the publisher when new outbox rows were committed.
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// Connect, drain, reconnect with a capped exponential backoff (0.25 s doubling to
+    /// [`BACKOFF_MAX`], reset after a ConnAck) until `shutdown` becomes true; then publish a
+    /// retained `offline` and disconnect (best effort, 2 s). Undelivered rows stay in the outbox.
+    /// Errors: only local ones that retrying cannot fix (`File`, `Tls`, `Config`, `Store`).
+    pub async fn run(
+        mut self,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<PublishStats, PublishError> {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            if *shutdown.borrow() {
+                return Ok(self.stats);
+            }
+            let options = mqtt_options(&self.mqtt)?;
+            match self.connection(options, &mut shutdown).await? {
+                Ended::Shutdown => return Ok(self.stats),
+                Ended::Lost { connected } => {
+                    if connected {
+                        backoff = BACKOFF_MIN;
+                    }
+                    log::debug!("broker: next connection attempt in {backoff:?}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    /// One connection: a fresh client and event loop, so nothing of an earlier connection's
+    /// in-flight state survives; the drain restarts from the first undelivered row.
+    async fn connection(
+        &mut self,
+        options: MqttOptions,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Ended, PublishError> {
+        let (client, mut events) = AsyncClient::new(options, 2 * WINDOW + 8);
+        let mut connected = false;
+        // requests handed to the client, waiting for their Outgoing::Publish (None = status)
+        let mut queued: VecDeque<Option<i64>> = VecDeque::new();
+        // packet id -> outbox id, waiting for the PUBACK
+        let mut inflight: HashMap<u16, Option<i64>> = HashMap::new();
+        let mut cursor = 0i64;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                ev = events.poll() => match ev {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                        connected = true;
+                        self.stats.connections += 1;
+                        log::info!(
+                            "broker {}: connected (session present: {}); resuming the outbox",
+                            self.mqtt.url, ack.session_present
+                        );
+                        queued.clear();
+                        inflight.clear();
+                        cursor = 0;
+                        self.send_status(&client, &mut queued);
+                    }
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                        if let Some(id) = queued.pop_front() {
+                            inflight.insert(pkid, id);
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                        if let Some(Some(id)) = inflight.remove(&ack.pkid) {
+                            if self.store.mark_delivered(id)? {
+                                self.stats.delivered += 1;
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        if connected {
+                            log::warn!("broker {}: connection lost: {e}", self.mqtt.url);
+                        } else {
+                            log::warn!("broker {}: cannot connect: {e}", self.mqtt.url);
+                        }
+                        return Ok(Ended::Lost { connected });
+                    }
+                },
+                _ = self.wake.notified() => {}
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => {
+                    if connected {
+                        self.goodbye(&client, &mut events).await;
+                    }
+                    return Ok(Ended::Shutdown);
+                }
+            }
+            if connected {
+                self.top_up(&client, &mut queued, &inflight, &mut cursor)?;
+            }
+        }
+    }
+
+    fn send_status(&self, client: &AsyncClient, queued: &mut VecDeque<Option<i64>>) {
+        for (topic, payload) in [
+            (self.topics.status(), "online".to_string()),
+            (self.topics.status_info(), self.info.clone()),
+        ] {
+            match client.try_publish(topic, QoS::AtLeastOnce, true, payload) {
+                Ok(()) => queued.push_back(None),
+                Err(e) => log::warn!("broker: status not queued: {e}"),
+            }
+        }
+    }
+
+    /// Hand the next undelivered rows to the client while fewer than [`WINDOW`] are in flight.
+    fn top_up(
+        &mut self,
+        client: &AsyncClient,
+        queued: &mut VecDeque<Option<i64>>,
+        inflight: &HashMap<u16, Option<i64>>,
+        cursor: &mut i64,
+    ) -> Result<(), PublishError> {
+        let busy = queued.len() + inflight.len();
+        if busy >= WINDOW {
+            return Ok(());
+        }
+        for row in self.store.undelivered_after(*cursor, WINDOW - busy)? {
+            match client.try_publish(
+                row.topic.as_str(),
+                QoS::AtLeastOnce,
+                row.retain,
+                row.payload.into_bytes(),
+            ) {
+                Ok(()) => {
+                    queued.push_back(Some(row.id));
+                    *cursor = row.id;
+                }
+                Err(e) => {
+                    log::debug!(
+                        "broker: request queue full ({e}); outbox row {} later",
+                        row.id
+                    );
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Graceful end: retained `offline` (the LWT fires only on an unclean end), then DISCONNECT.
+    async fn goodbye(&mut self, client: &AsyncClient, events: &mut EventLoop) {
+        let _ = client.try_publish(self.topics.status(), QoS::AtLeastOnce, true, "offline");
+        let _ = client.try_disconnect();
+        let drain = async {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+        log::info!("broker {}: disconnected", self.mqtt.url);
+    }
+}

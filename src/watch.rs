@@ -1,0 +1,251 @@
+//! Folder watcher of `watch.dirs`: inotify events through `notify` (`Access(Close(Write))` and
+//! `Modify(Name(To))`, i.e. a file written and closed or moved in) forwarded into a tokio
+//! channel, a periodic full rescan (missed events, files present at start-up), and the
+//! write-stability rule: a file is handed on only once its size and mtime have not changed for
+//! `watch.stable_secs`. Temporary names (`*.tmp`, `*.part`, dot-files) and DICOMDIR are ignored.
+//! Main items: [`FsEvents`], [`scan`], [`Stability`], [`is_candidate`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use thiserror::Error;
+use tokio::sync::mpsc;
+
+/// Why watching failed.
+#[derive(Debug, Error)]
+pub enum WatchError {
+    /// inotify could not be set up on a folder (missing, no permission, watch limit reached).
+    #[error("watch.dirs {path}: {source}")]
+    Watch {
+        path: PathBuf,
+        source: notify::Error,
+    },
+    /// The watcher itself could not be created.
+    #[error("file-system watcher: {0}")]
+    Init(notify::Error),
+}
+
+/// True for a name the watcher may hand on: not a dot-file, not `*.tmp` / `*.part` (any case),
+/// not `DICOMDIR` (a media directory, not an image).
+pub fn is_candidate(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    let lower = name.to_ascii_lowercase();
+    !(name.starts_with('.')
+        || lower.ends_with(".tmp")
+        || lower.ends_with(".part")
+        || lower == "dicomdir")
+}
+
+/// Every candidate file under `dirs` (recursively; dot-folders are not entered), in name order.
+/// A folder that cannot be read is logged and skipped, so one bad mount does not stop the others.
+pub fn scan(dirs: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for d in dirs {
+        match crate::files::files_under(d) {
+            Ok(files) => out.extend(files.into_iter().filter(|p| {
+                is_candidate(p)
+                    && !p
+                        .strip_prefix(d)
+                        .unwrap_or(p)
+                        .components()
+                        .any(|c| c.as_os_str().to_string_lossy().starts_with('.'))
+            })),
+            Err(e) => log::warn!("watch.dirs {}: cannot scan: {e}", d.display()),
+        }
+    }
+    out
+}
+
+/// inotify watches on `watch.dirs` (recursive); candidate paths of files closed after writing or
+/// moved in arrive on the receiver given by [`FsEvents::start`]. Dropping it stops watching.
+pub struct FsEvents {
+    _watcher: RecommendedWatcher,
+}
+
+impl FsEvents {
+    /// Watch `dirs` recursively. Errors: `Init`, `Watch` (names the folder).
+    pub fn start(
+        dirs: &[PathBuf],
+    ) -> Result<(FsEvents, mpsc::UnboundedReceiver<PathBuf>), WatchError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            match res {
+                Ok(ev) => {
+                    let wanted = matches!(
+                        ev.kind,
+                        EventKind::Access(AccessKind::Close(AccessMode::Write))
+                            | EventKind::Modify(ModifyKind::Name(RenameMode::To))
+                            | EventKind::Modify(ModifyKind::Name(RenameMode::Both))
+                    );
+                    if wanted {
+                        // with RenameMode::Both the destination is the last path
+                        if let Some(p) = ev.paths.last() {
+                            if is_candidate(p) {
+                                let _ = tx.send(p.clone());
+                            }
+                        }
+                    }
+                }
+                Err(e) => log::warn!("file-system watcher: {e}"),
+            }
+        })
+        .map_err(WatchError::Init)?;
+        for d in dirs {
+            watcher
+                .watch(d, RecursiveMode::Recursive)
+                .map_err(|source| WatchError::Watch {
+                    path: d.clone(),
+                    source,
+                })?;
+        }
+        Ok((FsEvents { _watcher: watcher }, rx))
+    }
+}
+
+/// Size (bytes) and modification time of a file as last seen.
+type Seen = (u64, Option<SystemTime>);
+
+/// The write-stability rule: [`Stability::observe`] registers a path (event or rescan);
+/// [`Stability::ready`] returns the paths whose size and mtime have not changed for `stable`
+/// since they were last seen to change. A path handed on once is not handed on again until its
+/// size or mtime change, or until [`Stability::forget`] (a retry).
+#[derive(Debug)]
+pub struct Stability {
+    stable: Duration,
+    /// Candidates: what was seen and since when it is unchanged.
+    pending: HashMap<PathBuf, (Seen, Instant)>,
+    /// Handed on, with what they were when handed on.
+    handed: HashMap<PathBuf, Seen>,
+}
+
+fn stat(path: &Path) -> Option<Seen> {
+    let m = std::fs::metadata(path).ok()?;
+    m.is_file().then(|| (m.len(), m.modified().ok()))
+}
+
+impl Stability {
+    /// `stable` = `watch.stable_secs`.
+    pub fn new(stable: Duration) -> Stability {
+        Stability {
+            stable,
+            pending: HashMap::new(),
+            handed: HashMap::new(),
+        }
+    }
+
+    /// Note a path seen by an event or a rescan (ignored when not a candidate, gone, or already
+    /// handed on unchanged).
+    pub fn observe(&mut self, path: PathBuf, now: Instant) {
+        if !is_candidate(&path) {
+            return;
+        }
+        let Some(seen) = stat(&path) else { return };
+        if self.handed.get(&path) == Some(&seen) {
+            return;
+        }
+        match self.pending.get_mut(&path) {
+            Some((old, since)) if *old != seen => {
+                *old = seen;
+                *since = now;
+            }
+            Some(_) => {}
+            None => {
+                self.pending.insert(path, (seen, now));
+            }
+        }
+    }
+
+    /// Paths now stable (oldest first), removed from the candidates. A path whose size or mtime
+    /// changed since it was observed starts its wait again; a vanished one is dropped.
+    pub fn ready(&mut self, now: Instant) -> Vec<PathBuf> {
+        let mut out: Vec<(Instant, PathBuf)> = Vec::new();
+        let mut gone = Vec::new();
+        for (path, (seen, since)) in self.pending.iter_mut() {
+            match stat(path) {
+                None => gone.push(path.clone()),
+                Some(now_seen) if now_seen != *seen => {
+                    *seen = now_seen;
+                    *since = now;
+                }
+                Some(_) if now.duration_since(*since) >= self.stable => {
+                    out.push((*since, path.clone()));
+                }
+                Some(_) => {}
+            }
+        }
+        for p in gone {
+            self.pending.remove(&p);
+        }
+        out.sort();
+        out.into_iter()
+            .map(|(_, p)| {
+                if let Some((seen, _)) = self.pending.remove(&p) {
+                    self.handed.insert(p.clone(), seen);
+                }
+                p
+            })
+            .collect()
+    }
+
+    /// Let `path` be handed on again once stable (after a time-out put it back for a retry, or
+    /// after it was moved away).
+    pub fn forget(&mut self, path: &Path) {
+        self.handed.remove(path);
+    }
+
+    /// Number of paths waiting to become stable.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporary_names_dot_files_and_dicomdir_are_ignored() {
+        for name in [
+            "a.tmp",
+            "A.TMP",
+            "b.dcm.part",
+            ".x.dcm",
+            "DICOMDIR",
+            "dicomdir",
+        ] {
+            assert!(!is_candidate(Path::new(name)), "{name}");
+        }
+        for name in ["a.dcm", "IM0001", "x.tmp.dcm"] {
+            assert!(is_candidate(Path::new(name)), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_file_is_ready_once_unchanged_for_the_stable_time_and_only_once() {
+        let dir = std::env::temp_dir().join(format!("mammo-watch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("a.dcm");
+        std::fs::write(&f, b"12345").unwrap();
+        let mut s = Stability::new(Duration::from_secs(2));
+        let t0 = Instant::now();
+        s.observe(f.clone(), t0);
+        assert!(s.ready(t0 + Duration::from_secs(1)).is_empty());
+        // grows: the wait starts again at the time the change is seen
+        std::fs::write(&f, b"1234567").unwrap();
+        assert!(s.ready(t0 + Duration::from_secs(2)).is_empty());
+        assert!(s.ready(t0 + Duration::from_millis(3900)).is_empty());
+        assert_eq!(s.ready(t0 + Duration::from_secs(4)), vec![f.clone()]);
+        // seen again unchanged: not handed on twice; after forget it is
+        s.observe(f.clone(), t0 + Duration::from_secs(5));
+        assert_eq!(s.pending(), 0);
+        s.forget(&f);
+        s.observe(f.clone(), t0 + Duration::from_secs(5));
+        assert_eq!(s.ready(t0 + Duration::from_secs(7)), vec![f.clone()]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
