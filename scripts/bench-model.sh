@@ -7,8 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 1 ] || { echo "usage: $0 MODEL.onnx [MODEL...]" >&2; exit 2; }
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/mammo-edge/target}"
-cargo build --release --quiet --bin mammo-edge
-bin="$CARGO_TARGET_DIR/release/mammo-edge"
+# BIN: an already built mammo-edge (skips the build)
+bin="${BIN:-$CARGO_TARGET_DIR/release/mammo-edge}"
+[ -n "${BIN:-}" ] || cargo build --release --quiet --bin mammo-edge
 runs="${RUNS:-50}"
 
 echo "# Model inference benchmark"

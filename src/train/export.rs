@@ -400,7 +400,11 @@ pub fn meta_for(
         view_classes: vec!["CC".into(), "MLO".into()],
         intended_use: intended_use.into(),
         training_data: training_data.into(),
-        git_hash: option_env!("MAMMO_GIT_HASH").unwrap_or("unknown").into(),
+        // the commit the trainer was built from (build.rs); MAMMO_GIT_HASH at run time overrides
+        git_hash: std::env::var("MAMMO_GIT_HASH")
+            .ok()
+            .or(option_env!("MAMMO_GIT_HASH").map(String::from))
+            .unwrap_or_else(|| "unknown".into()),
         config: serde_json::to_string(cfg).unwrap_or_default(),
         seed: cfg.seed,
         cancer_threshold,
