@@ -243,6 +243,81 @@ pub fn load(
     Ok(samples)
 }
 
+/// A small affine map of the canonical image about the middle of the chest wall (x = 0,
+/// y = H/2), so the chest wall stays on the left edge: scale `scale`, rotation `degrees`,
+/// vertical shift `shift` (fraction of H).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AffineParams {
+    pub scale: f64,
+    pub degrees: f64,
+    pub shift: f64,
+}
+
+impl AffineParams {
+    /// The identity.
+    pub const IDENTITY: AffineParams = AffineParams {
+        scale: 1.0,
+        degrees: 0.0,
+        shift: 0.0,
+    };
+
+    /// Random draw: scale 0.95–1.05, rotation ±3°, vertical shift ±2 % of H.
+    pub fn random(rng: &mut SplitMix64) -> AffineParams {
+        AffineParams {
+            scale: 1.0 + 0.05 * (2.0 * rng.uniform() - 1.0),
+            degrees: 3.0 * (2.0 * rng.uniform() - 1.0),
+            shift: 0.02 * (2.0 * rng.uniform() - 1.0),
+        }
+    }
+}
+
+/// Resample a `[h, w]` image under `a` (bilinear, inverse mapping); `fill` outside the source,
+/// except left of it, where the chest-wall column is replicated.
+fn warp_affine(v: &[f32], h: usize, w: usize, a: &AffineParams, fill: f32) -> Vec<f32> {
+    let (cx, cy) = (0.0, h as f64 / 2.0);
+    let th = a.degrees.to_radians();
+    let (sin, cos) = (th.sin(), th.cos());
+    let ty = a.shift * h as f64;
+    let mut out = vec![fill; h * w];
+    for oy in 0..h {
+        for ox in 0..w {
+            // output point relative to the anchor, minus the shift, through the inverse of s·R(θ)
+            let (dx, dy) = (ox as f64 + 0.5 - cx, oy as f64 + 0.5 - cy - ty);
+            let sx = (cos * dx + sin * dy) / a.scale + cx - 0.5;
+            let sy = (-sin * dx + cos * dy) / a.scale + cy - 0.5;
+            // the chest wall continues beyond the left edge: replicate it rather than pad
+            let sx = sx.max(0.0);
+            if sx < -0.5 || sy < -0.5 || sx > w as f64 - 0.5 || sy > h as f64 - 0.5 {
+                continue;
+            }
+            let (x0, y0) = (sx.floor(), sy.floor());
+            let (fx, fy) = ((sx - x0) as f32, (sy - y0) as f32);
+            let at = |x: f64, y: f64| {
+                let (x, y) = (x.clamp(0.0, w as f64 - 1.0), y.clamp(0.0, h as f64 - 1.0));
+                v[y as usize * w + x as usize]
+            };
+            out[oy * w + ox] = (1.0 - fy) * ((1.0 - fx) * at(x0, y0) + fx * at(x0 + 1.0, y0))
+                + fy * ((1.0 - fx) * at(x0, y0 + 1.0) + fx * at(x0 + 1.0, y0 + 1.0));
+        }
+    }
+    out
+}
+
+/// Apply `a` to a model input `[H · W]` (padding value outside) and to its decoder-resolution
+/// mask `[H/4 · W/4]` (0 outside), with the same geometry.
+pub fn affine(
+    input: &[f32],
+    mask: Option<&[f32]>,
+    pre: &PreprocessConfig,
+    a: &AffineParams,
+) -> (Vec<f32>, Option<Vec<f32>>) {
+    let (h, w) = (pre.height, pre.width);
+    let pad = (0.0 - pre.mean) / pre.std;
+    let x = warp_affine(input, h, w, a, pad);
+    let m = mask.map(|m| warp_affine(m, h / 4, w / 4, a, 0.0));
+    (x, m)
+}
+
 /// Intensity augmentation that keeps the canonical orientation: gamma 0.8–1.25 and Gaussian noise
 /// (σ 0.01) on the grey levels of the breast, padding untouched.
 pub fn augment(input: &[f32], pre: &PreprocessConfig, rng: &mut SplitMix64) -> Vec<f32> {

@@ -565,18 +565,25 @@ fn fit_on<B: AutodiffBackend>(
             lr = cfg.lr
                 * 0.5
                 * (1.0 + (std::f64::consts::PI * step as f64 / total_steps as f64).cos());
-            let items: Vec<(&Sample, Vec<f32>)> = chunk
+            // augmentation: small affine (input and mask alike), then intensity
+            let owned: Vec<Sample> = chunk
                 .iter()
                 .map(|&i| {
                     let s = &train[i];
-                    let x = if cfg.augment {
-                        data::augment(&s.input, &pre, &mut rng)
-                    } else {
-                        s.input.clone()
-                    };
-                    (s, x)
+                    if !cfg.augment {
+                        return s.clone();
+                    }
+                    let a = data::AffineParams::random(&mut rng);
+                    let (x, m) = data::affine(&s.input, s.mask.as_deref(), &pre, &a);
+                    Sample {
+                        input: data::augment(&x, &pre, &mut rng),
+                        mask: m,
+                        ..s.clone()
+                    }
                 })
                 .collect();
+            let items: Vec<(&Sample, Vec<f32>)> =
+                owned.iter().map(|s| (s, s.input.clone())).collect();
             let (x, t) = data::batch::<B>(&items, &cfg.model, &device);
             let out_b = model.net.forward(x);
             let losses = loss::task_losses(&out_b, &t);

@@ -189,3 +189,68 @@ fn half_precision_is_refused_on_the_cpu_backend_with_the_reason() {
     // nothing was written for a refused run
     assert!(!d.path().join("run/fit_config.json").exists());
 }
+
+#[test]
+fn affine_augmentation_moves_image_and_mask_together_and_keeps_the_chest_wall_left() {
+    use mammo_edge::synth::SplitMix64;
+    use mammo_edge::train::data::{affine, AffineParams};
+    let cfg = tiny();
+    let pre = cfg.preprocess();
+    let (hh, ww) = (pre.height, pre.width);
+    let (h, w) = (hh / 4, ww / 4);
+    let d = phantoms(8);
+    let rows = manifest::read(&d.path().join("manifest.csv")).unwrap();
+    let pick: Vec<_> = rows.iter().enumerate().collect();
+    let samples = data::load(d.path(), &pick, &pre, None, 2).unwrap();
+    let s = samples.iter().find(|s| s.mask.is_some()).unwrap();
+    let mask = s.mask.as_deref().unwrap();
+    // the identity changes nothing
+    let (x, m) = affine(&s.input, Some(mask), &pre, &AffineParams::IDENTITY);
+    assert_eq!(x, s.input);
+    assert_eq!(m.as_deref(), Some(mask));
+    // a shift of 4 input rows (1 mask row) moves both by exactly that much
+    let shift = AffineParams {
+        shift: 4.0 / hh as f64,
+        ..AffineParams::IDENTITY
+    };
+    let (x, m) = affine(&s.input, Some(mask), &pre, &shift);
+    let m = m.unwrap();
+    for y in 4..hh {
+        for c in 0..ww {
+            assert!((x[y * ww + c] - s.input[(y - 4) * ww + c]).abs() < 1e-5);
+        }
+    }
+    for y in 1..h {
+        for c in 0..w {
+            assert!((m[y * w + c] - mask[(y - 1) * w + c]).abs() < 1e-6);
+        }
+    }
+    let pad = (0.0 - pre.mean) / pre.std;
+    assert!(
+        x[..4 * ww].iter().all(|&v| v == pad),
+        "rows shifted in are padding"
+    );
+    // random draws: the chest wall (left column, middle rows) stays breast, the far right edge
+    // stays padding, and the mask's dense fraction changes little
+    let mut rng = SplitMix64::new(11);
+    let frac = |m: &[f32]| m.iter().sum::<f32>() / m.len() as f32;
+    let left0: usize = (hh / 4..3 * hh / 4)
+        .filter(|&y| s.input[y * ww] != pad)
+        .count();
+    assert!(left0 > hh / 4, "the phantom's chest wall is on the left");
+    for _ in 0..20 {
+        let a = AffineParams::random(&mut rng);
+        assert!(
+            (0.95..=1.05).contains(&a.scale) && a.degrees.abs() <= 3.0 && a.shift.abs() <= 0.02
+        );
+        let (x, m) = affine(&s.input, Some(mask), &pre, &a);
+        let left: usize = (hh / 4..3 * hh / 4).filter(|&y| x[y * ww] != pad).count();
+        assert!(
+            left as f64 > 0.9 * (hh / 2) as f64,
+            "chest wall left: {left} of {}",
+            hh / 2
+        );
+        let m = m.unwrap();
+        assert!((frac(&m) - frac(mask)).abs() < 0.25 * frac(mask) + 0.01);
+    }
+}
