@@ -22,6 +22,7 @@ use crate::infer::{infer_file_detailed, Scored};
 use crate::message::{sha256_hex, Messages, ModelInfo, Privacy, StoredScore};
 use crate::model::{ContractError, ModelRunner};
 use crate::publish::{probe, PublishError, Publisher, Topics};
+use crate::service::{Liveness, Notifier};
 use crate::store::{Claim, Committed, ImageKey, Status, Store, StoreError, Ticket};
 use crate::watch::{scan, FsEvents, Stability, WatchError};
 
@@ -277,7 +278,10 @@ struct Pipeline {
 }
 
 /// Run the daemon until `shutdown` resolves: recover the ledger, start the publisher, watch,
-/// score, publish. Returns the counters of the run.
+/// score, publish. Returns the counters of the run. Under systemd (`NOTIFY_SOCKET`), sends
+/// `READY=1` once the model is loaded and the watcher, worker and publisher are started,
+/// `WATCHDOG=1` while the loops make progress ([`crate::service`]), and `STOPPING=1` when
+/// `shutdown` resolves.
 ///
 /// Errors (all at start-up; later failures of one file or of the broker are logged and the
 /// daemon goes on): `Model`, `Store`, `Watch`, `Privacy`, `Publish` (TLS / credential files),
@@ -315,6 +319,8 @@ pub async fn run(
         Store::open(&config.state.dir, config.ingest.max_attempts)?,
         status_info,
     );
+    let liveness = Arc::new(Liveness::default());
+    let publisher = publisher.with_liveness(liveness.clone());
     let waker = publisher.waker();
     let (stop_tx, stop_rx) = watch::channel(false);
     let publisher = tokio::spawn(publisher.run(stop_rx));
@@ -354,6 +360,11 @@ pub async fn run(
         p.config.mqtt.topic_prefix
     );
 
+    let notifier = Notifier::from_env();
+    liveness.pipeline();
+    notifier.ready(&format!("watching {} folder(s)", p.config.watch.dirs.len()));
+    let watchdog = tokio::spawn(notifier.clone().watchdog(liveness.clone()));
+
     let mut stable_tick = tokio::time::interval(STABILITY_TICK);
     let mut rescan_tick = tokio::time::interval(Duration::from_secs(p.config.watch.rescan_secs));
     let mut exam_tick = tokio::time::interval(EXAM_TICK);
@@ -368,6 +379,13 @@ pub async fn run(
     }
     tokio::pin!(shutdown);
     loop {
+        // an idle turn is progress; a worker past its file time limit is not
+        if p.busy
+            .as_ref()
+            .is_none_or(|b| tokio::time::Instant::now() < b.deadline)
+        {
+            liveness.pipeline();
+        }
         if p.busy.is_none() {
             p.start_next();
         }
@@ -392,6 +410,8 @@ pub async fn run(
                 if deadline.is_some() => p.timed_out(),
         }
     }
+    notifier.stopping();
+    watchdog.abort();
     if let Some(b) = &p.busy {
         let grace = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         let until = b.deadline.min(grace);

@@ -13,11 +13,13 @@ pub mod import;
 pub mod infer;
 pub mod inspect;
 pub mod labels;
+pub mod logging;
 pub mod manifest;
 pub mod message;
 pub mod model;
 pub mod preprocess;
 pub mod publish;
+pub mod service;
 pub mod store;
 pub mod synth;
 #[cfg(feature = "train")]

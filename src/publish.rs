@@ -21,6 +21,7 @@ use thiserror::Error;
 use tokio::sync::{watch, Notify};
 
 use crate::config::{Broker, ConfigError, MqttConfig};
+use crate::service::Liveness;
 use crate::store::{Store, StoreError};
 
 /// Outbox rows handed to the client before their PUBACKs (publication order is kept: the broker
@@ -261,6 +262,8 @@ pub struct Publisher {
     info: String,
     wake: Arc<Notify>,
     stats: PublishStats,
+    /// Beaten on every loop turn (the systemd watchdog's view of the publisher).
+    liveness: Arc<Liveness>,
 }
 
 enum Ended {
@@ -281,7 +284,14 @@ impl Publisher {
             info: info.to_string(),
             wake: Arc::new(Notify::new()),
             stats: PublishStats::default(),
+            liveness: Arc::default(),
         }
+    }
+
+    /// Report progress to `liveness` (shared with the systemd watchdog ticker).
+    pub fn with_liveness(mut self, liveness: Arc<Liveness>) -> Publisher {
+        self.liveness = liveness;
+        self
     }
 
     /// Handle to wake the publisher when new outbox rows were committed.
@@ -299,6 +309,7 @@ impl Publisher {
     ) -> Result<PublishStats, PublishError> {
         let mut backoff = BACKOFF_MIN;
         loop {
+            self.liveness.publisher();
             if *shutdown.borrow() {
                 return Ok(self.stats);
             }
@@ -314,6 +325,7 @@ impl Publisher {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = shutdown.changed() => {}
                     }
+                    self.liveness.publisher();
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
             }
@@ -336,6 +348,8 @@ impl Publisher {
         let mut cursor = 0i64;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
+            // every turn counts, the 1 s tick included: an idle or connecting publisher is alive
+            self.liveness.publisher();
             tokio::select! {
                 ev = events.poll() => match ev {
                     Ok(Event::Incoming(Packet::ConnAck(ack))) => {

@@ -185,10 +185,9 @@ fn main() -> ExitCode {
         1 => "debug",
         _ => "trace",
     };
-    env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or(format!("{level},jpeg2k=warn")),
-    )
-    .init();
+    if let Err(e) = mammo_edge::logging::init(&format!("{level},jpeg2k=warn")) {
+        eprintln!("warning: {e}");
+    }
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {

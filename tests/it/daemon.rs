@@ -463,6 +463,12 @@ impl Setup {
     }
 
     fn start(&self) -> Daemon {
+        self.start_with(&[])
+    }
+
+    /// Start with extra environment variables; the systemd ones the test process may have
+    /// inherited (a CI job run as a unit) are removed first.
+    fn start_with(&self, env: &[(&str, &std::ffi::OsStr)]) -> Daemon {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -473,6 +479,12 @@ impl Setup {
             .arg("--config")
             .arg(&self.config)
             .env("RUST_LOG", "debug")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("INVOCATION_ID")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -1031,5 +1043,127 @@ fn check_exit_codes_name_what_failed() {
     assert_eq!(
         mammo_edge::config::Config::parse(&text, "(default)").unwrap(),
         mammo_edge::config::Config::default()
+    );
+}
+
+/// Datagrams of a fake systemd notify socket, split into lines (`READY=1`, `STATUS=…`, …).
+struct NotifySocket {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    sock: std::os::unix::net::UnixDatagram,
+    lines: Vec<String>,
+}
+
+impl NotifySocket {
+    fn bind() -> NotifySocket {
+        let dir = tmp();
+        let path = dir.path().join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        NotifySocket {
+            _dir: dir,
+            path,
+            sock,
+            lines: Vec::new(),
+        }
+    }
+
+    /// Read one datagram if one comes within 200 ms.
+    fn read(&mut self) {
+        let mut buf = [0u8; 4096];
+        if let Ok(n) = self.sock.recv(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            self.lines.extend(text.lines().map(str::to_string));
+        }
+    }
+
+    /// Read datagrams until a line equal to `line` has arrived (at most `secs`); its index.
+    fn wait(&mut self, line: &str, secs: u64) -> usize {
+        let t0 = Instant::now();
+        loop {
+            if let Some(i) = self.lines.iter().position(|l| l == line) {
+                return i;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(secs),
+                "no {line} within {secs} s; received {:?}",
+                self.lines
+            );
+            self.read();
+        }
+    }
+
+    fn count(&self, line: &str) -> usize {
+        self.lines.iter().filter(|l| *l == line).count()
+    }
+}
+
+#[test]
+fn systemd_notify_ready_then_watchdog_pings_then_stopping_on_sigterm() {
+    let broker = Broker::start();
+    let s = Setup::new(&broker.url(), "");
+    let mut notify = NotifySocket::bind();
+    let journald = Path::new("/run/systemd/journal/socket").exists();
+    let mut env: Vec<(&str, &std::ffi::OsStr)> = vec![
+        ("NOTIFY_SOCKET", notify.path.as_os_str()),
+        // 1 s: a ping every 0.5 s
+        ("WATCHDOG_USEC", "1000000".as_ref()),
+    ];
+    if !journald {
+        // "started by systemd" without a journal: the log must fall back to stderr
+        env.push(("INVOCATION_ID", "0123456789abcdef0123456789abcdef".as_ref()));
+    }
+    let mut d = s.start_with(&env);
+    let ready = notify.wait("READY=1", 60);
+    assert!(
+        notify
+            .lines
+            .iter()
+            .any(|l| l.starts_with("STATUS=watching")),
+        "{:?}",
+        notify.lines
+    );
+    let first_ping = notify.wait("WATCHDOG=1", 10);
+    assert!(ready < first_ping, "READY=1 before the first WATCHDOG=1");
+    // pings go on while the daemon idles
+    let t0 = Instant::now();
+    let pings_before = notify.count("WATCHDOG=1");
+    while t0.elapsed() < Duration::from_secs(3) {
+        notify.read();
+    }
+    let pings = notify.count("WATCHDOG=1");
+    assert!(
+        pings >= pings_before + 3,
+        "about 6 pings in 3 s, got {}",
+        pings - pings_before
+    );
+    assert!(!notify.lines.iter().any(|l| l == "STOPPING=1"));
+    assert!(d.stop().success());
+    let stopping = notify.wait("STOPPING=1", 5);
+    assert!(stopping > first_ping);
+    if !journald {
+        let log = s.log_text();
+        assert!(
+            log.contains("journald unreachable") && log.contains("systemd: READY=1"),
+            "{log}"
+        );
+    }
+}
+
+#[test]
+fn systemd_example_config_is_the_default_config() {
+    let out = Command::new(BIN)
+        .arg("print-default-config")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/config.toml"))
+            .unwrap();
+    assert_eq!(
+        shipped,
+        String::from_utf8(out.stdout).unwrap(),
+        "systemd/config.toml: regenerate with `mammo-edge print-default-config > systemd/config.toml`"
     );
 }
