@@ -1,0 +1,604 @@
+//! Harness of the daemon tests: the tiny contract model, mosquitto on a free loopback port, a
+//! real subscriber, and the daemon binary on temporary folders.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mammo_edge::model::contract::ModelMeta;
+use mammo_edge::preprocess::PREPROCESS_VERSION;
+use mammo_edge::synth::generator::{generate, SynthConfig};
+use prost::Message;
+use serde_json::Value;
+use tract_onnx::pb;
+
+use crate::util::tmp;
+
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_mammo-edge");
+// ---------------------------------------------------------------- the test model
+
+pub(crate) fn attr_ints(name: &str, v: &[i64]) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::Ints as i32,
+        ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+pub(crate) fn attr_int(name: &str, v: i64) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::Int as i32,
+        i: v,
+        ..Default::default()
+    }
+}
+
+pub(crate) fn node(
+    op: &str,
+    inputs: &[&str],
+    out: &str,
+    attrs: Vec<pb::AttributeProto>,
+) -> pb::NodeProto {
+    pb::NodeProto {
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![out.into()],
+        name: format!("{op}_{out}"),
+        op_type: op.into(),
+        attribute: attrs,
+        ..Default::default()
+    }
+}
+
+pub(crate) fn tensor(name: &str, dims: &[i64], data: &[f32]) -> pb::TensorProto {
+    pb::TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: pb::tensor_proto::DataType::Float as i32,
+        raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
+pub(crate) fn value_info(name: &str, dims: &[Option<i64>]) -> pb::ValueInfoProto {
+    use pb::tensor_shape_proto::{dimension, Dimension};
+    pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: pb::tensor_proto::DataType::Float as i32,
+                shape: Some(pb::TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|d| Dimension {
+                            value: Some(match d {
+                                Some(v) => dimension::Value::DimValue(*v),
+                                None => dimension::Value::DimParam("N".into()),
+                            }),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Intended-use statement of the test model.
+pub(crate) const TEST_INTENDED_USE: &str = "test model: research only, not for clinical use";
+
+/// A contract-following ONNX model (opset 13) of 128×80 input: heads are Sigmoid / Softmax of
+/// the image mean (f), `dense_mask` = Sigmoid(AveragePool₄), `reconstruction` = AveragePool₄ so
+/// `recon_error` = 0; cancer threshold 0.5, OOD threshold 0.1.
+pub(crate) fn tiny_model(path: &Path) {
+    let (h, w) = (128usize, 80usize);
+    let vendors = ["hologic", "ge", "siemens", "other"];
+    let meta = ModelMeta {
+        schema_version: mammo_edge::model::contract::SCHEMA_VERSION,
+        model_name: "tiny-test".into(),
+        model_version: "0.0.1".into(),
+        input_height: h,
+        input_width: w,
+        mean: 0.2,
+        std: 0.25,
+        preprocess_version: PREPROCESS_VERSION,
+        density_classes: ["A", "B", "C", "D"].map(String::from).to_vec(),
+        vendor_classes: vendors.map(String::from).to_vec(),
+        view_classes: ["CC", "MLO"].map(String::from).to_vec(),
+        intended_use: TEST_INTENDED_USE.into(),
+        training_data: "none".into(),
+        git_hash: "test".into(),
+        config: "{}".into(),
+        seed: 0,
+        cancer_threshold: 0.5,
+        cancer_threshold_sensitivity: 0.9,
+        recon_error_threshold: 0.1,
+        quantization: "float32".into(),
+    };
+    let nodes = vec![
+        node("GlobalAveragePool", &["image"], "gap", vec![]),
+        node("Flatten", &["gap"], "f", vec![attr_int("axis", 1)]),
+        node("Sigmoid", &["f"], "cancer", vec![]),
+        node("Neg", &["f"], "negf", vec![]),
+        node("Sigmoid", &["negf"], "normal", vec![]),
+        node("MatMul", &["f", "wd"], "dl", vec![]),
+        node("Softmax", &["dl"], "density", vec![attr_int("axis", 1)]),
+        node("Sigmoid", &["f"], "pd", vec![]),
+        node("Mul", &["pd", "hundred"], "percent_density", vec![]),
+        node("MatMul", &["f", "wv"], "vl", vec![]),
+        node("Softmax", &["vl"], "vendor", vec![attr_int("axis", 1)]),
+        node("MatMul", &["f", "ww"], "wl", vec![]),
+        node("Softmax", &["wl"], "view", vec![attr_int("axis", 1)]),
+        node(
+            "AveragePool",
+            &["image"],
+            "pool",
+            vec![
+                attr_ints("kernel_shape", &[4, 4]),
+                attr_ints("strides", &[4, 4]),
+            ],
+        ),
+        node("Sigmoid", &["pool"], "dense_mask", vec![]),
+        node("Identity", &["pool"], "reconstruction", vec![]),
+        node("Sub", &["reconstruction", "pool"], "diff", vec![]),
+        node("Mul", &["diff", "diff"], "sq", vec![]),
+        node(
+            "ReduceMean",
+            &["sq"],
+            "msq",
+            vec![attr_ints("axes", &[1, 2, 3]), attr_int("keepdims", 1)],
+        ),
+        node(
+            "Flatten",
+            &["msq"],
+            "recon_error",
+            vec![attr_int("axis", 1)],
+        ),
+    ];
+    let (mh, mw) = (Some((h / 4) as i64), Some((w / 4) as i64));
+    let graph = pb::GraphProto {
+        name: "tiny".into(),
+        node: nodes,
+        initializer: vec![
+            tensor("wd", &[1, 4], &[-1.0, 0.0, 0.5, 1.0]),
+            tensor("wv", &[1, 4], &[1.0, 0.5, 0.0, -1.0]),
+            tensor("ww", &[1, 2], &[0.5, -0.5]),
+            tensor("hundred", &[], &[100.0]),
+        ],
+        input: vec![value_info(
+            "image",
+            &[None, Some(1), Some(h as i64), Some(w as i64)],
+        )],
+        output: vec![
+            value_info("cancer", &[None, Some(1)]),
+            value_info("normal", &[None, Some(1)]),
+            value_info("density", &[None, Some(4)]),
+            value_info("percent_density", &[None, Some(1)]),
+            value_info("vendor", &[None, Some(vendors.len() as i64)]),
+            value_info("view", &[None, Some(2)]),
+            value_info("dense_mask", &[None, Some(1), mh, mw]),
+            value_info("reconstruction", &[None, Some(1), mh, mw]),
+            value_info("recon_error", &[None, Some(1)]),
+        ],
+        ..Default::default()
+    };
+    let model = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
+        producer_name: "mammo-edge tests".into(),
+        graph: Some(graph),
+        metadata_props: meta
+            .to_props()
+            .into_iter()
+            .map(|(key, value)| pb::StringStringEntryProto { key, value })
+            .collect(),
+        ..Default::default()
+    };
+    std::fs::write(path, model.encode_to_vec()).expect("write test model");
+}
+
+/// The model of these tests: `MAMMO_TEST_MODEL` (e.g. models/mammo-mtl-demo.int8.onnx) when
+/// set, else the tiny contract model written into `dir`.
+pub(crate) fn test_model(dir: &Path) -> PathBuf {
+    if let Some(p) = std::env::var_os("MAMMO_TEST_MODEL") {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "MAMMO_TEST_MODEL={} is not a file (unset it to use the tiny test model)",
+            p.display()
+        );
+        return p;
+    }
+    let p = dir.join("tiny.onnx");
+    tiny_model(&p);
+    p
+}
+
+// ---------------------------------------------------------------- broker and subscriber
+
+pub(crate) fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub(crate) fn wait_port(port: u16, up: bool) {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) {
+        let open = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+        if open == up {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("port {port} not {}", if up { "open" } else { "closed" });
+}
+
+/// mosquitto on 127.0.0.1:`port` with persistence in its own folder (sessions of the
+/// subscriber survive a restart). Killed on drop.
+pub(crate) struct Broker {
+    pub(crate) port: u16,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) child: Option<Child>,
+}
+
+impl Broker {
+    pub(crate) fn start() -> Broker {
+        let mut b = Broker {
+            port: free_port(),
+            dir: tmp(),
+            child: None,
+        };
+        b.up();
+        b
+    }
+
+    pub(crate) fn up(&mut self) {
+        let conf = self.dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+                 persistence_location {}/\nautosave_interval 1\n",
+                self.port,
+                self.dir.path().display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("/usr/sbin/mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto not runnable (apt-get install mosquitto)");
+        self.child = Some(child);
+        wait_port(self.port, true);
+    }
+
+    /// SIGTERM (mosquitto saves its persistence file) and wait.
+    pub(crate) fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(&c, "TERM");
+            let _ = c.wait();
+        }
+        wait_port(self.port, false);
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub(crate) fn signal(child: &Child, sig: &str) {
+    let st = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// One received message.
+#[derive(Debug, Clone)]
+pub(crate) struct Received {
+    pub(crate) topic: String,
+    pub(crate) payload: String,
+}
+
+/// A real MQTT subscriber (rumqttc's blocking client) on `<prefix>/#` at QoS 1 with a
+/// persistent session (clean session off, fixed client id): the broker keeps what arrives while
+/// it is away. Messages are collected by a thread.
+pub(crate) struct Subscriber {
+    pub(crate) client: rumqttc::Client,
+    pub(crate) stop: Arc<AtomicBool>,
+    pub(crate) thread: Option<std::thread::JoinHandle<()>>,
+    pub(crate) got: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Subscriber {
+    pub(crate) fn start(
+        port: u16,
+        prefix: &str,
+        id: &str,
+        got: Arc<Mutex<Vec<Received>>>,
+    ) -> Subscriber {
+        use rumqttc::{Event, Outgoing, Packet, QoS};
+        let mut o = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+        o.set_clean_session(false)
+            .set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut conn) = rumqttc::Client::new(o, 64);
+        client
+            .subscribe(format!("{prefix}/#"), QoS::AtLeastOnce)
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (subscribed_tx, subscribed) = std::sync::mpsc::channel();
+        let (sink, halt) = (got.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for ev in conn.iter() {
+                let halted = halt.load(Ordering::SeqCst);
+                match ev {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        sink.lock().unwrap().push(Received {
+                            topic: p.topic.clone(),
+                            payload: String::from_utf8_lossy(&p.payload).into_owned(),
+                        });
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = subscribed_tx.send(());
+                    }
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) if halted => break,
+                    Ok(_) => {}
+                    Err(_) if halted => break,
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        });
+        subscribed
+            .recv_timeout(Duration::from_secs(10))
+            .expect("no SUBACK from the broker");
+        Subscriber {
+            client,
+            stop,
+            thread: Some(thread),
+            got,
+        }
+    }
+
+    pub(crate) fn on(&self, leaf: &str) -> Vec<Value> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.topic.ends_with(&format!("/{leaf}")))
+            .map(|r| serde_json::from_str(&r.payload).expect("payload is JSON"))
+            .collect()
+    }
+
+    pub(crate) fn all(&self) -> Vec<Received> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// Wait until `pred` holds (at most `secs`), else panic with what arrived.
+    pub(crate) fn wait(&self, secs: u64, what: &str, pred: impl Fn(&Subscriber) -> bool) {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(secs) {
+            if pred(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let topics: Vec<String> = self.all().into_iter().map(|r| r.topic).collect();
+        panic!("timed out after {secs} s waiting for {what}; received topics: {topics:?}");
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.client.disconnect();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------- the daemon
+
+/// A watched folder, a state folder, a config, and the daemon binary.
+pub(crate) struct Setup {
+    pub(crate) _root: tempfile::TempDir,
+    pub(crate) model: PathBuf,
+    pub(crate) watch: PathBuf,
+    pub(crate) state: PathBuf,
+    pub(crate) config: PathBuf,
+    pub(crate) prefix: String,
+    pub(crate) log: PathBuf,
+}
+
+impl Setup {
+    pub(crate) fn new(broker_url: &str, extra: &str) -> Setup {
+        let root = tmp();
+        let watch = root.path().join("export");
+        let state = root.path().join("state");
+        std::fs::create_dir_all(&watch).unwrap();
+        let model = test_model(root.path());
+        let prefix = format!("mammo/test/edge-{}", free_port());
+        let config = root.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[watch]\ndirs = [{watch:?}]\nstable_secs = 1\nrescan_secs = 2\n\
+                 [state]\ndir = {state:?}\n[model]\npath = {model:?}\n\
+                 [ingest]\nfile_timeout_secs = 60\n\
+                 [mqtt]\nurl = {broker_url:?}\ntopic_prefix = {prefix:?}\nclient_id = \"edge-{p}\"\n\
+                 [exam]\nquiet_secs = 3\n{extra}",
+                p = free_port()
+            ),
+        )
+        .unwrap();
+        Setup {
+            model,
+            log: root.path().join("daemon.log"),
+            _root: root,
+            watch,
+            state,
+            config,
+            prefix,
+        }
+    }
+
+    pub(crate) fn start(&self) -> Daemon {
+        self.start_with(&[])
+    }
+
+    /// Start with extra environment variables; the systemd ones the test process may have
+    /// inherited (a CI job run as a unit) are removed first.
+    pub(crate) fn start_with(&self, env: &[(&str, &std::ffi::OsStr)]) -> Daemon {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(BIN)
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "debug")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("INVOCATION_ID")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Daemon { child: Some(child) }
+    }
+
+    pub(crate) fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub(crate) fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.state.join("state.sqlite")).unwrap()
+    }
+
+    pub(crate) fn count(&self, sql: &str) -> i64 {
+        self.db().query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+}
+
+pub(crate) struct Daemon {
+    pub(crate) child: Option<Child>,
+}
+
+impl Daemon {
+    /// SIGTERM, and the exit status.
+    pub(crate) fn stop(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().unwrap();
+        signal(&c, "TERM");
+        c.wait().unwrap()
+    }
+
+    pub(crate) fn kill9(&mut self) {
+        let mut c = self.child.take().unwrap();
+        signal(&c, "KILL");
+        let _ = c.wait();
+    }
+
+    pub(crate) fn alive(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// One 4-view phantom exam (scale 0.06) generated in `dir`; returns the DICOM files.
+pub(crate) fn exam(dir: &Path, seed: u64) -> Vec<PathBuf> {
+    let rows = generate(
+        &SynthConfig {
+            count: 4,
+            seed,
+            scale: 0.06,
+            threads: 1,
+            ..Default::default()
+        },
+        dir,
+    )
+    .expect("synth");
+    assert_eq!(rows.len(), 4);
+    rows.iter().map(|g| dir.join(&g.row.path)).collect()
+}
+
+/// Copy into the watched folder as `<name>.part`, then rename (as an exporter does).
+pub(crate) fn drop_in(watch: &Path, src: &Path, name: &str) -> PathBuf {
+    let part = watch.join(format!("{name}.part"));
+    std::fs::copy(src, &part).unwrap();
+    let to = watch.join(name);
+    std::fs::rename(&part, &to).unwrap();
+    to
+}
+
+/// PatientName and PatientID of a DICOM file.
+pub(crate) fn patient(path: &Path) -> (String, String) {
+    let obj = dicom_object::open_file(path).unwrap();
+    let get = |t| obj.element(t).unwrap().to_str().unwrap().trim().to_string();
+    (
+        get(dicom_dictionary_std::tags::PATIENT_NAME),
+        get(dicom_dictionary_std::tags::PATIENT_ID),
+    )
+}
+
+pub(crate) fn schema(name: &str) -> jsonschema::Validator {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("docs/schemas")
+        .join(format!("{name}.json"));
+    let s: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    jsonschema::validator_for(&s).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+pub(crate) fn assert_valid(v: &jsonschema::Validator, payload: &Value) {
+    let errors: Vec<String> = v.iter_errors(payload).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?} in {payload}");
+}
+
+pub(crate) fn distinct_result_ids(msgs: &[Value]) -> Vec<String> {
+    let mut seen = Vec::new();
+    for m in msgs {
+        let id = m["result_id"].as_str().unwrap().to_string();
+        if !seen.contains(&id) {
+            seen.push(id);
+        }
+    }
+    seen
+}
