@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""Daemon benchmark: per-image latency from file close to PUBACK on real mammograms, and the
+500-file burst (peak RSS, throughput, latency spread). Drives the real `mammo-edge run` against
+a real mosquitto on a free loopback port; READY=1 comes over an sd_notify socket; latencies come
+from the daemon's own state.sqlite (ledger.mtime_ns = file close, outbox.delivered_at = PUBACK).
+
+Usage: scripts/bench_daemon.py --bin BIN --model MODEL [--data DIR] [--burst N] [--scale S]
+Prints a Markdown report on stdout."""
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=10):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"mosquitto did not open port {port}")
+
+
+class Daemon:
+    """`mammo-edge run` with an sd_notify socket; peak RSS read from /proc before SIGTERM."""
+
+    def __init__(self, bin_, config, root):
+        self.sock_path = str(root / f"notify-{time.time_ns()}.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.sock_path)
+        self.sock.settimeout(120)
+        env = dict(os.environ, NOTIFY_SOCKET=self.sock_path, RUST_LOG="info")
+        for k in ("WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM", "INVOCATION_ID"):
+            env.pop(k, None)
+        self.log = open(root / "daemon.log", "ab")
+        self.proc = subprocess.Popen([bin_, "run", "--config", str(config)], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=self.log)
+        while True:
+            msg = self.sock.recv(4096).decode()
+            if "READY=1" in msg:
+                break
+
+    def rss_kib(self):
+        fields = {}
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            k, _, v = line.partition(":")
+            fields[k] = v.strip()
+        return int(fields["VmHWM"].split()[0]), int(fields["VmRSS"].split()[0])
+
+    def stop(self):
+        peak, now = self.rss_kib()
+        self.proc.terminate()
+        rc = self.proc.wait(60)
+        self.sock.close()
+        if rc != 0:
+            sys.exit(f"daemon exited with {rc}")
+        return peak, now
+
+
+def delivered(db, n):
+    """(file name, latency ms, image timings) of delivered image messages, oldest first."""
+    con = sqlite3.connect(db)
+    rows = con.execute(
+        """SELECT l.path, o.delivered_at - l.mtime_ns / 1000000, o.payload
+           FROM outbox o JOIN ledger l
+             ON l.sop_instance_uid = json_extract(o.payload, '$.sop_instance_uid')
+           WHERE o.topic LIKE '%/image' AND o.delivered_at IS NOT NULL
+           ORDER BY o.id""").fetchall()
+    con.close()
+    return rows if len(rows) >= n else None
+
+
+def wait_delivered(db, n, timeout):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if db.exists():
+            try:
+                rows = delivered(db, n)
+            except sqlite3.OperationalError:
+                rows = None
+            if rows:
+                return rows
+        time.sleep(0.1)
+    sys.exit(f"only part of {n} images delivered within {timeout} s")
+
+
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--data", default=os.environ.get("MAMMO_TEST_DATA", ""))
+    ap.add_argument("--burst", type=int, default=500)
+    ap.add_argument("--scale", type=float, default=0.25)
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="bench-daemon-"))
+    port = free_port()
+    (root / "mosq").mkdir()
+    conf = root / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+    mosq = subprocess.Popen(["/usr/sbin/mosquitto", "-c", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+
+    def config(name):
+        watch, state = root / name / "export", root / name / "state"
+        watch.mkdir(parents=True)
+        c = root / name / "config.toml"
+        c.write_text(
+            f'[watch]\ndirs = ["{watch}"]\nstable_secs = 1\nrescan_secs = 5\n'
+            f'[state]\ndir = "{state}"\n[model]\npath = "{a.model}"\nthreads = {a.threads}\n'
+            f'[mqtt]\nurl = "mqtt://127.0.0.1:{port}"\ntopic_prefix = "bench/{name}"\n'
+            f'client_id = "bench-{name}"\n[exam]\nquiet_secs = 5\n')
+        return c, watch, state / "state.sqlite"
+
+    print("# Daemon benchmark\n")
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
+                if l.startswith("model name")), "?")
+    print(f"Machine: {os.cpu_count()} cores, {cpu}; {time.strftime('%Y-%m-%d')}. "
+          f"Release build, model `{Path(a.model).name}`, {a.threads} inference thread(s), "
+          "mosquitto on loopback. Latency = PUBACK time (outbox.delivered_at) minus the file's "
+          "mtime (its close by the exporter), both from the daemon's state.sqlite; "
+          "`stable_secs = 1` is part of it.\n")
+    version = subprocess.run([a.bin, "--version"], capture_output=True, text=True).stdout.strip()
+    print(f"Binary: `{version}`\n")
+
+    # 1. real mammograms, one at a time
+    reals = sorted(Path(a.data, "real-mammo").glob("*.dcm")) if a.data else []
+    if reals:
+        c, watch, db = config("real")
+        d = Daemon(a.bin, c, root / "real")
+        print("## Real mammograms, one at a time\n")
+        print("| file | matrix | latency ms (close → PUBACK) | decode ms | preprocess ms | inference ms |")
+        print("|---|---|---:|---:|---:|---:|")
+        lat = []
+        for i, f in enumerate(reals):
+            shutil.copy(f, watch / f"{i}.part")
+            os.rename(watch / f"{i}.part", watch / f"{i}.dcm")
+            rows = wait_delivered(db, i + 1, 300)
+            _, ms, payload = rows[i]
+            t = json.loads(payload).get("timings_ms", {})
+            hdr = subprocess.run([a.bin, "inspect", "--json", str(f)], capture_output=True,
+                                 text=True)
+            m = json.loads(hdr.stdout) if hdr.returncode == 0 else {}
+            lat.append(ms)
+            print(f"| {f.name} | {m.get('columns', '?')}×{m.get('rows', '?')} | {ms:.0f} | "
+                  f"{t.get('decode', 0):.0f} | {t.get('preprocess', 0):.0f} | "
+                  f"{t.get('inference', 0):.0f} |")
+        peak, _ = d.stop()
+        print(f"\nMedian latency over {len(lat)} real mammograms: **{statistics.median(lat):.0f} ms**; "
+              f"peak RSS of the daemon: {peak / 1024:.0f} MiB.\n")
+
+    # 2. burst: N phantoms copied in at once
+    if a.burst > 0:
+        src = root / "burst-src"
+        subprocess.run([a.bin, "synth", "--out", str(src), "--count", str(a.burst), "--seed", "77",
+                        "--scale", str(a.scale)], check=True, stdout=subprocess.DEVNULL)
+        files = sorted(src.rglob("*.dcm"))
+        c, watch, db = config("burst")
+        d = Daemon(a.bin, c, root / "burst")
+        _, rss0 = d.rss_kib()
+        t0 = time.time()
+        for i, f in enumerate(files):
+            shutil.copy(f, watch / f"b{i:05}.dcm")
+        t_copied = time.time() - t0
+        peak_seen = 0
+        while True:
+            peak_seen = max(peak_seen, d.rss_kib()[1])
+            try:
+                rows = delivered(db, len(files)) if db.exists() else None
+            except sqlite3.OperationalError:
+                rows = None
+            if rows:
+                break
+            if time.time() - t0 > 3600:
+                sys.exit("burst not delivered within an hour")
+            time.sleep(0.2)
+        wall = time.time() - t0
+        peak, _ = d.stop()
+        lat = [r[1] for r in rows]
+        sizes = sum(f.stat().st_size for f in files) / 2**20
+        print(f"## Burst: {len(files)} phantoms (scale {a.scale}, {sizes:.0f} MiB) copied in at once\n")
+        print("| files | copy s | all delivered s | images/s | latency p50 / p90 / max s | RSS idle MiB | peak RSS MiB |")
+        print("|---:|---:|---:|---:|---|---:|---:|")
+        print(f"| {len(files)} | {t_copied:.1f} | {wall:.1f} | {len(files) / wall:.1f} | "
+              f"{pct(lat, .5) / 1000:.1f} / {pct(lat, .9) / 1000:.1f} / {max(lat) / 1000:.1f} | "
+              f"{rss0 / 1024:.0f} | {peak / 1024:.0f} |")
+        print("\nLatency in a burst is mostly queueing: files are scored one after another.\n")
+
+    mosq.terminate()
+    mosq.wait()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
