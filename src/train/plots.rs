@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use thiserror::Error;
 
@@ -85,8 +86,20 @@ pub fn roc_points(scores: &[f64], labels: &[bool]) -> Vec<(f64, f64)> {
 /// One curve: its legend name, scores (0–1) and labels.
 pub type Curve = (String, Vec<f64>, Vec<bool>);
 
-/// ROC curves, one per entry of `curves` (groups without both classes are left out), to `path`.
-pub fn roc(path: &Path, title: &str, curves: &[Curve]) -> Result<(), PlotError> {
+/// The chart of a unit square `[0, 1]²` plot.
+type UnitChart<'a, 'b> =
+    ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// A 640×560 PNG at `path` with a `[0, 1]²` chart: caption, axis names `axes` (x, y), the
+/// diagonal y = x (chance for ROC, perfect calibration for a reliability diagram), the series
+/// drawn by `series` and their legend at `legend`.
+fn unit_square_plot(
+    path: &Path,
+    title: &str,
+    axes: (&str, &str),
+    legend: SeriesLabelPosition,
+    series: impl FnOnce(&mut UnitChart) -> Result<(), String>,
+) -> Result<(), PlotError> {
     if !font_ready() {
         return Err(PlotError::NoFont);
     }
@@ -102,37 +115,52 @@ pub fn roc(path: &Path, title: &str, curves: &[Curve]) -> Result<(), PlotError> 
         .map_err(|x| e(x.to_string()))?;
     chart
         .configure_mesh()
-        .x_desc("1 - specificity")
-        .y_desc("sensitivity")
+        .x_desc(axes.0)
+        .y_desc(axes.1)
         .draw()
         .map_err(|x| e(x.to_string()))?;
     chart
         .draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.3)))
         .map_err(|x| e(x.to_string()))?;
-    for (i, (name, scores, labels)) in curves.iter().enumerate() {
-        let pts = roc_points(scores, labels);
-        if pts.is_empty() {
-            continue;
-        }
-        let auc = super::metrics::auc(scores, labels).unwrap_or(f64::NAN);
-        let color = Palette99::pick(i).to_rgba();
-        chart
-            .draw_series(LineSeries::new(pts, color.stroke_width(2)))
-            .map_err(|x| e(x.to_string()))?
-            .label(format!("{name} (AUC {auc:.3}, n={})", scores.len()))
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
-    }
+    series(&mut chart).map_err(&e)?;
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
+        .position(legend)
         .background_style(WHITE.mix(0.9))
         .border_style(BLACK)
         .label_font(("sans-serif", 14))
         .draw()
         .map_err(|x| e(x.to_string()))?;
     root.present().map_err(|x| e(x.to_string()))
+}
+
+/// ROC curves, one per entry of `curves` (groups without both classes are left out), to `path`.
+pub fn roc(path: &Path, title: &str, curves: &[Curve]) -> Result<(), PlotError> {
+    let axes = ("1 - specificity", "sensitivity");
+    unit_square_plot(
+        path,
+        title,
+        axes,
+        SeriesLabelPosition::LowerRight,
+        |chart| {
+            for (i, (name, scores, labels)) in curves.iter().enumerate() {
+                let pts = roc_points(scores, labels);
+                if pts.is_empty() {
+                    continue;
+                }
+                let auc = super::metrics::auc(scores, labels).unwrap_or(f64::NAN);
+                let color = Palette99::pick(i).to_rgba();
+                chart
+                    .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+                    .map_err(|x| x.to_string())?
+                    .label(format!("{name} (AUC {auc:.3}, n={})", scores.len()))
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                    });
+            }
+            Ok(())
+        },
+    )
 }
 
 /// Confusion matrix `m[truth][prediction]` with class names, counts in the cells, shaded by row
@@ -219,53 +247,29 @@ pub fn reliability(scores: &[f64], labels: &[bool], bins: usize) -> Vec<(f64, f6
 
 /// Reliability diagram of the cancer probability, one line per curve (10 bins), to `path`.
 pub fn calibration(path: &Path, title: &str, curves: &[Curve]) -> Result<(), PlotError> {
-    if !font_ready() {
-        return Err(PlotError::NoFont);
-    }
-    let e = draw_err(path);
-    let root = BitMapBackend::new(path, (640, 560)).into_drawing_area();
-    root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0f64..1f64, 0f64..1f64)
-        .map_err(|x| e(x.to_string()))?;
-    chart
-        .configure_mesh()
-        .x_desc("mean predicted probability")
-        .y_desc("observed fraction with cancer")
-        .draw()
-        .map_err(|x| e(x.to_string()))?;
-    chart
-        .draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.3)))
-        .map_err(|x| e(x.to_string()))?;
-    for (i, (name, scores, labels)) in curves.iter().enumerate() {
-        let bins = reliability(scores, labels, 10);
-        if bins.is_empty() {
-            continue;
+    let axes = (
+        "mean predicted probability",
+        "observed fraction with cancer",
+    );
+    unit_square_plot(path, title, axes, SeriesLabelPosition::UpperLeft, |chart| {
+        for (i, (name, scores, labels)) in curves.iter().enumerate() {
+            let bins = reliability(scores, labels, 10);
+            if bins.is_empty() {
+                continue;
+            }
+            let color = Palette99::pick(i).to_rgba();
+            let pts: Vec<(f64, f64)> = bins.iter().map(|b| (b.0, b.1)).collect();
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                .map_err(|x| x.to_string())?
+                .label(format!("{name} (n={})", scores.len()))
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+            chart
+                .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+                .map_err(|x| x.to_string())?;
         }
-        let color = Palette99::pick(i).to_rgba();
-        let pts: Vec<(f64, f64)> = bins.iter().map(|b| (b.0, b.1)).collect();
-        chart
-            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-            .map_err(|x| e(x.to_string()))?
-            .label(format!("{name} (n={})", scores.len()))
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
-        chart
-            .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
-            .map_err(|x| e(x.to_string()))?;
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 14))
-        .draw()
-        .map_err(|x| e(x.to_string()))?;
-    root.present().map_err(|x| e(x.to_string()))
+        Ok(())
+    })
 }
