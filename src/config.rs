@@ -664,7 +664,11 @@ impl Config {
             ("mqtt.password_file", o.password_file != n.password_file),
             ("mqtt.allow_insecure", o.allow_insecure != n.allow_insecure),
         ];
-        let restart = differs.iter().filter(|(_, d)| *d).map(|(k, _)| *k).collect();
+        let restart = differs
+            .iter()
+            .filter(|(_, d)| *d)
+            .map(|(k, _)| *k)
+            .collect();
         let mut out = new;
         out.watch.dirs = self.watch.dirs.clone();
         out.state.dir = self.state.dir.clone();

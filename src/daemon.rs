@@ -19,9 +19,9 @@ use thiserror::Error;
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::config::{Config, FilesAfter};
-use crate::health::{free_bytes, Counters, Health, HealthModel, Intake, PauseCode, StateSpace};
 use crate::dicom::{Category, IngestOptions, MammoMeta};
 use crate::exam::{aggregate, next_revision};
+use crate::health::{free_bytes, Counters, Health, HealthModel, Intake, PauseCode, StateSpace};
 use crate::infer::{infer_file_detailed, Scored};
 use crate::message::{sha256_hex, Messages, ModelInfo, Privacy, StoredScore};
 use crate::model::{ContractError, ModelRunner};

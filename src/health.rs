@@ -39,7 +39,10 @@ pub enum Intake {
     Running,
     /// No file is claimed; files wait in the export folder (nothing is lost) until the cause
     /// is gone. `reason` is for people (free and needed bytes, the database error).
-    Paused { reason_code: PauseCode, reason: String },
+    Paused {
+        reason_code: PauseCode,
+        reason: String,
+    },
 }
 
 /// Counters of the running daemon since it started (they restart at 0 with the process).

@@ -634,7 +634,13 @@ impl Pki {
     pub(crate) fn generate() -> Pki {
         let dir = tmp();
         let d = dir.path();
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
         for (name, cn) in [("ca", "mammo-test-ca"), ("other-ca", "mammo-other-ca")] {
             let (key, pem, subj) = (
                 format!("{name}.key"),
@@ -660,7 +666,11 @@ impl Pki {
             openssl(d, &a);
         }
         for (name, usage, san) in [
-            ("server", "serverAuth", "subjectAltName=IP:127.0.0.1,DNS:localhost\n"),
+            (
+                "server",
+                "serverAuth",
+                "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+            ),
             ("client", "clientAuth", ""),
         ] {
             let (key, csr, pem, ext, subj) = (
@@ -685,8 +695,22 @@ impl Pki {
             openssl(
                 d,
                 &[
-                    "x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key",
-                    "-set_serial", "2", "-days", "2", "-out", &pem, "-extfile", &ext,
+                    "x509",
+                    "-req",
+                    "-in",
+                    &csr,
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-set_serial",
+                    "2",
+                    "-days",
+                    "2",
+                    "-out",
+                    &pem,
+                    "-extfile",
+                    &ext,
                 ],
             );
         }

@@ -165,11 +165,7 @@ fn sighup_refuses_a_corrupt_model_keeps_the_running_one_and_applies_a_new_one() 
     let text = std::fs::read_to_string(&s.config).unwrap();
     let old = format!("path = {:?}", s.model);
     assert!(text.contains(&old));
-    std::fs::write(
-        &s.config,
-        text.replace(&old, &format!("path = {model:?}")),
-    )
-    .unwrap();
+    std::fs::write(&s.config, text.replace(&old, &format!("path = {model:?}"))).unwrap();
     let sha_a = sha256_file(&model);
     let sub = Subscriber::start(broker.port, &s.prefix, "sub-hup", Arc::default());
     let mut notify = Notify::bind();
@@ -255,14 +251,18 @@ fn health_is_retained_counts_what_was_published_and_follows_its_schema() {
         drop_in(&s.watch, &f, f.file_name().unwrap().to_str().unwrap());
     }
     std::fs::write(s.watch.join("junk.bin"), b"not a DICOM file").unwrap();
-    sub.wait(60, "health counting 4 images, 1 error, 1 exam, nothing waiting", |s| {
-        last_health(s).is_some_and(|h| {
-            h["counters"]["images_scored"] == 4
-                && h["counters"]["errors"] == 1
-                && h["counters"]["exams_published"] == 1
-                && h["outbox_backlog"] == 0
-        })
-    });
+    sub.wait(
+        60,
+        "health counting 4 images, 1 error, 1 exam, nothing waiting",
+        |s| {
+            last_health(s).is_some_and(|h| {
+                h["counters"]["images_scored"] == 4
+                    && h["counters"]["errors"] == 1
+                    && h["counters"]["exams_published"] == 1
+                    && h["outbox_backlog"] == 0
+            })
+        },
+    );
     let v = schema("health");
     let all = sub.on("health");
     for h in &all {
@@ -287,7 +287,9 @@ fn health_is_retained_counts_what_was_published_and_follows_its_schema() {
     );
     // periodic: new snapshots keep coming (health_secs = 1)
     let n = all.len();
-    sub.wait(10, "2 more health messages", |s| s.on("health").len() >= n + 2);
+    sub.wait(10, "2 more health messages", |s| {
+        s.on("health").len() >= n + 2
+    });
     let times: Vec<String> = sub
         .on("health")
         .iter()
@@ -420,11 +422,7 @@ fn full_state_file_system_pauses_intake_and_loses_no_file() {
     let text = std::fs::read_to_string(&s.config).unwrap();
     let old = format!("dir = {:?}", s.state);
     assert!(text.contains(&old));
-    std::fs::write(
-        &s.config,
-        text.replace(&old, &format!("dir = {state:?}")),
-    )
-    .unwrap();
+    std::fs::write(&s.config, text.replace(&old, &format!("dir = {state:?}"))).unwrap();
     // no floor: the database itself must run into the full file system
     set_key(&s.config, "state", "min_free_mb", "0");
     set_key(&s.config, "mqtt", "health_secs", "1");
@@ -453,11 +451,20 @@ fn full_state_file_system_pauses_intake_and_loses_no_file() {
     assert!(dropped.iter().all(|p| p.is_file()), "files left in place");
     assert!(d.alive());
     std::fs::remove_file(&filler).unwrap();
-    sub.wait(60, "4 images once space returned", |s| s.on("image").len() >= 4);
+    sub.wait(60, "4 images once space returned", |s| {
+        s.on("image").len() >= 4
+    });
     sub.wait(15, "health saying running", |s| {
         last_health(s).is_some_and(|h| h["intake"]["state"] == "running")
     });
     assert!(d.stop().success());
+    let log = s.log_text();
+    assert!(
+        log.contains("not claimed (state database: database or disk is full); retried later")
+            && log.contains("intake paused: state database not writable")
+            && log.contains("intake resumed"),
+        "{log}"
+    );
     let db = rusqlite::Connection::open(state.join("state.sqlite")).unwrap();
     let done: i64 = db
         .query_row(
@@ -466,7 +473,10 @@ fn full_state_file_system_pauses_intake_and_loses_no_file() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(done, 4, "each file scored once, no attempt counted against it");
+    assert_eq!(
+        done, 4,
+        "each file scored once, no attempt counted against it"
+    );
     drop(db);
     drop(d);
     drop(fs);
@@ -511,7 +521,9 @@ fn tls_with_client_certificates_delivers_and_a_wrong_ca_is_named() {
         .all()
         .iter()
         .any(|r| r.topic.ends_with("/status") && r.payload == "online"));
-    assert!(s.log_text().contains(&format!("broker {}: connected", tb.url())));
+    assert!(s
+        .log_text()
+        .contains(&format!("broker {}: connected", tb.url())));
 
     // the broker's certificate is not signed by this CA
     let wrong = s.config.with_file_name("wrong-ca.toml");
@@ -689,4 +701,52 @@ fn a_file_that_kills_the_daemon_is_quarantined_after_max_attempts_and_reported_o
         s.count("SELECT COUNT(*) FROM ledger WHERE status = 'quarantined'"),
         1
     );
+}
+
+#[test]
+fn a_result_not_committed_on_a_full_disk_is_released_without_counting_the_attempt() {
+    use mammo_edge::store::{Claim, ImageKey, OutboxMessage, Status, Store};
+    let Some(fs) = Tmpfs::mount("4m") else {
+        return;
+    };
+    let dir = fs.dir.path().join("state");
+    let mut st = Store::open(&dir, 2).unwrap();
+    let path = Path::new("/srv/dicom-export/x.dcm");
+    let mtime = std::time::SystemTime::now();
+    let Claim::Process(t) = st.claim(path, 10, mtime).unwrap() else {
+        panic!("a new file is processed")
+    };
+    let key = ImageKey {
+        sop_instance_uid: "1.2.3.4".into(),
+        study_instance_uid: "1.2.3".into(),
+        model_sha256: "ab".repeat(32),
+    };
+    let payload = serde_json::json!({"x": "y".repeat(2000)});
+    let msg = OutboxMessage {
+        topic: "t/image".into(),
+        payload: payload.clone(),
+        retain: false,
+    };
+    let filler = fs.dir.path().join("filler");
+    fill(&filler);
+    let e = st
+        .commit_result(&t, &key, &payload, std::slice::from_ref(&msg))
+        .unwrap_err();
+    assert!(
+        e.is_storage_failure(),
+        "SQLITE_FULL is a storage failure: {e}"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    st.release(&t, "state_db").unwrap();
+    let row = st.ledger_entry(path).unwrap().unwrap();
+    assert_eq!((row.status, row.attempts), (Status::New, 0));
+    assert_eq!(row.reason.as_deref(), Some("state_db"));
+    let Claim::Process(t) = st.claim(path, 10, mtime).unwrap() else {
+        panic!("a released file is processed again")
+    };
+    assert_eq!(t.attempts, 1, "the failed commit did not count");
+    st.commit_result(&t, &key, &payload, &[msg]).unwrap();
+    assert_eq!(st.undelivered_count().unwrap(), 1);
+    drop(st);
+    drop(fs);
 }
