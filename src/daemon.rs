@@ -809,7 +809,13 @@ impl Pipeline {
             .reloading("reloading the configuration and the model");
         let (tx, sha) = (self.reload_tx.clone(), self.msgs.model.sha256.clone());
         tokio::task::spawn_blocking(move || {
-            let _ = tx.send(load_for_reload(&path, &sha));
+            let r =
+                std::panic::catch_unwind(|| load_for_reload(&path, &sha)).unwrap_or_else(|_| {
+                    Reloaded {
+                        result: Err("model refused: loading it panicked".into()),
+                    }
+                });
+            let _ = tx.send(r);
         });
     }
 

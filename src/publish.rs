@@ -392,7 +392,8 @@ impl Publisher {
     /// Connect, drain, reconnect with a capped exponential backoff (0.25 s doubling to
     /// [`BACKOFF_MAX`], reset after a ConnAck) until `shutdown` becomes true; then publish a
     /// retained `offline` and disconnect (best effort, 2 s). Undelivered rows stay in the outbox.
-    /// Errors: only local ones that retrying cannot fix (`File`, `Tls`, `Config`, `Store`).
+    /// TLS / credential files unreadable at a reconnection are logged and retried with the
+    /// backoff. Errors: only a state database failure other than lack of storage (`Store`).
     pub async fn run(
         mut self,
         mut shutdown: watch::Receiver<bool>,
@@ -403,8 +404,16 @@ impl Publisher {
             if *shutdown.borrow() {
                 return Ok(self.stats);
             }
-            let options = mqtt_options(&self.mqtt)?;
-            match self.connection(options, &mut shutdown).await? {
+            // the TLS / password files are read again for every connection (a renewed
+            // certificate is picked up); a file broken meanwhile is retried, not fatal
+            let ended = match mqtt_options(&self.mqtt) {
+                Ok(options) => self.connection(options, &mut shutdown).await?,
+                Err(e) => {
+                    log::error!("broker settings unusable now ({e}); retrying");
+                    Ended::Lost { connected: false }
+                }
+            };
+            match ended {
                 Ended::Shutdown => return Ok(self.stats),
                 Ended::Lost { connected } => {
                     if connected {

@@ -229,9 +229,23 @@ fn sighup_refuses_a_corrupt_model_keeps_the_running_one_and_applies_a_new_one() 
     assert_eq!(third["model"]["sha256"], sha_b.as_str());
     assert_eq!(third["model"]["version"], "9.9.9-hup");
     assert_valid(&schema("image"), &third);
+    // a configuration that fails its check: refused as well, the daemon goes on
+    set_key(&s.config, "ingest", "max_attempts", "0");
+    hup(&d);
+    sub.wait(30, "health with a refused configuration", |s| {
+        last_health(s).is_some_and(|h| h["last_reload"]["ok"] == false)
+    });
+    let h = last_health(&sub).unwrap();
+    let why = h["last_reload"]["message"].as_str().unwrap();
+    assert!(
+        why.starts_with("configuration refused: ingest.max_attempts: must be greater than 0"),
+        "{why}"
+    );
+    assert_eq!(h["model"]["sha256"], sha_b.as_str());
     for h in sub.on("health") {
         assert_valid(&schema("health"), &h);
     }
+    assert!(d.alive());
     assert!(d.stop().success());
     assert_eq!(
         s.count("SELECT COUNT(*) FROM ledger WHERE status = 'done'"),
