@@ -109,6 +109,10 @@ pub struct StateConfig {
     pub dir: PathBuf,
     /// Delivered outbox rows and done ledger rows older than this are deleted, days. Default 30.
     pub retention_days: u32,
+    /// Intake pauses (no new file is claimed; files wait in the export folder) while the file
+    /// system of `dir` has less than this many MiB free for the daemon (statvfs `f_bavail`);
+    /// it resumes when space returns. 0 turns the check off. Default 256.
+    pub min_free_mb: u64,
 }
 
 impl Default for StateConfig {
@@ -116,6 +120,7 @@ impl Default for StateConfig {
         StateConfig {
             dir: PathBuf::from("/var/lib/mammo-edge"),
             retention_days: 30,
+            min_free_mb: 256,
         }
     }
 }
@@ -124,6 +129,11 @@ impl StateConfig {
     /// `retention_days` as a duration.
     pub fn retention(&self) -> Duration {
         Duration::from_secs(u64::from(self.retention_days) * 86_400)
+    }
+
+    /// `min_free_mb` in bytes (MiB × 1 048 576, saturating).
+    pub fn min_free_bytes(&self) -> u64 {
+        self.min_free_mb.saturating_mul(1024 * 1024)
     }
 }
 
@@ -195,6 +205,9 @@ pub struct MqttConfig {
     pub password_file: PathBuf,
     /// Allow plaintext `mqtt://` to a host other than loopback. Default false.
     pub allow_insecure: bool,
+    /// Period of the retained `<prefix>/health` message, s (it is also sent at every connection
+    /// and when intake pauses or resumes, or a reload is tried). Default 60.
+    pub health_secs: u64,
     /// Whether the file has an `mqtt.password` key, only to refuse it with a clear message (the
     /// value itself is not kept).
     #[serde(default, skip_serializing, deserialize_with = "key_present")]
@@ -213,6 +226,7 @@ impl Default for MqttConfig {
             username: String::new(),
             password_file: PathBuf::new(),
             allow_insecure: false,
+            health_secs: 60,
             password: false,
         }
     }
@@ -430,6 +444,9 @@ rescan_secs = 30
 dir = "/var/lib/mammo-edge"
 # Delivered outbox rows and done ledger rows older than this many days are deleted.
 retention_days = 30
+# Intake pauses (files wait in the export folder, nothing is lost) while the file system of
+# dir has less than this many MiB free; it resumes when space returns. 0: no check.
+min_free_mb = 256
 
 [model]
 # ONNX model following docs/model-contract.md.
@@ -462,6 +479,9 @@ username = ""
 password_file = ""
 # Plaintext mqtt:// is allowed only to loopback unless this is true.
 allow_insecure = false
+# Period of the retained <topic_prefix>/health message (counters, backlog, intake state),
+# seconds; it is also sent at each connection and when intake pauses or resumes.
+health_secs = 60
 
 [exam]
 # An incomplete exam is published once no image has arrived for this many seconds.
@@ -535,6 +555,7 @@ impl Config {
             ("ingest.file_timeout_secs", self.ingest.file_timeout_secs),
             ("ingest.max_attempts", u64::from(self.ingest.max_attempts)),
             ("exam.quiet_secs", self.exam.quiet_secs),
+            ("mqtt.health_secs", self.mqtt.health_secs),
         ];
         for (key, v) in positive {
             if v == 0 {
@@ -621,6 +642,41 @@ impl Config {
             return Err(invalid("mqtt.client_id", "must not be empty"));
         }
         Ok(())
+    }
+
+    /// A configuration re-read on SIGHUP, as it can be applied to a daemon running with `self`:
+    /// `new` with the keys a running daemon cannot change kept from `self` (`watch.dirs`,
+    /// `state.dir`, and the broker connection: `mqtt.*` except `mqtt.health_secs`), and those of
+    /// these keys whose value differs in `new`: they take effect at the next start ("needs
+    /// restart"). Every other key applies at once.
+    pub fn reloaded(&self, new: Config) -> (Config, Vec<&'static str>) {
+        let (o, n) = (&self.mqtt, &new.mqtt);
+        let differs = [
+            ("watch.dirs", self.watch.dirs != new.watch.dirs),
+            ("state.dir", self.state.dir != new.state.dir),
+            ("mqtt.url", o.url != n.url),
+            ("mqtt.topic_prefix", o.topic_prefix != n.topic_prefix),
+            ("mqtt.client_id", o.client_id != n.client_id),
+            ("mqtt.ca_file", o.ca_file != n.ca_file),
+            ("mqtt.client_cert", o.client_cert != n.client_cert),
+            ("mqtt.client_key", o.client_key != n.client_key),
+            ("mqtt.username", o.username != n.username),
+            ("mqtt.password_file", o.password_file != n.password_file),
+            ("mqtt.allow_insecure", o.allow_insecure != n.allow_insecure),
+        ];
+        let restart = differs
+            .iter()
+            .filter(|(_, d)| *d)
+            .map(|(k, _)| *k)
+            .collect();
+        let mut out = new;
+        out.watch.dirs = self.watch.dirs.clone();
+        out.state.dir = self.state.dir.clone();
+        out.mqtt = MqttConfig {
+            health_secs: out.mqtt.health_secs,
+            ..self.mqtt.clone()
+        };
+        (out, restart)
     }
 
     /// Ingest options for `dicom::read_mammogram`: `pixel_budget` at 16 bits per sample

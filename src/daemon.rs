@@ -2,8 +2,11 @@
 //! watched folder → stable file → `Store::claim` → decode + preprocess + tract in a blocking
 //! worker thread (bounded queue, per-file time limit, panics caught) → result / skip / error row
 //! and its outbox messages in ONE transaction → the publisher drains the outbox → the exam rule
-//! publishes `exam` messages. [`run`] takes its shutdown as a future; [`check`] backs
-//! `mammo-edge check`. Main items: [`run`], [`check`], [`DaemonError`], [`RunStats`].
+//! publishes `exam` messages. [`run`] takes its shutdown as a future; [`run_with`] also
+//! reloads the configuration file and the model on SIGHUP. Intake pauses while the state folder
+//! is short of space or the state database cannot be written, and the retained `health`
+//! snapshot says so ([`crate::health`]). [`check`] backs `mammo-edge check`. Main items:
+//! [`run`], [`run_with`], [`check`], [`DaemonError`], [`RunStats`].
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -18,10 +21,11 @@ use tokio::sync::{mpsc, watch, Notify};
 use crate::config::{Config, FilesAfter};
 use crate::dicom::{Category, IngestOptions, MammoMeta};
 use crate::exam::{aggregate, next_revision};
+use crate::health::{free_bytes, Counters, Health, HealthModel, Intake, PauseCode, StateSpace};
 use crate::infer::{infer_file_detailed, Scored};
 use crate::message::{sha256_hex, Messages, ModelInfo, Privacy, StoredScore};
 use crate::model::{ContractError, ModelRunner};
-use crate::publish::{probe, PublishError, Publisher, Topics};
+use crate::publish::{probe, PublishError, Publisher, Retained, Topics};
 use crate::service::{Liveness, Notifier};
 use crate::store::{Claim, Committed, ImageKey, Status, Store, StoreError, Ticket};
 use crate::watch::{scan, FsEvents, Stability, WatchError};
@@ -36,6 +40,8 @@ const PURGE_TICK: Duration = Duration::from_secs(3600);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Files claimed per loop turn at most (keeps the loop responsive during a burst).
 const CLAIMS_PER_TURN: usize = 64;
+/// While state database writes fail for lack of storage, how long before the next try.
+const DB_RETRY: Duration = Duration::from_secs(5);
 
 /// Why the daemon (or `check`) stopped.
 #[derive(Debug, Error)]
@@ -100,6 +106,30 @@ pub fn load_model(config: &Config) -> Result<LoadedModel, DaemonError> {
     let sha256 = sha256_hex(&bytes);
     let runner = ModelRunner::from_bytes(&bytes, &path.display().to_string()).map_err(err)?;
     Ok(LoadedModel { runner, sha256 })
+}
+
+/// Read `path` and, unless its sha256 is `unchanged_sha256`, check it as a model (contract and
+/// warm-up pass). `Ok(None)`: the same model file as the running one. Errors: `Model`.
+fn load_model_if_changed(
+    path: &Path,
+    unchanged_sha256: &str,
+) -> Result<Option<LoadedModel>, DaemonError> {
+    let err = |source| DaemonError::Model {
+        path: path.to_path_buf(),
+        source,
+    };
+    let bytes = std::fs::read(path).map_err(|e| {
+        err(ContractError::Read {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })
+    })?;
+    let sha256 = sha256_hex(&bytes);
+    if sha256 == unchanged_sha256 {
+        return Ok(None);
+    }
+    let runner = ModelRunner::from_bytes(&bytes, &path.display().to_string()).map_err(err)?;
+    Ok(Some(LoadedModel { runner, sha256 }))
 }
 
 /// What `check` found.
@@ -258,8 +288,58 @@ struct InFlight {
     deadline: tokio::time::Instant,
 }
 
+/// A claimed file whose ledger update failed for lack of storage: given back once the
+/// database can be written again (`count_attempt`: through `retry_later`, else `release`).
+struct Stalled {
+    path: PathBuf,
+    ticket: Ticket,
+    count_attempt: bool,
+    reason: &'static str,
+}
+
+/// A configuration and model read again on SIGHUP (in a blocking task), or why not.
+struct Reloaded {
+    result: Result<(Config, Option<LoadedModel>, Privacy), String>,
+}
+
+/// Read the configuration file and, if its file changed, the model (SIGHUP). The running
+/// model's sha256 is `running_sha256`.
+fn load_for_reload(path: &Path, running_sha256: &str) -> Reloaded {
+    let result = (|| {
+        let config = Config::load(path).map_err(|e| format!("configuration refused: {e}"))?;
+        let privacy = Privacy::from_config(&config).map_err(|e| e.to_string())?;
+        let model = load_model_if_changed(&config.model.path, running_sha256)
+            .map_err(|e| format!("model refused: {e}"))?;
+        Ok((config, model, privacy))
+    })();
+    Reloaded { result }
+}
+
+/// SIGHUP, when a configuration file can be re-read; pending forever otherwise.
+async fn hangup(sig: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match sig {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn status_info(info: &ModelInfo, started_at: &str) -> serde_json::Value {
+    serde_json::json!({
+        "appliance": "mammo-edge",
+        "version": env!("CARGO_PKG_VERSION"),
+        "model": info,
+        "started_at": started_at,
+    })
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
 struct Pipeline {
     config: Config,
+    /// The configuration file, re-read on SIGHUP (`None`: no reload).
+    config_path: Option<PathBuf>,
     store: Store,
     msgs: Messages,
     runner: Arc<ModelRunner>,
@@ -275,13 +355,34 @@ struct Pipeline {
     /// Studies whose aggregation failed, with the image time it failed for (no retry loop).
     exam_failed: HashMap<String, i64>,
     stats: RunStats,
+    notifier: Notifier,
+    retained: Retained,
+    started: SystemTime,
+    /// Intake state last reported (log + health on change).
+    intake: Intake,
+    /// Free bytes of the state folder at the last check.
+    free: Option<u64>,
+    /// Why the free space is too low, while it is.
+    disk_low: Option<String>,
+    /// The last state database failure, while writes fail; retried at `db_retry_at`.
+    db_failure: Option<String>,
+    db_retry_at: Option<tokio::time::Instant>,
+    stalled: Vec<Stalled>,
+    reload_tx: mpsc::UnboundedSender<Reloaded>,
+    /// A reload is being read / waits to be applied / was asked for again meanwhile.
+    reloading: bool,
+    reload_pending: Option<Reloaded>,
+    reload_again: bool,
+    last_reload: Option<crate::health::Reload>,
+    /// The tick periods changed (reload): the loop rebuilds its intervals.
+    ticks_changed: bool,
 }
 
 /// Run the daemon until `shutdown` resolves: recover the ledger, start the publisher, watch,
 /// score, publish. Returns the counters of the run. Under systemd (`NOTIFY_SOCKET`), sends
 /// `READY=1` once the model is loaded and the watcher, worker and publisher are started,
 /// `WATCHDOG=1` while the loops make progress ([`crate::service`]), and `STOPPING=1` when
-/// `shutdown` resolves.
+/// `shutdown` resolves. SIGHUP is not handled (see [`run_with`]).
 ///
 /// Errors (all at start-up; later failures of one file or of the broker are logged and the
 /// daemon goes on): `Model`, `Store`, `Watch`, `Privacy`, `Publish` (TLS / credential files),
@@ -290,6 +391,34 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunStats, DaemonError> {
+    run_with(config, None, shutdown).await
+}
+
+/// [`run`], and with `config_path` (the file `config` was read from) a SIGHUP reload: the file
+/// and the model are read again; a configuration or model that fails its checks is refused
+/// (logged, reported in `health.last_reload`) and the running ones are kept; otherwise the new
+/// values apply from the next file (the file being scored finishes with the model it started
+/// with), except `watch.dirs`, `state.dir` and the broker settings, which are reported as
+/// needing a restart ([`Config::reloaded`]). Under systemd: `RELOADING=1` + `MONOTONIC_USEC`,
+/// then `READY=1`. The SIGHUP handler is installed before the model is loaded, so an early
+/// SIGHUP does not end the process. Errors: as [`run`].
+pub async fn run_with(
+    config: Config,
+    config_path: Option<PathBuf>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<RunStats, DaemonError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match &config_path {
+        Some(_) => match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::warn!("SIGHUP handler not installed ({e}); reload needs a restart");
+                None
+            }
+        },
+        None => None,
+    };
+    let started = SystemTime::now();
     let cfg = config.clone();
     let model = tokio::task::spawn_blocking(move || load_model(&cfg))
         .await
@@ -308,20 +437,18 @@ pub async fn run(
         model: info.clone(),
         privacy,
     };
-    let status_info = serde_json::json!({
-        "appliance": "mammo-edge",
-        "version": env!("CARGO_PKG_VERSION"),
-        "model": info,
-        "started_at": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-    });
     let publisher = Publisher::new(
         config.mqtt.clone(),
         Store::open(&config.state.dir, config.ingest.max_attempts)?,
-        status_info,
+        status_info(&info, &rfc3339(started)),
     );
     let liveness = Arc::new(Liveness::default());
-    let publisher = publisher.with_liveness(liveness.clone());
+    let mut publisher = publisher.with_liveness(liveness.clone());
     let waker = publisher.waker();
+    let retained = publisher
+        .retained()
+        .ok_or_else(|| DaemonError::Runtime("publisher handles taken".into()))?;
+    let health_request = retained.health_request.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
     let publisher = tokio::spawn(publisher.run(stop_rx));
 
@@ -329,6 +456,7 @@ pub async fn run(
     let runner = Arc::new(model.runner);
     let opts = config.ingest_options();
     let (replies_tx, mut replies_rx) = mpsc::unbounded_channel();
+    let (reload_tx, mut reload_rx) = mpsc::unbounded_channel();
     let worker = spawn_worker(
         runner.clone(),
         opts.clone(),
@@ -336,9 +464,11 @@ pub async fn run(
         replies_tx.clone(),
         1,
     )?;
+    let notifier = Notifier::from_env();
     let mut p = Pipeline {
         stability: Stability::new(Duration::from_secs(config.watch.stable_secs)),
         config,
+        config_path,
         store,
         msgs,
         runner,
@@ -352,6 +482,21 @@ pub async fn run(
         waker,
         exam_failed: HashMap::new(),
         stats: RunStats::default(),
+        notifier: notifier.clone(),
+        retained,
+        started,
+        intake: Intake::Running,
+        free: None,
+        disk_low: None,
+        db_failure: None,
+        db_retry_at: None,
+        stalled: Vec::new(),
+        reload_tx,
+        reloading: false,
+        reload_pending: None,
+        reload_again: false,
+        last_reload: None,
+        ticks_changed: false,
     };
     log::info!(
         "watching {} folder(s); broker {}; topics {}/…",
@@ -359,24 +504,27 @@ pub async fn run(
         p.config.mqtt.url,
         p.config.mqtt.topic_prefix
     );
+    p.check_space();
 
-    let notifier = Notifier::from_env();
     liveness.pipeline();
-    notifier.ready(&format!("watching {} folder(s)", p.config.watch.dirs.len()));
+    notifier.ready(&p.status_line());
     let watchdog = tokio::spawn(notifier.clone().watchdog(liveness.clone()));
 
-    let mut stable_tick = tokio::time::interval(STABILITY_TICK);
-    let mut rescan_tick = tokio::time::interval(Duration::from_secs(p.config.watch.rescan_secs));
-    let mut exam_tick = tokio::time::interval(EXAM_TICK);
-    let mut purge_tick = tokio::time::interval(PURGE_TICK);
-    for t in [
-        &mut stable_tick,
-        &mut rescan_tick,
-        &mut exam_tick,
-        &mut purge_tick,
-    ] {
-        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    }
+    let ticks = |c: &Config| {
+        let mut t = [
+            tokio::time::interval(STABILITY_TICK),
+            tokio::time::interval(Duration::from_secs(c.watch.rescan_secs)),
+            tokio::time::interval(EXAM_TICK),
+            tokio::time::interval(PURGE_TICK),
+            tokio::time::interval(Duration::from_secs(c.mqtt.health_secs)),
+        ];
+        for i in &mut t {
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+        t
+    };
+    let [mut stable_tick, mut rescan_tick, mut exam_tick, mut purge_tick, mut health_tick] =
+        ticks(&p.config);
     tokio::pin!(shutdown);
     loop {
         // an idle turn is progress; a worker past its file time limit is not
@@ -387,6 +535,15 @@ pub async fn run(
             liveness.pipeline();
         }
         if p.busy.is_none() {
+            // a reload applies between files: the image in the worker keeps its model
+            p.apply_reload();
+        }
+        if std::mem::take(&mut p.ticks_changed) {
+            let [_, r, _, _, h] = ticks(&p.config);
+            (rescan_tick, health_tick) = (r, h);
+        }
+        p.retry_stalled();
+        if p.busy.is_none() {
             p.start_next();
         }
         let deadline = p.busy.as_ref().map(|b| b.deadline);
@@ -396,6 +553,7 @@ pub async fn run(
             _ = stable_tick.tick() => {
                 let ready = p.stability.ready(Instant::now());
                 p.queue.extend(ready);
+                p.check_space();
             }
             _ = rescan_tick.tick() => {
                 let now = Instant::now();
@@ -405,6 +563,10 @@ pub async fn run(
             }
             _ = exam_tick.tick() => p.quiet_exams(),
             _ = purge_tick.tick() => p.purge(),
+            _ = health_tick.tick() => p.publish_health(),
+            _ = health_request.notified() => p.publish_health(),
+            Some(()) = hangup(&mut hup) => p.begin_reload(),
+            Some(r) = reload_rx.recv() => p.reload_pending = Some(r),
             Some(reply) = replies_rx.recv() => p.reply(reply),
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)),
                 if deadline.is_some() => p.timed_out(),
@@ -444,14 +606,341 @@ fn stat(path: &Path) -> Option<(u64, SystemTime)> {
     Some((m.len(), m.modified().ok()?))
 }
 
+/// Intake, health and reload.
+impl Pipeline {
+    /// The `STATUS=` line of sd_notify.
+    fn status_line(&self) -> String {
+        match &self.intake {
+            Intake::Running => format!("watching {} folder(s)", self.config.watch.dirs.len()),
+            Intake::Paused { reason, .. } => format!("intake paused: {reason}"),
+        }
+    }
+
+    /// Measure the state folder's free space against `state.min_free_mb`.
+    fn check_space(&mut self) {
+        let min = self.config.state.min_free_bytes();
+        self.free = match free_bytes(&self.config.state.dir) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                if self.free.is_some() {
+                    log::warn!("free space of the state folder unknown (statvfs: {e})");
+                }
+                None
+            }
+        };
+        self.disk_low = match self.free {
+            Some(free) if min > 0 && free < min => Some(format!(
+                "state folder has {} MiB free, below state.min_free_mb = {}",
+                free / (1024 * 1024),
+                self.config.state.min_free_mb
+            )),
+            _ => None,
+        };
+        self.intake_changed();
+    }
+
+    /// Whether a file may be claimed now.
+    fn intake_open(&mut self) -> bool {
+        self.check_space();
+        if self.disk_low.is_some() {
+            return false;
+        }
+        self.db_retry_at
+            .is_none_or(|t| tokio::time::Instant::now() >= t)
+    }
+
+    /// A state database write failed for lack of storage: pause intake, retry in [`DB_RETRY`].
+    fn db_failed(&mut self, e: &StoreError) {
+        self.db_failure = Some(format!("state database not writable: {e}"));
+        self.db_retry_at = Some(tokio::time::Instant::now() + DB_RETRY);
+        self.intake_changed();
+    }
+
+    /// A state database write succeeded.
+    fn db_ok(&mut self) {
+        if self.db_failure.is_some() && self.stalled.is_empty() {
+            self.db_failure = None;
+            self.db_retry_at = None;
+            self.intake_changed();
+        }
+    }
+
+    /// Recompute the intake state; on a change log it, tell systemd and publish health.
+    fn intake_changed(&mut self) {
+        let now = if let Some(r) = &self.disk_low {
+            Intake::Paused {
+                reason_code: PauseCode::DiskLow,
+                reason: r.clone(),
+            }
+        } else if let Some(r) = &self.db_failure {
+            Intake::Paused {
+                reason_code: PauseCode::StateDb,
+                reason: r.clone(),
+            }
+        } else {
+            Intake::Running
+        };
+        if now == self.intake {
+            return;
+        }
+        match &now {
+            Intake::Paused { reason, .. } => log::warn!(
+                "intake paused: {reason}; new files wait in the export folder ({} queued)",
+                self.queue.len()
+            ),
+            Intake::Running => log::info!("intake resumed"),
+        }
+        self.intake = now;
+        self.notifier.status(&self.status_line());
+        self.publish_health();
+    }
+
+    /// Give stalled files back once the database takes writes again.
+    fn retry_stalled(&mut self) {
+        if self.stalled.is_empty()
+            || self
+                .db_retry_at
+                .is_some_and(|t| tokio::time::Instant::now() < t)
+        {
+            return;
+        }
+        while let Some(s) = self.stalled.pop() {
+            let r = if s.count_attempt {
+                self.store.retry_later(&s.ticket, s.reason)
+            } else {
+                self.store.release(&s.ticket, s.reason)
+            };
+            match r {
+                Ok(()) => {
+                    log::info!("{}: given back for a new try", self.label(&s.path));
+                    self.requeue(&s.path);
+                }
+                Err(e) if e.is_storage_failure() => {
+                    self.stalled.push(s);
+                    self.db_failed(&e);
+                    return;
+                }
+                Err(e) => log::error!("{}: not given back: {e}", self.label(&s.path)),
+            }
+        }
+        self.db_ok();
+    }
+
+    /// A ledger update of a claimed file failed. Storage failures stall the file (given back
+    /// later, intake paused meanwhile); other errors are logged.
+    fn update_failed(
+        &mut self,
+        path: &Path,
+        ticket: Ticket,
+        count_attempt: bool,
+        reason: &'static str,
+        what: &str,
+        e: StoreError,
+    ) {
+        let label = self.label(path);
+        if e.is_storage_failure() {
+            log::warn!(
+                "{label}: {what} not recorded ({e}); the file is tried again once the state database can be written"
+            );
+            self.stalled.push(Stalled {
+                path: path.to_path_buf(),
+                ticket,
+                count_attempt,
+                reason,
+            });
+            self.db_failed(&e);
+        } else {
+            log::error!("{label}: {what} not recorded: {e}");
+        }
+    }
+
+    /// Build the health snapshot and hand it to the publisher (sent retained when connected).
+    fn publish_health(&mut self) {
+        let now = SystemTime::now();
+        let s = self.stats;
+        let h = Health {
+            schema: crate::health::SCHEMA,
+            produced_at: rfc3339(now),
+            started_at: rfc3339(self.started),
+            uptime_s: now
+                .duration_since(self.started)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            version: env!("CARGO_PKG_VERSION"),
+            counters: Counters {
+                images_scored: s.scored,
+                skipped: s.skipped,
+                errors: s.errors,
+                quarantined: s.quarantined,
+                exams_published: s.exams_published,
+                duplicates: s.duplicates,
+                retries: s.retries,
+            },
+            outbox_backlog: self.store.undelivered_count().ok(),
+            intake: self.intake.clone(),
+            state_dir: StateSpace {
+                free_bytes: self.free,
+                min_free_bytes: self.config.state.min_free_bytes(),
+            },
+            model: HealthModel::from(&self.msgs.model),
+            last_reload: self.last_reload.clone(),
+        };
+        match serde_json::to_string(&h) {
+            Ok(j) => {
+                self.retained.health.send_replace(Some(j));
+            }
+            Err(e) => log::error!("health not serialised: {e}"),
+        }
+    }
+
+    /// SIGHUP: read the configuration and the model again in a blocking task.
+    fn begin_reload(&mut self) {
+        let Some(path) = self.config_path.clone() else {
+            return;
+        };
+        if self.reloading {
+            log::info!("SIGHUP during a reload: another reload follows this one");
+            self.reload_again = true;
+            return;
+        }
+        self.reloading = true;
+        log::info!("SIGHUP: reloading {} and the model", path.display());
+        self.notifier
+            .reloading("reloading the configuration and the model");
+        let (tx, sha) = (self.reload_tx.clone(), self.msgs.model.sha256.clone());
+        tokio::task::spawn_blocking(move || {
+            let r =
+                std::panic::catch_unwind(|| load_for_reload(&path, &sha)).unwrap_or_else(|_| {
+                    Reloaded {
+                        result: Err("model refused: loading it panicked".into()),
+                    }
+                });
+            let _ = tx.send(r);
+        });
+    }
+
+    /// Apply (or refuse) a reload that was read, between files.
+    fn apply_reload(&mut self) {
+        let Some(r) = self.reload_pending.take() else {
+            return;
+        };
+        let at = rfc3339(SystemTime::now());
+        let report = match r.result {
+            Err(why) => {
+                log::error!(
+                    "reload refused: {why}; still running with the previous configuration and model {} {} (sha256 {})",
+                    self.msgs.model.name,
+                    self.msgs.model.version,
+                    self.msgs.model.sha256
+                );
+                crate::health::Reload {
+                    at,
+                    ok: false,
+                    message: why,
+                    needs_restart: Vec::new(),
+                }
+            }
+            Ok((new, model, privacy)) => self.apply_config(new, model, privacy, at),
+        };
+        self.last_reload = Some(report);
+        self.reloading = false;
+        self.check_space();
+        self.notifier.ready(&self.status_line());
+        self.publish_health();
+        if std::mem::take(&mut self.reload_again) {
+            self.begin_reload();
+        }
+    }
+
+    fn apply_config(
+        &mut self,
+        new: Config,
+        model: Option<LoadedModel>,
+        privacy: Privacy,
+        at: String,
+    ) -> crate::health::Reload {
+        let (new, restart) = self.config.reloaded(new);
+        let mut done = Vec::new();
+        if let Some(m) = model {
+            let info = ModelInfo::new(&m.runner.meta, &m.sha256);
+            done.push(format!(
+                "model {} {} (sha256 {}) replaces {} {} (sha256 {})",
+                info.name,
+                info.version,
+                info.sha256,
+                self.msgs.model.name,
+                self.msgs.model.version,
+                self.msgs.model.sha256
+            ));
+            self.runner = Arc::new(m.runner);
+            self.msgs.model = info;
+            let status = status_info(&self.msgs.model, &rfc3339(self.started));
+            self.retained.info.send_replace(status.to_string());
+        } else {
+            done.push(format!(
+                "model unchanged ({} {})",
+                self.msgs.model.name, self.msgs.model.version
+            ));
+        }
+        self.msgs.privacy = privacy;
+        self.opts = new.ingest_options();
+        self.store.set_max_attempts(new.ingest.max_attempts);
+        self.stability
+            .set_stable(Duration::from_secs(new.watch.stable_secs));
+        self.ticks_changed = new.watch.rescan_secs != self.config.watch.rescan_secs
+            || new.mqtt.health_secs != self.config.mqtt.health_secs;
+        self.config = new;
+        // a fresh worker with the new model and ingest options (the old one is idle: it ends)
+        match Store::open(&self.config.state.dir, self.config.ingest.max_attempts)
+            .map_err(DaemonError::from)
+            .and_then(|s| {
+                spawn_worker(
+                    self.runner.clone(),
+                    self.opts.clone(),
+                    s,
+                    self.replies_tx.clone(),
+                    self.workers_started + 1,
+                )
+            }) {
+            Ok(w) => {
+                self.workers_started += 1;
+                self.worker = w;
+            }
+            Err(e) => log::error!("reload: new worker not started ({e}); the old one is kept"),
+        }
+        let mut message = format!("applied: {}", done.join("; "));
+        if !restart.is_empty() {
+            message.push_str(&format!(
+                "; changed but needing a restart (the running values are kept): {}",
+                restart.join(", ")
+            ));
+            log::warn!(
+                "reload: {} changed in the configuration file; these take effect at the next start (systemctl restart mammo-edge)",
+                restart.join(", ")
+            );
+        }
+        log::info!("reload {message}");
+        crate::health::Reload {
+            at,
+            ok: true,
+            message,
+            needs_restart: restart.iter().map(|k| k.to_string()).collect(),
+        }
+    }
+}
+
 impl Pipeline {
     fn label(&self, path: &Path) -> String {
         self.msgs.privacy.file_label(path)
     }
 
-    /// Claim queued files until one goes to the worker (or the turn's budget is used).
+    /// Claim queued files until one goes to the worker (or the turn's budget is used). Nothing
+    /// is claimed while intake is paused (the paths stay queued, the files where they are).
     fn start_next(&mut self) {
         for _ in 0..CLAIMS_PER_TURN {
+            if self.queue.is_empty() || !self.intake_open() {
+                return;
+            }
             let Some(path) = self.queue.pop_front() else {
                 return;
             };
@@ -459,7 +948,16 @@ impl Pipeline {
                 continue;
             };
             let claim = match self.store.claim(&path, size, mtime) {
-                Ok(c) => c,
+                Ok(c) => {
+                    self.db_ok();
+                    c
+                }
+                Err(e) if e.is_storage_failure() => {
+                    log::warn!("{}: not claimed ({e}); retried later", self.label(&path));
+                    self.queue.push_front(path);
+                    self.db_failed(&e);
+                    return;
+                }
                 Err(e) => {
                     log::error!("{}: claim failed: {e}", self.label(&path));
                     continue;
@@ -496,7 +994,7 @@ impl Pipeline {
                     });
                     return;
                 }
-                Claim::Quarantine(ticket) => self.quarantine(&path, &ticket),
+                Claim::Quarantine(ticket) => self.quarantine(&path, ticket),
                 Claim::Finished(status) => self.after(&path, status),
                 Claim::Busy => log::debug!("{}: in progress elsewhere", self.label(&path)),
             }
@@ -508,7 +1006,7 @@ impl Pipeline {
         self.stability.observe(path.to_path_buf(), Instant::now());
     }
 
-    fn quarantine(&mut self, path: &Path, ticket: &Ticket) {
+    fn quarantine(&mut self, path: &Path, ticket: Ticket) {
         let last = self
             .store
             .ledger_entry(path)
@@ -523,19 +1021,20 @@ impl Pipeline {
         let msg = self.msgs.rejected(
             false,
             path,
-            &file_key(path, ticket),
+            &file_key(path, &ticket),
             None,
             "quarantined",
             &reason,
         );
-        match self.store.commit_quarantine(ticket, &reason, &msg) {
+        match self.store.commit_quarantine(&ticket, &reason, &msg) {
             Ok(()) => {
                 self.stats.quarantined += 1;
                 log::warn!("{}: {reason}", self.label(path));
                 self.waker.notify_one();
                 self.after(path, Status::Quarantined);
             }
-            Err(e) => log::error!("{}: quarantine not recorded: {e}", self.label(path)),
+            // given back with its attempts: quarantined at the next claim
+            Err(e) => self.update_failed(path, ticket, true, "state_db", "quarantine", e),
         }
     }
 
@@ -613,18 +1112,21 @@ impl Pipeline {
                     .filter(|s| !s.is_empty());
                 let scrubbed = self.msgs.privacy.scrub(&reason, &path);
                 let r = if skipped {
-                    self.stats.skipped += 1;
                     log::info!("{label}: skipped ({code}): {scrubbed}");
                     self.store
                         .commit_skip(&ticket, sop, study, code, &msg)
                         .map(|_| Status::Skipped)
                 } else {
-                    self.stats.errors += 1;
                     log::warn!("{label}: error ({code}): {scrubbed}");
                     self.store
                         .commit_error(&ticket, sop, study, code, &msg)
                         .map(|_| Status::Error)
                 };
+                match r {
+                    Ok(Status::Skipped) => self.stats.skipped += 1,
+                    Ok(_) => self.stats.errors += 1,
+                    Err(_) => {}
+                }
                 self.waker.notify_one();
                 r
             }
@@ -636,16 +1138,20 @@ impl Pipeline {
                     self.config.ingest.max_attempts,
                     self.msgs.privacy.scrub(&what, &path)
                 );
-                if let Err(e) = self.store.retry_later(&ticket, "panic") {
-                    log::error!("{label}: retry not recorded: {e}");
+                match self.store.retry_later(&ticket, "panic") {
+                    Ok(()) => self.requeue(&path),
+                    Err(e) => self.update_failed(&path, ticket, true, "panic", "retry", e),
                 }
-                self.requeue(&path);
                 return;
             }
         };
         match result {
-            Ok(status) => self.after(&path, status),
-            Err(e) => log::error!("{label}: result not recorded: {e}"),
+            Ok(status) => {
+                self.db_ok();
+                self.after(&path, status)
+            }
+            // not the file's fault: the attempt is not counted, the file is scored again
+            Err(e) => self.update_failed(&path, ticket, false, "state_db", "result", e),
         }
     }
 
@@ -659,9 +1165,13 @@ impl Pipeline {
             b.ticket.attempts,
             self.config.ingest.max_attempts
         );
-        if let Err(e) = self.store.retry_later(&b.ticket, "timeout") {
-            log::error!("{}: retry not recorded: {e}", self.label(&b.path));
-        }
+        let requeue = match self.store.retry_later(&b.ticket, "timeout") {
+            Ok(()) => true,
+            Err(e) => {
+                self.update_failed(&b.path, b.ticket.clone(), true, "timeout", "retry", e);
+                false
+            }
+        };
         // the stuck thread is abandoned (it ends when its job does; its reply is ignored)
         self.workers_started += 1;
         let worker = Store::open(&self.config.state.dir, self.config.ingest.max_attempts)
@@ -679,7 +1189,9 @@ impl Pipeline {
             Ok(w) => self.worker = w,
             Err(e) => log::error!("new worker not started ({e}); the old one is kept"),
         }
-        self.requeue(&b.path);
+        if requeue {
+            self.requeue(&b.path);
+        }
     }
 
     /// Publish the exam of `study` when it has unpublished images and is complete, or when

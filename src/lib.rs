@@ -9,6 +9,7 @@ pub mod demo;
 pub mod dicom;
 pub mod exam;
 pub mod files;
+pub mod health;
 pub mod import;
 pub mod infer;
 pub mod inspect;

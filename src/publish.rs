@@ -3,8 +3,10 @@
 //! it republishes the retained `<prefix>/status` = `online` (the LWT is a retained `offline`) and
 //! resumes from the first undelivered row. rumqttc drops in-flight QoS 1 messages on reconnect
 //! with a clean session and keeps nothing on disk, so the outbox is the source of truth: each
-//! connection gets a fresh client, and reconnection uses our own capped backoff. Main items:
-//! [`Publisher`], [`probe`], [`PublishError`].
+//! connection gets a fresh client, and reconnection uses our own capped backoff. Besides the
+//! outbox it publishes two retained snapshots handed over through [`Retained`] (not results, so
+//! not through the outbox): `<prefix>/status/info` and `<prefix>/health`. Main items:
+//! [`Publisher`], [`Retained`], [`probe`], [`PublishError`].
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -52,8 +54,9 @@ pub enum PublishError {
     /// Building the TLS client configuration failed.
     #[error("TLS configuration: {0}")]
     Tls(String),
-    /// The broker could not be reached or refused the connection.
-    #[error("broker {url}: {source}")]
+    /// The broker could not be reached or refused the connection. A TLS failure is followed by
+    /// what to check ([`describe`]).
+    #[error("broker {url}: {}", describe(.source))]
     Connect {
         url: String,
         source: Box<ConnectionError>,
@@ -95,6 +98,59 @@ impl Topics {
     pub fn status_info(&self) -> String {
         self.topic("status/info")
     }
+
+    /// `<prefix>/health`: retained `mammo-edge.health/1` JSON.
+    pub fn health(&self) -> String {
+        self.topic("health")
+    }
+}
+
+/// A connection error as text, with what to check when it is a TLS failure: the broker's
+/// certificate not signed by a CA of `mqtt.ca_file`, not naming the host of `mqtt.url`, out of
+/// its validity period, or the broker refusing the handshake (a client certificate missing or
+/// not trusted by it).
+pub fn describe(e: &ConnectionError) -> String {
+    use rustls::CertificateError as C;
+    let hint = match find_rustls(e) {
+        Some(rustls::Error::InvalidCertificate(c)) => match c {
+            C::UnknownIssuer | C::BadSignature => {
+                "the broker's certificate is not signed by a CA in mqtt.ca_file"
+            }
+            C::NotValidForName | C::NotValidForNameContext { .. } => {
+                "the broker's certificate does not name the host of mqtt.url"
+            }
+            C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. } => {
+                "the broker's certificate is outside its validity period (check it and this clock)"
+            }
+            _ => "the broker's certificate was rejected (check mqtt.ca_file and the host of mqtt.url)",
+        },
+        Some(rustls::Error::AlertReceived(_)) => {
+            "the broker refused the TLS session: it may require a client certificate \
+             (mqtt.client_cert / mqtt.client_key) signed by a CA it trusts"
+        }
+        _ => return e.to_string(),
+    };
+    format!("{e} ({hint})")
+}
+
+/// The rustls error somewhere in the chain of `e` (rumqttc wraps it in `io::Error`s, during
+/// the handshake or, for an alert sent after it, in the first read).
+fn find_rustls<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if let Some(r) = c.downcast_ref::<rustls::Error>() {
+            return Some(r);
+        }
+        if let Some(r) = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|i| i.downcast_ref::<rustls::Error>())
+        {
+            return Some(r);
+        }
+        cur = c.source();
+    }
+    None
 }
 
 fn read_file(key: &'static str, path: &Path) -> Result<Vec<u8>, PublishError> {
@@ -252,14 +308,33 @@ pub struct PublishStats {
     pub delivered: u64,
 }
 
+/// The pipeline's side of the retained snapshots the publisher sends outside the outbox (they
+/// describe the appliance, they are not results: only the latest matters, and a lost one is
+/// replaced by the next).
+pub struct Retained {
+    /// `<prefix>/status/info` JSON: sent at every ConnAck and again whenever it changes (a
+    /// reload that changed the model).
+    pub info: watch::Sender<String>,
+    /// `<prefix>/health` JSON: sent whenever a new value is set while connected.
+    pub health: watch::Sender<Option<String>>,
+    /// Notified at every ConnAck: the pipeline should set a fresh health value, which is then
+    /// sent (so a new connection gets a current snapshot, not a stale one).
+    pub health_request: Arc<Notify>,
+}
+
 /// The outbox drainer. Runs until the shutdown signal; wakes on [`Publisher::wake`] (called by
 /// the pipeline after each commit) and otherwise checks the outbox every second.
 pub struct Publisher {
     mqtt: MqttConfig,
     store: Store,
     topics: Topics,
-    /// Retained JSON for `<prefix>/status/info` (versions), sent on every ConnAck.
-    info: String,
+    /// Retained JSON for `<prefix>/status/info` (versions), sent on every ConnAck and on change.
+    info: watch::Receiver<String>,
+    /// Retained JSON for `<prefix>/health`, sent on change while connected.
+    health: watch::Receiver<Option<String>>,
+    health_request: Arc<Notify>,
+    /// The senders until [`Publisher::retained`] hands them out.
+    retained: Option<Retained>,
     wake: Arc<Notify>,
     stats: PublishStats,
     /// Beaten on every loop turn (the systemd watchdog's view of the publisher).
@@ -277,11 +352,21 @@ impl Publisher {
     /// A publisher draining `store` (its own connection to the state database) to the broker of
     /// `mqtt`. `info` is the JSON published retained on `<prefix>/status/info`.
     pub fn new(mqtt: MqttConfig, store: Store, info: serde_json::Value) -> Publisher {
+        let (info_tx, info_rx) = watch::channel(info.to_string());
+        let (health_tx, health_rx) = watch::channel(None);
+        let health_request = Arc::new(Notify::new());
         Publisher {
             topics: Topics::new(&mqtt.topic_prefix),
             mqtt,
             store,
-            info: info.to_string(),
+            info: info_rx,
+            health: health_rx,
+            health_request: health_request.clone(),
+            retained: Some(Retained {
+                info: info_tx,
+                health: health_tx,
+                health_request,
+            }),
             wake: Arc::new(Notify::new()),
             stats: PublishStats::default(),
             liveness: Arc::default(),
@@ -294,6 +379,11 @@ impl Publisher {
         self
     }
 
+    /// The senders of the retained `status/info` and `health` snapshots (once; `None` after).
+    pub fn retained(&mut self) -> Option<Retained> {
+        self.retained.take()
+    }
+
     /// Handle to wake the publisher when new outbox rows were committed.
     pub fn waker(&self) -> Arc<Notify> {
         self.wake.clone()
@@ -302,7 +392,8 @@ impl Publisher {
     /// Connect, drain, reconnect with a capped exponential backoff (0.25 s doubling to
     /// [`BACKOFF_MAX`], reset after a ConnAck) until `shutdown` becomes true; then publish a
     /// retained `offline` and disconnect (best effort, 2 s). Undelivered rows stay in the outbox.
-    /// Errors: only local ones that retrying cannot fix (`File`, `Tls`, `Config`, `Store`).
+    /// TLS / credential files unreadable at a reconnection are logged and retried with the
+    /// backoff. Errors: only a state database failure other than lack of storage (`Store`).
     pub async fn run(
         mut self,
         mut shutdown: watch::Receiver<bool>,
@@ -313,8 +404,16 @@ impl Publisher {
             if *shutdown.borrow() {
                 return Ok(self.stats);
             }
-            let options = mqtt_options(&self.mqtt)?;
-            match self.connection(options, &mut shutdown).await? {
+            // the TLS / password files are read again for every connection (a renewed
+            // certificate is picked up); a file broken meanwhile is retried, not fatal
+            let ended = match mqtt_options(&self.mqtt) {
+                Ok(options) => self.connection(options, &mut shutdown).await?,
+                Err(e) => {
+                    log::error!("broker settings unusable now ({e}); retrying");
+                    Ended::Lost { connected: false }
+                }
+            };
+            match ended {
                 Ended::Shutdown => return Ok(self.stats),
                 Ended::Lost { connected } => {
                     if connected {
@@ -347,6 +446,8 @@ impl Publisher {
         let mut inflight: HashMap<u16, Option<i64>> = HashMap::new();
         let mut cursor = 0i64;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // a dropped sender ends its branch (changed() would fail at once, forever)
+        let (mut info_open, mut health_open) = (true, true);
         loop {
             // every turn counts, the 1 s tick included: an idle or connecting publisher is alive
             self.liveness.publisher();
@@ -363,6 +464,9 @@ impl Publisher {
                         inflight.clear();
                         cursor = 0;
                         self.send_status(&client, &mut queued);
+                        // a fresh health snapshot for the new connection (sent on change)
+                        self.health.borrow_and_update();
+                        self.health_request.notify_one();
                     }
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                         if let Some(id) = queued.pop_front() {
@@ -371,13 +475,25 @@ impl Publisher {
                     }
                     Ok(Event::Incoming(Packet::PubAck(ack))) => {
                         if let Some(Some(id)) = inflight.remove(&ack.pkid) {
-                            if self.store.mark_delivered(id)? {
-                                self.stats.delivered += 1;
+                            match self.store.mark_delivered(id) {
+                                Ok(true) => self.stats.delivered += 1,
+                                Ok(false) => {}
+                                Err(e) if e.is_storage_failure() => {
+                                    // the row stays undelivered: sent again on the next
+                                    // connection (at least once), once the database is writable
+                                    log::warn!(
+                                        "outbox row {id} delivered but not marked ({e}); reconnecting to send it again later"
+                                    );
+                                    // as a failed connection: the backoff grows meanwhile
+                                    return Ok(Ended::Lost { connected: false });
+                                }
+                                Err(e) => return Err(e.into()),
                             }
                         }
                     }
                     Ok(_) => {}
                     Err(e) => {
+                        let e = describe(&e);
                         if connected {
                             log::warn!("broker {}: connection lost: {e}", self.mqtt.url);
                         } else {
@@ -388,6 +504,24 @@ impl Publisher {
                 },
                 _ = self.wake.notified() => {}
                 _ = tick.tick() => {}
+                r = self.info.changed(), if info_open => match r {
+                    Ok(()) if connected => {
+                        let info = self.info.borrow_and_update().clone();
+                        self.send_retained(&client, &mut queued, self.topics.status_info(), info);
+                    }
+                    Ok(()) => {}
+                    Err(_) => info_open = false,
+                },
+                r = self.health.changed(), if health_open => match r {
+                    Ok(()) if connected => {
+                        let health = self.health.borrow_and_update().clone();
+                        if let Some(h) = health {
+                            self.send_retained(&client, &mut queued, self.topics.health(), h);
+                        }
+                    }
+                    Ok(()) => {}
+                    Err(_) => health_open = false,
+                },
                 _ = shutdown.changed() => {
                     if connected {
                         self.goodbye(&client, &mut events).await;
@@ -396,20 +530,40 @@ impl Publisher {
                 }
             }
             if connected {
-                self.top_up(&client, &mut queued, &inflight, &mut cursor)?;
+                if let Err(e) = self.top_up(&client, &mut queued, &inflight, &mut cursor) {
+                    match e {
+                        PublishError::Store(s) if s.is_storage_failure() => {
+                            log::warn!("outbox unreadable ({s}); reconnecting to retry later");
+                            return Ok(Ended::Lost { connected: false });
+                        }
+                        e => return Err(e),
+                    }
+                }
             }
         }
     }
 
-    fn send_status(&self, client: &AsyncClient, queued: &mut VecDeque<Option<i64>>) {
+    fn send_status(&mut self, client: &AsyncClient, queued: &mut VecDeque<Option<i64>>) {
+        let info = self.info.borrow_and_update().clone();
         for (topic, payload) in [
             (self.topics.status(), "online".to_string()),
-            (self.topics.status_info(), self.info.clone()),
+            (self.topics.status_info(), info),
         ] {
-            match client.try_publish(topic, QoS::AtLeastOnce, true, payload) {
-                Ok(()) => queued.push_back(None),
-                Err(e) => log::warn!("broker: status not queued: {e}"),
-            }
+            self.send_retained(client, queued, topic, payload);
+        }
+    }
+
+    /// A retained QoS 1 publication outside the outbox (its PUBACK marks nothing).
+    fn send_retained(
+        &self,
+        client: &AsyncClient,
+        queued: &mut VecDeque<Option<i64>>,
+        topic: String,
+        payload: String,
+    ) {
+        match client.try_publish(topic.as_str(), QoS::AtLeastOnce, true, payload) {
+            Ok(()) => queued.push_back(None),
+            Err(e) => log::warn!("broker: {topic} not queued: {e}"),
         }
     }
 

@@ -1,5 +1,6 @@
 //! The systemd service-manager protocol (`sd_notify(3)`, through the `sd-notify` crate):
-//! `READY=1` once the daemon has started, `STOPPING=1` on shutdown, and `WATCHDOG=1` pings at
+//! `READY=1` once the daemon has started, `RELOADING=1` + `MONOTONIC_USEC=` when a SIGHUP
+//! reload begins (then `READY=1` again), `STOPPING=1` on shutdown, and `WATCHDOG=1` pings at
 //! half of `WATCHDOG_USEC` sent only while the pipeline shows progress ([`Liveness`]), so a hung
 //! loop or a stuck worker lets systemd's watchdog restart the service. Everything is a no-op
 //! when `NOTIFY_SOCKET` is unset (not started by systemd with Type=notify). Main items:
@@ -96,6 +97,28 @@ impl Notifier {
             log::info!("systemd: READY=1");
         }
         self.send(&[NotifyState::Ready, NotifyState::Status(status)]);
+    }
+
+    /// `RELOADING=1` with `MONOTONIC_USEC=` (CLOCK_MONOTONIC now, µs: systemd ≥ 253 requires
+    /// it with RELOADING and older versions ignore it) and a `STATUS=` line. Send
+    /// [`Notifier::ready`] when the reload is done, whether it was applied or refused.
+    pub fn reloading(&self, status: &str) {
+        if !self.enabled {
+            return;
+        }
+        log::info!("systemd: RELOADING=1");
+        match NotifyState::monotonic_usec_now() {
+            Ok(now) => self.send(&[NotifyState::Reloading, now, NotifyState::Status(status)]),
+            Err(e) => {
+                log::warn!("CLOCK_MONOTONIC unreadable ({e}); RELOADING=1 sent without it");
+                self.send(&[NotifyState::Reloading, NotifyState::Status(status)]);
+            }
+        }
+    }
+
+    /// A `STATUS=` line alone (e.g. intake paused / resumed).
+    pub fn status(&self, status: &str) {
+        self.send(&[NotifyState::Status(status)]);
     }
 
     /// `STOPPING=1`: shutdown has begun.

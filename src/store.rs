@@ -109,6 +109,33 @@ pub enum StoreError {
     Corrupt { what: &'static str, value: String },
 }
 
+impl StoreError {
+    /// True for a failure of the storage under the database rather than of the data: disk full
+    /// (`SQLITE_FULL`), I/O error, read-only or unopenable file, or a lock held too long. The
+    /// daemon pauses intake and retries later on these (nothing is lost); other errors are bugs
+    /// or damage and are reported as such.
+    pub fn is_storage_failure(&self) -> bool {
+        use rusqlite::ErrorCode as C;
+        let code = match self {
+            StoreError::Sqlite(e) | StoreError::Open { source: e, .. } => e.sqlite_error_code(),
+            StoreError::Dir { .. } => return true,
+            _ => None,
+        };
+        matches!(
+            code,
+            Some(
+                C::DiskFull
+                    | C::SystemIoFailure
+                    | C::ReadOnly
+                    | C::CannotOpen
+                    | C::DatabaseBusy
+                    | C::DatabaseLocked
+                    | C::OutOfMemory
+            )
+        )
+    }
+}
+
 /// Status of a ledger row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -623,6 +650,26 @@ impl Store {
         finish(&tx, ticket, Status::New, None, None, Some(reason), now)?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Give a claimed file back WITHOUT counting the attempt (the daemon, not the file, failed:
+    /// e.g. its result could not be committed because the disk was full): ledger row `new` with
+    /// `reason`, attempts one less. Errors: `StaleTicket`, `Sqlite`.
+    pub fn release(&mut self, ticket: &Ticket, reason: &str) -> Result<(), StoreError> {
+        let now = now_ms();
+        let tx = self.write_tx()?;
+        finish(&tx, ticket, Status::New, None, None, Some(reason), now)?;
+        tx.execute(
+            "UPDATE ledger SET attempts = MAX(attempts - 1, 0) WHERE id = ?1",
+            [ticket.ledger_id],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Change `ingest.max_attempts` (SIGHUP reload); values below 1 count as 1.
+    pub fn set_max_attempts(&mut self, max_attempts: u32) {
+        self.max_attempts = max_attempts.max(1);
     }
 
     fn finish_with(

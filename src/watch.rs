@@ -198,6 +198,11 @@ impl Stability {
         self.handed.remove(path);
     }
 
+    /// Change the stable time (`watch.stable_secs` reloaded); candidates keep their start.
+    pub fn set_stable(&mut self, stable: Duration) {
+        self.stable = stable;
+    }
+
     /// Number of paths waiting to become stable.
     pub fn pending(&self) -> usize {
         self.pending.len()

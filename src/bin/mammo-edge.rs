@@ -44,7 +44,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon: watch the export folders, score each new mammogram, publish over MQTT.
-    /// Stops cleanly on SIGTERM / SIGINT.
+    /// Stops cleanly on SIGTERM / SIGINT; SIGHUP reloads the configuration file and the model
+    /// (a refused one is logged and the running one kept).
     #[command(after_help = DAEMON_EXIT_HELP)]
     Run {
         /// TOML configuration (keys: docs/daemon-store.md; `print-default-config` shows all).
@@ -291,14 +292,15 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { config } => {
-            let config = match load_config(&config) {
+        Command::Run { config: path } => {
+            let config = match load_config(&path) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
             let rt = runtime()?;
-            match rt.block_on(mammo_edge::daemon::run(
+            match rt.block_on(mammo_edge::daemon::run_with(
                 config,
+                Some(path),
                 mammo_edge::daemon::shutdown_signal(),
             )) {
                 Ok(_) => Ok(ExitCode::SUCCESS),

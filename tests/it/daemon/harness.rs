@@ -602,3 +602,180 @@ pub(crate) fn distinct_result_ids(msgs: &[Value]) -> Vec<String> {
     }
     seen
 }
+
+// ---------------------------------------------------------------- TLS (ops.rs)
+
+/// A test PKI made with the `openssl` CLI (EC P-256): a CA, a server certificate for
+/// 127.0.0.1 / localhost, a client certificate, and an unrelated second CA (the "wrong CA").
+pub(crate) struct Pki {
+    pub(crate) _dir: tempfile::TempDir,
+    pub(crate) ca: PathBuf,
+    pub(crate) server_cert: PathBuf,
+    pub(crate) server_key: PathBuf,
+    pub(crate) client_cert: PathBuf,
+    pub(crate) client_key: PathBuf,
+    pub(crate) other_ca: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl CLI not runnable (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Pki {
+    pub(crate) fn generate() -> Pki {
+        let dir = tmp();
+        let d = dir.path();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        for (name, cn) in [("ca", "mammo-test-ca"), ("other-ca", "mammo-other-ca")] {
+            let (key, pem, subj) = (
+                format!("{name}.key"),
+                format!("{name}.pem"),
+                format!("/CN={cn}"),
+            );
+            let mut a = vec!["req", "-x509", "-new"];
+            a.extend(ec);
+            a.extend([
+                "-keyout",
+                &key,
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-subj",
+                &subj,
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ]);
+            openssl(d, &a);
+        }
+        for (name, usage, san) in [
+            (
+                "server",
+                "serverAuth",
+                "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+            ),
+            ("client", "clientAuth", ""),
+        ] {
+            let (key, csr, pem, ext, subj) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.pem"),
+                format!("{name}.ext"),
+                format!("/CN=mammo-test-{name}"),
+            );
+            std::fs::write(
+                d.join(&ext),
+                format!(
+                    "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+                     extendedKeyUsage={usage}\n{san}"
+                ),
+            )
+            .unwrap();
+            let mut a = vec!["req", "-new"];
+            a.extend(ec);
+            a.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+            openssl(d, &a);
+            openssl(
+                d,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &csr,
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-set_serial",
+                    "2",
+                    "-days",
+                    "2",
+                    "-out",
+                    &pem,
+                    "-extfile",
+                    &ext,
+                ],
+            );
+        }
+        // mosquitto started as root drops to its own user: let it read the (test-only) keys
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for f in std::fs::read_dir(d).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        Pki {
+            ca: d.join("ca.pem"),
+            server_cert: d.join("server.pem"),
+            server_key: d.join("server.key"),
+            client_cert: d.join("client.pem"),
+            client_key: d.join("client.key"),
+            other_ca: d.join("other-ca.pem"),
+            _dir: dir,
+        }
+    }
+}
+
+/// mosquitto with a plaintext loopback listener on `broker.port` (for the test's subscriber)
+/// and a TLS listener on `tls_port` that requires a client certificate signed by the PKI's CA.
+pub(crate) struct TlsBroker {
+    pub(crate) broker: Broker,
+    pub(crate) tls_port: u16,
+}
+
+impl TlsBroker {
+    pub(crate) fn start(pki: &Pki) -> TlsBroker {
+        let (port, tls_port, dir) = (free_port(), free_port(), tmp());
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "per_listener_settings false\nallow_anonymous true\n\
+                 listener {port} 127.0.0.1\n\
+                 listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n\
+                 require_certificate true\n",
+                pki.ca.display(),
+                pki.server_cert.display(),
+                pki.server_key.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("mosquitto.log")).unwrap();
+        let child = Command::new("/usr/sbin/mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("mosquitto not runnable (apt-get install mosquitto)");
+        let broker = Broker {
+            port,
+            dir,
+            child: Some(child),
+        };
+        wait_port(port, true);
+        wait_port(tls_port, true);
+        TlsBroker { broker, tls_port }
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("mqtts://127.0.0.1:{}", self.tls_port)
+    }
+}

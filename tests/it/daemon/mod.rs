@@ -5,6 +5,7 @@
 //! built here with tract-onnx's protobuf types (its outputs are simple functions of the image).
 
 mod harness;
+mod ops;
 mod soak;
 
 use std::path::{Path, PathBuf};
@@ -242,7 +243,8 @@ fn broker_down_while_files_arrive_loses_nothing_and_keeps_the_outbox_order() {
     let mut received: Vec<String> = Vec::new();
     for r in sub.all() {
         if let Ok(v) = serde_json::from_str::<Value>(&r.payload) {
-            if v.get("schema").is_some() {
+            // results only (the retained health snapshot has a schema but no result_id)
+            if v.get("result_id").is_some() {
                 let k = format!("{}/{}", v["schema"], v["result_id"]);
                 if !received.contains(&k) {
                     received.push(k);

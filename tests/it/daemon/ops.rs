@@ -1,0 +1,766 @@
+//! Operating the daemon: SIGHUP reload of configuration and model (a refused one keeps the
+//! running model), the retained `<prefix>/health` snapshot, intake paused by a low state folder
+//! (a configured floor, and a real full file system on tmpfs when run as root), TLS with client
+//! certificates against mosquitto, and quarantine of a file that crashes the daemon. Same harness
+//! as mod.rs: the `mammo-edge` binary, real mosquitto, a real subscriber, real SQLite.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use serde_json::Value;
+use tract_onnx::pb;
+
+use super::harness::*;
+use crate::util::tmp;
+
+/// Set `key = value` (TOML text) in `[section]` of the config file, replacing the key's line or
+/// adding it under the section header.
+fn set_key(config: &Path, section: &str, key: &str, value: &str) {
+    let text = std::fs::read_to_string(config).unwrap();
+    let header = format!("[{section}]");
+    let mut out = Vec::new();
+    let (mut inside, mut done) = (false, false);
+    for line in text.lines() {
+        if line.trim_start().starts_with('[') {
+            if inside && !done {
+                out.push(format!("{key} = {value}"));
+                done = true;
+            }
+            inside = line.trim() == header;
+            out.push(line.to_string());
+            continue;
+        }
+        if inside && !done && line.split('=').next().map(str::trim) == Some(key) {
+            out.push(format!("{key} = {value}"));
+            done = true;
+            continue;
+        }
+        out.push(line.to_string());
+    }
+    if !done {
+        if !inside {
+            out.push(header);
+        }
+        out.push(format!("{key} = {value}"));
+    }
+    std::fs::write(config, out.join("\n") + "\n").unwrap();
+}
+
+fn wait_for(secs: u64, what: &str, s: &Setup, mut cond: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "timed out after {secs} s waiting for {what}; daemon log:\n{}",
+            s.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn last_health(sub: &Subscriber) -> Option<Value> {
+    sub.on("health").pop()
+}
+
+fn sha256_file(p: &Path) -> String {
+    mammo_edge::message::sha256_hex(&std::fs::read(p).unwrap())
+}
+
+/// Copy an ONNX model with `mammo.model_version` set to `version` (a different file, hence a
+/// different sha256, following the same contract).
+fn retag_model(src: &Path, dst: &Path, version: &str) {
+    let mut m = pb::ModelProto::decode(std::fs::read(src).unwrap().as_slice()).unwrap();
+    let entry = m
+        .metadata_props
+        .iter_mut()
+        .find(|p| p.key == "mammo.model_version")
+        .expect("model has mammo.model_version");
+    entry.value = version.into();
+    std::fs::write(dst, m.encode_to_vec()).unwrap();
+}
+
+/// A fake systemd notify socket collecting the lines of its datagrams.
+struct Notify {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    sock: std::os::unix::net::UnixDatagram,
+    lines: Vec<String>,
+}
+
+impl Notify {
+    fn bind() -> Notify {
+        let dir = tmp();
+        let path = dir.path().join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        Notify {
+            _dir: dir,
+            path,
+            sock,
+            lines: Vec::new(),
+        }
+    }
+
+    fn drain(&mut self) {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.sock.recv(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            self.lines.extend(text.lines().map(str::to_string));
+        }
+    }
+
+    /// Index of the first line equal to `line` at or after `from`, waiting up to `secs`.
+    fn wait(&mut self, line: &str, from: usize, secs: u64) -> usize {
+        let t0 = Instant::now();
+        loop {
+            if let Some(i) = self.lines.iter().skip(from).position(|l| l == line) {
+                return from + i;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(secs),
+                "no {line} within {secs} s; received {:?}",
+                self.lines
+            );
+            self.drain();
+        }
+    }
+}
+
+/// Each `sd_notify` RELOADING=1 must come with MONOTONIC_USEC (systemd ≥ 253) in the same
+/// datagram; the datagram lines are contiguous in `lines`.
+fn assert_reloading_then_ready(n: &mut Notify, from: usize) -> usize {
+    let r = n.wait("RELOADING=1", from, 30);
+    let usec = n.lines.get(r + 1).cloned().unwrap_or_default();
+    let v: u64 = usec
+        .strip_prefix("MONOTONIC_USEC=")
+        .unwrap_or_else(|| panic!("MONOTONIC_USEC must follow RELOADING=1: {:?}", n.lines))
+        .parse()
+        .unwrap();
+    assert!(v > 0);
+    n.wait("READY=1", r, 30) + 1
+}
+
+fn hup(d: &Daemon) {
+    signal(d.child.as_ref().unwrap(), "HUP");
+}
+
+fn images_with(sub: &Subscriber, sha: &str) -> usize {
+    sub.on("image")
+        .iter()
+        .filter(|m| m["model"]["sha256"] == sha)
+        .count()
+}
+
+#[test]
+fn sighup_refuses_a_corrupt_model_keeps_the_running_one_and_applies_a_new_one() {
+    let broker = Broker::start();
+    let s = Setup::new(&broker.url(), "");
+    // this test's own model file: it is overwritten below
+    let model = s.config.parent().unwrap().join("hup-model.onnx");
+    std::fs::copy(&s.model, &model).unwrap();
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let old = format!("path = {:?}", s.model);
+    assert!(text.contains(&old));
+    std::fs::write(&s.config, text.replace(&old, &format!("path = {model:?}"))).unwrap();
+    let sha_a = sha256_file(&model);
+    let sub = Subscriber::start(broker.port, &s.prefix, "sub-hup", Arc::default());
+    let mut notify = Notify::bind();
+    let mut d = s.start_with(&[("NOTIFY_SOCKET", notify.path.as_os_str())]);
+    let mut at = notify.wait("READY=1", 0, 60) + 1;
+    sub.wait(30, "health", |s| last_health(s).is_some());
+    let src = tmp();
+    let files = exam(src.path(), 31);
+    drop_in(&s.watch, &files[0], "a.dcm");
+    sub.wait(30, "1 image", |s| s.on("image").len() == 1);
+    assert_eq!(images_with(&sub, &sha_a), 1);
+
+    // a corrupt model: refused, the running one stays
+    std::fs::write(&model, b"this is not an ONNX model").unwrap();
+    hup(&d);
+    sub.wait(30, "health with a refused reload", |s| {
+        last_health(s).is_some_and(|h| h["last_reload"]["ok"] == false)
+    });
+    at = assert_reloading_then_ready(&mut notify, at);
+    let h = last_health(&sub).unwrap();
+    assert_valid(&schema("health"), &h);
+    assert_eq!(h["model"]["sha256"], sha_a.as_str());
+    let why = h["last_reload"]["message"].as_str().unwrap();
+    assert!(why.starts_with("model refused: model.path"), "{why}");
+    assert!(s.log_text().contains("reload refused: model refused"));
+    assert!(d.alive(), "a refused reload must not stop the daemon");
+    drop_in(&s.watch, &files[1], "b.dcm");
+    sub.wait(30, "2 images", |s| s.on("image").len() == 2);
+    assert_eq!(images_with(&sub, &sha_a), 2, "the old model scores on");
+
+    // a valid model of another version, and a broker setting that needs a restart
+    retag_model(&s.model, &model, "9.9.9-hup");
+    let sha_b = sha256_file(&model);
+    assert_ne!(sha_a, sha_b);
+    set_key(&s.config, "mqtt", "client_id", "\"edge-renamed\"");
+    hup(&d);
+    sub.wait(30, "health with the new model", |s| {
+        last_health(s).is_some_and(|h| h["model"]["sha256"] == sha_b.as_str())
+    });
+    assert_reloading_then_ready(&mut notify, at);
+    let h = last_health(&sub).unwrap();
+    assert_valid(&schema("health"), &h);
+    assert_eq!(h["last_reload"]["ok"], true);
+    assert_eq!(h["model"]["version"], "9.9.9-hup");
+    assert_eq!(
+        h["last_reload"]["needs_restart"],
+        serde_json::json!(["mqtt.client_id"])
+    );
+    assert!(s.log_text().contains("mqtt.client_id changed"));
+    // the retained status/info follows the model
+    sub.wait(10, "status/info with the new model", |s| {
+        s.all().iter().any(|r| {
+            r.topic.ends_with("/status/info")
+                && serde_json::from_str::<Value>(&r.payload).unwrap()["model"]["sha256"]
+                    == sha_b.as_str()
+        })
+    });
+    drop_in(&s.watch, &files[2], "c.dcm");
+    sub.wait(30, "3 images", |s| s.on("image").len() == 3);
+    let third = sub.on("image").pop().unwrap();
+    assert_eq!(third["model"]["sha256"], sha_b.as_str());
+    assert_eq!(third["model"]["version"], "9.9.9-hup");
+    assert_valid(&schema("image"), &third);
+    // a configuration that fails its check: refused as well, the daemon goes on
+    set_key(&s.config, "ingest", "max_attempts", "0");
+    hup(&d);
+    sub.wait(30, "health with a refused configuration", |s| {
+        last_health(s).is_some_and(|h| h["last_reload"]["ok"] == false)
+    });
+    let h = last_health(&sub).unwrap();
+    let why = h["last_reload"]["message"].as_str().unwrap();
+    assert!(
+        why.starts_with("configuration refused: ingest.max_attempts: must be greater than 0"),
+        "{why}"
+    );
+    assert_eq!(h["model"]["sha256"], sha_b.as_str());
+    for h in sub.on("health") {
+        assert_valid(&schema("health"), &h);
+    }
+    assert!(d.alive());
+    assert!(d.stop().success());
+    assert_eq!(
+        s.count("SELECT COUNT(*) FROM ledger WHERE status = 'done'"),
+        3
+    );
+}
+
+#[test]
+fn health_is_retained_counts_what_was_published_and_follows_its_schema() {
+    let broker = Broker::start();
+    let s = Setup::new(&broker.url(), "");
+    set_key(&s.config, "mqtt", "health_secs", "1");
+    let sub = Subscriber::start(broker.port, &s.prefix, "sub-health", Arc::default());
+    let mut d = s.start();
+    let src = tmp();
+    for f in exam(src.path(), 32) {
+        drop_in(&s.watch, &f, f.file_name().unwrap().to_str().unwrap());
+    }
+    std::fs::write(s.watch.join("junk.bin"), b"not a DICOM file").unwrap();
+    sub.wait(
+        60,
+        "health counting 4 images, 1 error, 1 exam, nothing waiting",
+        |s| {
+            last_health(s).is_some_and(|h| {
+                h["counters"]["images_scored"] == 4
+                    && h["counters"]["errors"] == 1
+                    && h["counters"]["exams_published"] == 1
+                    && h["outbox_backlog"] == 0
+            })
+        },
+    );
+    let v = schema("health");
+    let all = sub.on("health");
+    for h in &all {
+        assert_valid(&v, h);
+    }
+    let h = all.last().unwrap();
+    assert_eq!(h["schema"], "mammo-edge.health/1");
+    assert_eq!(h["intake"], serde_json::json!({"state": "running"}));
+    assert_eq!(h["counters"]["skipped"], 0);
+    assert_eq!(h["counters"]["quarantined"], 0);
+    assert_eq!(h["state_dir"]["min_free_bytes"], 256u64 * 1024 * 1024);
+    assert!(h["state_dir"]["free_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(h["last_reload"], Value::Null);
+    let meta = mammo_edge::model::ModelRunner::load(&s.model).unwrap().meta;
+    assert_eq!(h["model"]["name"], meta.model_name.as_str());
+    assert_eq!(h["model"]["intended_use"], meta.intended_use.as_str());
+    assert_eq!(h["model"]["sha256"], sha256_file(&s.model).as_str());
+    assert_eq!(
+        h["model"]["sha256"],
+        sub.on("image")[0]["model"]["sha256"],
+        "health names the model of the results"
+    );
+    // periodic: new snapshots keep coming (health_secs = 1)
+    let n = all.len();
+    sub.wait(10, "2 more health messages", |s| {
+        s.on("health").len() >= n + 2
+    });
+    let times: Vec<String> = sub
+        .on("health")
+        .iter()
+        .map(|h| h["produced_at"].as_str().unwrap().to_string())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    assert_ne!(times.first(), times.last());
+    // retained: a subscriber arriving now gets the last snapshot at once
+    let late = Subscriber::start(broker.port, &s.prefix, "sub-health-late", Arc::default());
+    late.wait(5, "the retained health", |s| last_health(s).is_some());
+    assert_eq!(last_health(&late).unwrap()["counters"]["images_scored"], 4);
+    assert!(d.stop().success());
+}
+
+#[test]
+fn state_folder_below_min_free_pauses_intake_until_a_reload_lowers_the_floor() {
+    let broker = Broker::start();
+    let s = Setup::new(&broker.url(), "");
+    // a floor of 1 EiB: no file system here has that much free
+    set_key(&s.config, "state", "min_free_mb", "1099511627776");
+    set_key(&s.config, "mqtt", "health_secs", "1");
+    let sub = Subscriber::start(broker.port, &s.prefix, "sub-floor", Arc::default());
+    let mut d = s.start();
+    sub.wait(30, "health saying paused", |s| {
+        last_health(s).is_some_and(|h| h["intake"]["state"] == "paused")
+    });
+    let h = last_health(&sub).unwrap();
+    assert_valid(&schema("health"), &h);
+    assert_eq!(h["intake"]["reason_code"], "disk_low");
+    assert!(h["intake"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("state.min_free_mb = 1099511627776"));
+    let src = tmp();
+    let files = exam(src.path(), 33);
+    let mut dropped = Vec::new();
+    for f in &files {
+        dropped.push(drop_in(
+            &s.watch,
+            f,
+            f.file_name().unwrap().to_str().unwrap(),
+        ));
+    }
+    // stable after 1 s, rescanned every 2 s: give it 5 s to (not) claim them
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(s.count("SELECT COUNT(*) FROM ledger"), 0, "nothing claimed");
+    assert!(dropped.iter().all(|p| p.is_file()), "files left in place");
+    assert!(sub.on("image").is_empty());
+    assert_eq!(last_health(&sub).unwrap()["intake"]["state"], "paused");
+    assert!(s.log_text().contains("intake paused: state folder has"));
+    assert!(d.alive());
+
+    set_key(&s.config, "state", "min_free_mb", "1");
+    hup(&d);
+    sub.wait(60, "4 images after the floor was lowered", |s| {
+        s.on("image").len() >= 4
+    });
+    sub.wait(10, "health saying running", |s| {
+        last_health(s).is_some_and(|h| {
+            h["intake"]["state"] == "running" && h["state_dir"]["min_free_bytes"] == 1048576
+        })
+    });
+    assert_valid(&schema("health"), &last_health(&sub).unwrap());
+    assert!(s.log_text().contains("intake resumed"));
+    assert!(d.stop().success());
+    assert_eq!(
+        s.count("SELECT COUNT(*) FROM ledger WHERE status = 'done'"),
+        4
+    );
+}
+
+/// A tmpfs mounted for one test; unmounted on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// `None` (with the reason printed) when mounting is not permitted.
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tmp();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs { dir }),
+            Ok(o) => {
+                eprintln!(
+                    "SKIPPED: mount -t tmpfs not permitted ({}); run as root to test a full state file system",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: mount not runnable ({e})");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Write zeros into `path` until the file system refuses (ENOSPC).
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    for chunk in [64 * 1024, 4096, 512] {
+        let buf = vec![0u8; chunk];
+        while f.write_all(&buf).is_ok() {}
+    }
+    let _ = f.sync_all();
+}
+
+#[test]
+fn full_state_file_system_pauses_intake_and_loses_no_file() {
+    let Some(fs) = Tmpfs::mount("8m") else {
+        return;
+    };
+    let broker = Broker::start();
+    let s = Setup::new(&broker.url(), "");
+    let state = fs.dir.path().join("state");
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let old = format!("dir = {:?}", s.state);
+    assert!(text.contains(&old));
+    std::fs::write(&s.config, text.replace(&old, &format!("dir = {state:?}"))).unwrap();
+    // no floor: the database itself must run into the full file system
+    set_key(&s.config, "state", "min_free_mb", "0");
+    set_key(&s.config, "mqtt", "health_secs", "1");
+    let sub = Subscriber::start(broker.port, &s.prefix, "sub-enospc", Arc::default());
+    let mut d = s.start();
+    sub.wait(30, "health", |s| last_health(s).is_some());
+    let filler = fs.dir.path().join("filler");
+    fill(&filler);
+    let src = tmp();
+    let files = exam(src.path(), 34);
+    let mut dropped = Vec::new();
+    for f in &files {
+        dropped.push(drop_in(
+            &s.watch,
+            f,
+            f.file_name().unwrap().to_str().unwrap(),
+        ));
+    }
+    sub.wait(30, "health saying paused (state_db)", |s| {
+        last_health(s).is_some_and(|h| h["intake"]["reason_code"] == "state_db")
+    });
+    let h = last_health(&sub).unwrap();
+    assert_valid(&schema("health"), &h);
+    assert_eq!(h["intake"]["state"], "paused");
+    assert!(sub.on("image").is_empty());
+    assert!(dropped.iter().all(|p| p.is_file()), "files left in place");
+    assert!(d.alive());
+    std::fs::remove_file(&filler).unwrap();
+    sub.wait(60, "4 images once space returned", |s| {
+        s.on("image").len() >= 4
+    });
+    sub.wait(15, "health saying running", |s| {
+        last_health(s).is_some_and(|h| h["intake"]["state"] == "running")
+    });
+    assert!(d.stop().success());
+    let log = s.log_text();
+    assert!(
+        log.contains("not claimed (state database: database or disk is full); retried later")
+            && log.contains("intake paused: state database not writable")
+            && log.contains("intake resumed"),
+        "{log}"
+    );
+    let db = rusqlite::Connection::open(state.join("state.sqlite")).unwrap();
+    let done: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM ledger WHERE status = 'done' AND attempts = 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        done, 4,
+        "each file scored once, no attempt counted against it"
+    );
+    drop(db);
+    drop(d);
+    drop(fs);
+}
+
+#[test]
+fn tls_with_client_certificates_delivers_and_a_wrong_ca_is_named() {
+    let pki = Pki::generate();
+    let tb = TlsBroker::start(&pki);
+    let s = Setup::new(&tb.url(), "");
+    for (key, path) in [
+        ("ca_file", &pki.ca),
+        ("client_cert", &pki.client_cert),
+        ("client_key", &pki.client_key),
+    ] {
+        set_key(&s.config, "mqtt", key, &format!("{path:?}"));
+    }
+    let check = |cfg: &Path| {
+        Command::new(BIN)
+            .arg("check")
+            .arg("--config")
+            .arg(cfg)
+            .output()
+            .unwrap()
+    };
+    let out = check(&s.config);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // the subscriber uses the plaintext listener of the same broker
+    let sub = Subscriber::start(tb.broker.port, &s.prefix, "sub-tls", Arc::default());
+    let mut d = s.start();
+    let src = tmp();
+    let files = exam(src.path(), 35);
+    drop_in(&s.watch, &files[0], "tls.dcm");
+    sub.wait(30, "1 image over TLS", |s| s.on("image").len() == 1);
+    assert_valid(&schema("image"), &sub.on("image")[0]);
+    assert!(sub
+        .all()
+        .iter()
+        .any(|r| r.topic.ends_with("/status") && r.payload == "online"));
+    assert!(s
+        .log_text()
+        .contains(&format!("broker {}: connected", tb.url())));
+
+    // the broker's certificate is not signed by this CA
+    let wrong = s.config.with_file_name("wrong-ca.toml");
+    std::fs::copy(&s.config, &wrong).unwrap();
+    set_key(&wrong, "mqtt", "ca_file", &format!("{:?}", pki.other_ca));
+    let out = check(&wrong);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains(&tb.url()), "{err}");
+    assert!(
+        err.contains("certificate") && err.contains("mqtt.ca_file"),
+        "the message names the certificate problem: {err}"
+    );
+    // no client certificate: the broker refuses the handshake
+    let nocert = s.config.with_file_name("no-client-cert.toml");
+    std::fs::copy(&s.config, &nocert).unwrap();
+    set_key(&nocert, "mqtt", "client_cert", "\"\"");
+    set_key(&nocert, "mqtt", "client_key", "\"\"");
+    let out = check(&nocert);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains("mqtt.client_cert"), "{err}");
+
+    // a running daemon with the wrong CA logs the problem and keeps trying
+    let s2 = Setup::new(&tb.url(), "");
+    for (key, path) in [
+        ("ca_file", &pki.other_ca),
+        ("client_cert", &pki.client_cert),
+        ("client_key", &pki.client_key),
+    ] {
+        set_key(&s2.config, "mqtt", key, &format!("{path:?}"));
+    }
+    let mut d2 = s2.start();
+    wait_for(30, "the certificate problem in the log", &s2, || {
+        s2.log_text().contains("cannot connect") && s2.log_text().contains("mqtt.ca_file")
+    });
+    assert!(d2.alive(), "a broker problem never stops the daemon");
+    assert!(d2.stop().success());
+    assert!(d.stop().success());
+}
+
+/// A DICOM file whose data set nests `depth` sequences: parsing it recurses once per level,
+/// and at 20 000 levels the parser overflows its thread's stack, which aborts the process (a
+/// real poison file of dicom-object 0.10).
+fn deeply_nested_dicom(path: &Path, depth: usize) {
+    fn el(out: &mut Vec<u8>, tag: (u16, u16), vr: &[u8; 2], value: &[u8]) {
+        out.extend(tag.0.to_le_bytes());
+        out.extend(tag.1.to_le_bytes());
+        out.extend(vr);
+        if vr == b"OB" {
+            out.extend([0, 0]);
+            out.extend((value.len() as u32).to_le_bytes());
+        } else {
+            out.extend((value.len() as u16).to_le_bytes());
+        }
+        out.extend(value);
+    }
+    let sop_class = b"1.2.840.10008.5.1.4.1.1.1.2\0";
+    let sop = b"1.2.826.0.1.3680043.9.9999.1";
+    let ts = b"1.2.840.10008.1.2.1\0";
+    let mut meta = Vec::new();
+    el(&mut meta, (2, 1), b"OB", &[0, 1]);
+    el(&mut meta, (2, 2), b"UI", sop_class);
+    el(&mut meta, (2, 3), b"UI", sop);
+    el(&mut meta, (2, 0x10), b"UI", ts);
+    let mut out = vec![0u8; 128];
+    out.extend(b"DICM");
+    el(&mut out, (2, 0), b"UL", &(meta.len() as u32).to_le_bytes());
+    out.extend(meta);
+    el(&mut out, (8, 0x16), b"UI", sop_class);
+    el(&mut out, (8, 0x18), b"UI", sop);
+    el(&mut out, (8, 0x60), b"CS", b"MG");
+    let undefined = 0xFFFF_FFFFu32.to_le_bytes();
+    for _ in 0..depth {
+        // (0008,1140) SQ of undefined length, then an item of undefined length
+        out.extend([0x08, 0x00, 0x40, 0x11]);
+        out.extend(b"SQ\0\0");
+        out.extend(undefined);
+        out.extend([0xFE, 0xFF, 0x00, 0xE0]);
+        out.extend(undefined);
+    }
+    for _ in 0..depth {
+        out.extend([0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
+        out.extend([0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+#[test]
+fn a_file_that_kills_the_daemon_is_quarantined_after_max_attempts_and_reported_once() {
+    let broker = Broker::start();
+    let s = Setup::new(&broker.url(), "");
+    set_key(&s.config, "ingest", "max_attempts", "2");
+    let sub = Subscriber::start(broker.port, &s.prefix, "sub-poison", Arc::default());
+    let src = tmp();
+    let poison = src.path().join("poison.dcm");
+    deeply_nested_dicom(&poison, 20_000);
+    drop_in(&s.watch, &poison, "poison.dcm");
+    // systemd's Restart=on-failure, by hand: each attempt kills the process
+    for attempt in 1..=2 {
+        let mut d = s.start();
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(st) = d.child.as_mut().unwrap().try_wait().unwrap() {
+                d.child = None;
+                break st;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "attempt {attempt}: the poison file did not stop the daemon:\n{}",
+                s.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(!status.success(), "attempt {attempt}: {status:?}");
+        assert_eq!(
+            s.count("SELECT attempts FROM ledger WHERE path LIKE '%poison.dcm'"),
+            attempt
+        );
+        assert_eq!(
+            s.count("SELECT COUNT(*) FROM ledger WHERE status = 'in_progress'"),
+            1,
+            "the crash left the claim in progress"
+        );
+    }
+    // third start: attempts reached max_attempts, the file is quarantined without decoding
+    let mut d = s.start();
+    sub.wait(30, "the quarantine error", |s| !s.on("error").is_empty());
+    let e = &sub.on("error")[0];
+    assert_valid(&schema("error"), e);
+    assert_eq!(e["reason_code"], "quarantined");
+    assert!(e["reason"]
+        .as_str()
+        .unwrap()
+        .contains("quarantined after 2 attempt(s)"));
+    assert!(!e["reason"].as_str().unwrap().contains("poison.dcm"));
+    assert_eq!(
+        s.count("SELECT COUNT(*) FROM ledger WHERE path LIKE '%poison.dcm' AND status = 'quarantined' AND attempts = 2"),
+        1
+    );
+    // other files still go through
+    let files = exam(src.path(), 36);
+    for f in &files {
+        drop_in(&s.watch, f, f.file_name().unwrap().to_str().unwrap());
+    }
+    sub.wait(60, "4 images and 1 exam", |s| {
+        s.on("image").len() >= 4 && !s.on("exam").is_empty()
+    });
+    assert!(d.alive());
+    assert!(d.stop().success());
+    // a restart neither retries nor reports it again
+    let before = last_health(&sub).unwrap()["started_at"].clone();
+    let mut d = s.start();
+    sub.wait(30, "health of the restarted daemon", |s| {
+        last_health(s).is_some_and(|h| h["started_at"] != before)
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(d.alive());
+    assert!(d.stop().success());
+    let errors = sub.on("error");
+    assert_eq!(
+        distinct_result_ids(&errors).len(),
+        1,
+        "reported exactly once: {errors:?}"
+    );
+    assert_eq!(
+        s.count("SELECT COUNT(*) FROM outbox WHERE topic LIKE '%/error'"),
+        1
+    );
+    assert_eq!(
+        s.count("SELECT COUNT(*) FROM ledger WHERE status = 'done'"),
+        4
+    );
+    assert_eq!(
+        s.count("SELECT COUNT(*) FROM ledger WHERE status = 'quarantined'"),
+        1
+    );
+}
+
+#[test]
+fn a_result_not_committed_on_a_full_disk_is_released_without_counting_the_attempt() {
+    use mammo_edge::store::{Claim, ImageKey, OutboxMessage, Status, Store};
+    let Some(fs) = Tmpfs::mount("4m") else {
+        return;
+    };
+    let dir = fs.dir.path().join("state");
+    let mut st = Store::open(&dir, 2).unwrap();
+    let path = Path::new("/srv/dicom-export/x.dcm");
+    let mtime = std::time::SystemTime::now();
+    let Claim::Process(t) = st.claim(path, 10, mtime).unwrap() else {
+        panic!("a new file is processed")
+    };
+    let key = ImageKey {
+        sop_instance_uid: "1.2.3.4".into(),
+        study_instance_uid: "1.2.3".into(),
+        model_sha256: "ab".repeat(32),
+    };
+    let payload = serde_json::json!({"x": "y".repeat(2000)});
+    let msg = OutboxMessage {
+        topic: "t/image".into(),
+        payload: payload.clone(),
+        retain: false,
+    };
+    let filler = fs.dir.path().join("filler");
+    fill(&filler);
+    let e = st
+        .commit_result(&t, &key, &payload, std::slice::from_ref(&msg))
+        .unwrap_err();
+    assert!(
+        e.is_storage_failure(),
+        "SQLITE_FULL is a storage failure: {e}"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    st.release(&t, "state_db").unwrap();
+    let row = st.ledger_entry(path).unwrap().unwrap();
+    assert_eq!((row.status, row.attempts), (Status::New, 0));
+    assert_eq!(row.reason.as_deref(), Some("state_db"));
+    let Claim::Process(t) = st.claim(path, 10, mtime).unwrap() else {
+        panic!("a released file is processed again")
+    };
+    assert_eq!(t.attempts, 1, "the failed commit did not count");
+    st.commit_result(&t, &key, &payload, &[msg]).unwrap();
+    assert_eq!(st.undelivered_count().unwrap(), 1);
+    drop(st);
+    drop(fs);
+}
