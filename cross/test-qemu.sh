@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# cross/test-qemu.sh: the aarch64 binary under qemu-aarch64 (Debian qemu-user, aarch64 sysroot of
+# libc6-arm64-cross, CPU $QEMU_CPU): --version, `check` with the shipped model, and `infer --json`
+# with the float32 and the int8 model on a 4-view phantom exam (scale 0.1) and real mammograms,
+# compared with the x86_64 binary (cross/compare.py: f32 within 1e-4, int8 within one
+# quantisation step, same classes). Needs both binaries (cross/build.sh all).
+#   MAMMO_TEST_DATA  folder of the real test data (real-mammo/); required
+#   MAMMO_CROSS_REAL which real mammograms: "ge" (one GE, the default: CI time), "all" (two GE,
+#                    two Hologic), "none"
+#   MAMMO_CROSS_OUT  report folder (default $CARGO_TARGET_DIR/cross-report): outputs, comparison.md
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. cross/env.sh
+
+for b in "$A64_BIN" "$X64_BIN"; do
+  [ -x "$b" ] || { echo "$b missing: run cross/build.sh all" >&2; exit 1; }
+done
+command -v qemu-aarch64 >/dev/null || { echo "qemu-aarch64 missing: run cross/setup.sh" >&2; exit 1; }
+[ -e "$A64_SYSROOT/lib/ld-linux-aarch64.so.1" ] ||
+  { echo "$A64_SYSROOT: no aarch64 loader (apt-get install libc6-arm64-cross)" >&2; exit 1; }
+data="${MAMMO_TEST_DATA:?set MAMMO_TEST_DATA to the real test data folder}"
+[ -d "$data/real-mammo" ] || { echo "$data/real-mammo: missing" >&2; exit 1; }
+
+out="${MAMMO_CROSS_OUT:-$CARGO_TARGET_DIR/cross-report}"
+rm -rf "$out"
+mkdir -p "$out"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+echo "== qemu-aarch64 -cpu $QEMU_CPU: --version"
+v_a64="$(qemu_a64 "$A64_BIN" --version)"
+v_x64="$("$X64_BIN" --version)"
+echo "aarch64: $v_a64"
+[ "$v_a64" = "$v_x64" ] || { echo "FAIL: x86_64 says $v_x64" >&2; exit 1; }
+
+echo "== check --no-broker with the shipped int8 model"
+mkdir -p "$work/export" "$work/state"
+cat > "$work/config.toml" <<TOML
+[watch]
+dirs = ["$work/export"]
+[state]
+dir = "$work/state"
+[model]
+path = "$PWD/models/mammo-mtl-demo.int8.onnx"
+TOML
+t0=$(date +%s)
+qemu_a64 "$A64_BIN" check --config "$work/config.toml" --no-broker | tee "$out/check.txt"
+grep -q '^ok: config; model ' "$out/check.txt" || { echo "FAIL: check did not say ok" >&2; exit 1; }
+echo "check: $(since "$t0") s"
+
+echo "== inputs: a 4-view phantom exam (scale 0.1) and real mammograms (${MAMMO_CROSS_REAL:-ge})"
+"$X64_BIN" synth --out "$work/phantom" --count 4 --seed 11 --scale 0.1 --threads 2 2>&1 | sed 's/^/  /'
+inputs=("$work/phantom/images")
+case "${MAMMO_CROSS_REAL:-ge}" in
+  ge) inputs+=("$data/real-mammo/ge_senographe_R_CC_jpegll.dcm") ;;
+  all) inputs+=("$data"/real-mammo/{ge_senographe_R_CC_jpegll,ge_senographe_L_CC_jpegll,hologic_selenia_L_CC_j2k,hologic_selenia_R_MLO_j2k}.dcm) ;;
+  none) ;;
+  *) echo "MAMMO_CROSS_REAL: ge, all or none" >&2; exit 2 ;;
+esac
+
+pairs=()
+for kind in f32 int8; do
+  model=models/mammo-mtl-demo.onnx
+  [ "$kind" = int8 ] && model=models/mammo-mtl-demo.int8.onnx
+  t0=$(date +%s)
+  "$X64_BIN" infer --model "$model" "${inputs[@]}" > "$out/x86_64-$kind.jsonl" 2> "$out/x86_64-$kind.log"
+  t_x64=$(since "$t0")
+  t0=$(date +%s)
+  qemu_a64 "$A64_BIN" infer --model "$model" "${inputs[@]}" > "$out/aarch64-$kind.jsonl" \
+    2> "$out/aarch64-$kind.log"
+  echo "infer $kind ($(wc -l < "$out/aarch64-$kind.jsonl") files): x86_64 ${t_x64} s, aarch64 under qemu $(since "$t0") s"
+  pairs+=("$kind" "$model" "$out/x86_64-$kind.jsonl" "$out/aarch64-$kind.jsonl")
+done
+
+echo "== x86_64 vs aarch64 (qemu -cpu $QEMU_CPU)"
+python3 cross/compare.py --out "$out/comparison.md" "${pairs[@]}"
