@@ -108,7 +108,7 @@ def compare(kind, model, x86, a64, steps):
                     if worst is None or d / tol > worst[0]:
                         worst = (d / tol, d, tol, k)
                     if not d <= tol:
-                        problems.append(f"{k}: |{x} - {y}| = {d:.3g} > {tol:.3g}")
+                        problems.append(f"{k}: {x} vs {y}, diff {d:.3g} > {tol:.3g}")
         status = r.get("status", "?") if r else g.get("status", "?")
         classes = "-" if r is None or g is None else "/".join(
             str(r.get(k)) for k in ("density", "vendor_predicted", "view_predicted", "cancer_flag"))

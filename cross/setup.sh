@@ -30,6 +30,11 @@ if ! [ -x "$CROSS_TOOLS/ziglang-$CROSS_ZIG_VERSION/ziglang/zig" ]; then
   python3 -m pip install --quiet --disable-pip-version-check \
     --target "$CROSS_TOOLS/ziglang-$CROSS_ZIG_VERSION" "ziglang==$CROSS_ZIG_VERSION"
 fi
+# the qemu daemon test validates the payloads against docs/schemas/
+if ! python3 -c "import jsonschema" 2>/dev/null; then
+  echo "== pip install jsonschema"
+  python3 -m pip install --quiet --disable-pip-version-check "jsonschema==4.26.0"
+fi
 # cargo install writes <root>/.crates.toml; a tool at another version is replaced.
 installed() { grep -q "^\"$1 $2 " "$CROSS_TOOLS/.crates.toml" 2>/dev/null && [ -x "$CROSS_TOOLS/bin/$1" ]; }
 for tool in "cargo-zigbuild $CROSS_ZIGBUILD_VERSION" "cargo-deb $CROSS_CARGO_DEB_VERSION"; do

@@ -5,8 +5,8 @@
 # compared with the x86_64 binary (cross/compare.py: f32 within 1e-4, int8 within one
 # quantisation step, same classes). Needs both binaries (cross/build.sh all).
 #   MAMMO_TEST_DATA  folder of the real test data (real-mammo/); required
-#   MAMMO_CROSS_REAL which real mammograms: "ge" (one GE, the default: CI time), "all" (two GE,
-#                    two Hologic), "none"
+#   MAMMO_CROSS_REAL which real mammograms: "all" (two GE, two Hologic; the default, ~30 s under
+#                    qemu), "ge" (one GE), "none"
 #   MAMMO_CROSS_OUT  report folder (default $CARGO_TARGET_DIR/cross-report): outputs, comparison.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,10 +48,10 @@ qemu_a64 "$A64_BIN" check --config "$work/config.toml" --no-broker | tee "$out/c
 grep -q '^ok: config; model ' "$out/check.txt" || { echo "FAIL: check did not say ok" >&2; exit 1; }
 echo "check: $(since "$t0") s"
 
-echo "== inputs: a 4-view phantom exam (scale 0.1) and real mammograms (${MAMMO_CROSS_REAL:-ge})"
+echo "== inputs: a 4-view phantom exam (scale 0.1) and real mammograms (${MAMMO_CROSS_REAL:-all})"
 "$X64_BIN" synth --out "$work/phantom" --count 4 --seed 11 --scale 0.1 --threads 2 2>&1 | sed 's/^/  /'
 inputs=("$work/phantom/images")
-case "${MAMMO_CROSS_REAL:-ge}" in
+case "${MAMMO_CROSS_REAL:-all}" in
   ge) inputs+=("$data/real-mammo/ge_senographe_R_CC_jpegll.dcm") ;;
   all) inputs+=("$data"/real-mammo/{ge_senographe_R_CC_jpegll,ge_senographe_L_CC_jpegll,hologic_selenia_L_CC_j2k,hologic_selenia_R_MLO_j2k}.dcm) ;;
   none) ;;
@@ -74,3 +74,27 @@ done
 
 echo "== x86_64 vs aarch64 (qemu -cpu $QEMU_CPU)"
 python3 cross/compare.py --out "$out/comparison.md" "${pairs[@]}"
+
+# The comparison must be able to fail: a probability moved by 2e-4 (f32) and a class changed
+# (int8) in copies of the aarch64 outputs.
+python3 - "$out" <<'PY'
+import json, sys
+out = sys.argv[1]
+for kind, change in (("f32", "prob"), ("int8", "class")):
+    rows = [json.loads(l) for l in open(f"{out}/aarch64-{kind}.jsonl")]
+    if change == "prob":
+        rows[0]["cancer_probability"] += 2e-4
+    else:
+        rows[0]["density"] = "D" if rows[0]["density"] != "D" else "A"
+    with open(f"{out}/tampered-{kind}.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+PY
+for kind in f32 int8; do
+  model=models/mammo-mtl-demo.onnx
+  [ "$kind" = int8 ] && model=models/mammo-mtl-demo.int8.onnx
+  if python3 cross/compare.py "$kind" "$model" "$out/x86_64-$kind.jsonl" "$out/tampered-$kind.jsonl" > "$out/tampered-$kind.txt"; then
+    echo "FAIL: compare.py accepted tampered $kind outputs" >&2
+    exit 1
+  fi
+  echo "self-test: compare.py refuses tampered $kind outputs: $(grep -m1 -o 'FAIL: [^|]*' "$out/tampered-$kind.txt")"
+done
