@@ -38,6 +38,7 @@ if [ "$(ldd --version | head -1 | grep -o '[0-9.]*$')" != "$GLIBC_MAX" ]; then
 fi
 step "tract-linalg aarch64 kernels (cross/check-kernels.sh)" cross/check-kernels.sh
 
+step "unit directives newer than systemd 245 marked (cross/check-unit-245.sh)" cross/check-unit-245.sh
 step ".deb arm64 + amd64 (cross/deb.sh)" cross/deb.sh all
 step ".deb contents, unit, conffile, exposure (cross/test-deb.sh)" cross/test-deb.sh all
 step "qemu: --version, check, infer vs x86_64 (cross/test-qemu.sh)" cross/test-qemu.sh
