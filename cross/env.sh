@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2034  # variables for the scripts that source this file
 # cross/env.sh: settings shared by the cross/ scripts (sourced, not run): pinned tool versions,
 # where the tools and the build cache live, the two appliance targets and their binaries.
 

@@ -78,7 +78,7 @@ env -u NOTIFY_SOCKET -u WATCHDOG_USEC -u WATCHDOG_PID -u JOURNAL_STREAM -u INVOC
   RUST_LOG=info qemu-aarch64 -cpu "$QEMU_CPU" -L "$A64_SYSROOT" "$A64_BIN" run --config "$work/config.toml" \
   > /dev/null 2> "$work/daemon.log" &
 daemon=$!
-pids+=($daemon)
+pids+=("$daemon")
 count() { grep -c "^$prefix/$1 " "$work/messages.txt" || true; }
 online() { grep -q "^$prefix/status online" "$work/messages.txt"; }
 wait_for 120 "status online from the daemon" online
