@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
 # cross/test-qemu.sh: the aarch64 binary under qemu-aarch64 (Debian qemu-user, aarch64 sysroot of
-# libc6-arm64-cross, CPU $QEMU_CPU): --version, `check` with the shipped model, and `infer --json`
+# libc6-arm64-cross, CPU $QEMU_CPU): --version, `check` with the shipped model, and `infer` (JSON)
 # with the float32 and the int8 model on a 4-view phantom exam (scale 0.1) and real mammograms,
 # compared with the x86_64 binary (cross/compare.py: f32 within 1e-4, int8 within one
-# quantisation step, same classes); also an int8-activation variant of the model, which must run
-# tract's SDOT kernel under qemu (checked in qemu's -d in_asm log). Needs both binaries
-# (cross/build.sh all) and python3 with onnx + onnxruntime (as .ci/run installs).
+# quantisation step, same classes), and which int8 kernel tract runs (qemu's -d in_asm log).
+# Needs both binaries (cross/build.sh all) and python3 with onnx (as .ci/run installs).
 #   MAMMO_TEST_DATA  folder of the real test data (real-mammo/); required
 #   MAMMO_CROSS_REAL which real mammograms: "all" (two GE, two Hologic; the default, ~30 s under
 #                    qemu), "ge" (one GE), "none"
@@ -60,15 +59,10 @@ case "${MAMMO_CROSS_REAL:-all}" in
   *) echo "MAMMO_CROSS_REAL: ge, all or none" >&2; exit 2 ;;
 esac
 
-# The shipped int8 model has uint8 activations, for which tract runs the SMLAL int8 kernel; a
-# variant with int8 activations makes it run the SDOT kernel (cross/quantize_i8act.py).
-python3 cross/quantize_i8act.py models/mammo-mtl-demo.onnx "$work/i8act.onnx"
-
 pairs=()
-for kind in f32 int8 i8act; do
+for kind in f32 int8; do
   model=models/mammo-mtl-demo.onnx
   [ "$kind" = int8 ] && model=models/mammo-mtl-demo.int8.onnx
-  [ "$kind" = i8act ] && model="$work/i8act.onnx"
   t0=$(date +%s)
   "$X64_BIN" infer --model "$model" "${inputs[@]}" > "$out/x86_64-$kind.jsonl" 2> "$out/x86_64-$kind.log"
   t_x64=$(since "$t0")
@@ -76,25 +70,21 @@ for kind in f32 int8 i8act; do
   qemu_a64 "$A64_BIN" infer --model "$model" "${inputs[@]}" > "$out/aarch64-$kind.jsonl" \
     2> "$out/aarch64-$kind.log"
   echo "infer $kind ($(wc -l < "$out/aarch64-$kind.jsonl") files): x86_64 ${t_x64} s, aarch64 under qemu $(since "$t0") s"
-  pairs+=("${kind/i8act/int8}" "$model" "$out/x86_64-$kind.jsonl" "$out/aarch64-$kind.jsonl")
+  pairs+=("$kind" "$model" "$out/x86_64-$kind.jsonl" "$out/aarch64-$kind.jsonl")
 done
 
-echo "== which int8 kernel runs under qemu (qemu -d in_asm: guest code as it is translated)"
+# Report (not a check): which int8 matmul kernel tract runs for the shipped model on this CPU.
+# tract 0.23.9 detects FEAT_DotProd here ("ISA: aarch64,dotprod") yet lowers these QLinearConv
+# layers to the SMLAL kernel; the SDOT kernel is in the binary (cross/check-kernels.sh) for the
+# matmuls its dispatch gives it.
 one="$(find "$work/phantom/images" -name '*.dcm' | sort | head -1)"
-for kind in int8 i8act; do
-  model=models/mammo-mtl-demo.int8.onnx
-  [ "$kind" = i8act ] && model="$work/i8act.onnx"
-  qemu-aarch64 -cpu "$QEMU_CPU" -L "$A64_SYSROOT" -d in_asm -D "$work/in_asm.log" \
-    "$A64_BIN" infer --model "$model" "$one" > /dev/null 2>&1
-  # lines like "0x5501aadf38:  0f492150  smlal    v16.4s, v10.4h, v9.h[0]"
-  sdot="$(grep -cE '^0x[0-9a-f]+: +[0-9a-f]+ +sdot ' "$work/in_asm.log" || true)"
-  smlal="$(grep -cE '^0x[0-9a-f]+: +[0-9a-f]+ +smlal2? ' "$work/in_asm.log" || true)"
-  echo "$kind ($(basename "$model")): $sdot sdot, $smlal smlal instructions translated"
-  if [ "$kind" = i8act ] && [ "$sdot" -eq 0 ]; then
-    echo "FAIL: the SDOT kernel did not run for int8 x int8 on $QEMU_CPU" >&2
-    exit 1
-  fi
-done
+qemu-aarch64 -cpu "$QEMU_CPU" -L "$A64_SYSROOT" -d in_asm -D "$work/in_asm.log" \
+  "$A64_BIN" infer --model models/mammo-mtl-demo.int8.onnx "$one" > /dev/null 2>&1
+# lines like "0x5501aadf38:  0f492150  smlal    v16.4s, v10.4h, v9.h[0]"
+sdot="$(grep -cE '^0x[0-9a-f]+: +[0-9a-f]+ +sdot ' "$work/in_asm.log" || true)"
+smlal="$(grep -cE '^0x[0-9a-f]+: +[0-9a-f]+ +smlal2? ' "$work/in_asm.log" || true)"
+echo "int8 kernel run under qemu -cpu $QEMU_CPU (qemu -d in_asm): $sdot sdot, $smlal smlal instructions translated" |
+  tee "$out/int8-kernel.txt"
 rm -f "$work/in_asm.log"
 
 echo "== x86_64 vs aarch64 (qemu -cpu $QEMU_CPU)"
