@@ -4,7 +4,9 @@
 //! The model is `MAMMO_TEST_MODEL` when set, else a tiny ONNX model that follows the contract,
 //! built here with tract-onnx's protobuf types (its outputs are simple functions of the image).
 
+mod agree;
 mod harness;
+mod real;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
