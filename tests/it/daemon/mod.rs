@@ -5,6 +5,7 @@
 //! built here with tract-onnx's protobuf types (its outputs are simple functions of the image).
 
 mod agree;
+mod demo;
 mod harness;
 mod real;
 

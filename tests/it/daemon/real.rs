@@ -62,10 +62,8 @@ fn manufacturer(path: &Path) -> String {
 
 #[test]
 fn real_mammograms_are_scored_and_other_real_files_refused_with_reasons() {
-    let Some(data) = data_dir() else {
-        eprintln!("daemon::real: MAMMO_TEST_DATA not set; test skipped");
-        return;
-    };
+    // unset: data_dir says so (and fails in CI)
+    let Some(data) = data_dir() else { return };
     let broker = Broker::start();
     let s = Setup::new(&broker.url(), "[privacy]\npublish_file_names = true\n");
     // 26-megapixel JPEG 2000 files in a debug build on a busy machine: a generous time limit
