@@ -42,6 +42,9 @@ pub enum DemoError {
     /// The phantoms could not be generated.
     #[error(transparent)]
     Synth(#[from] SynthError),
+    /// The phantom generation task ended without a result (panic).
+    #[error("generating the phantoms: {0}")]
+    Generate(String),
     /// No broker: built without the embedded one and no `--broker` given.
     #[error(
         "this mammo-edge was built without the embedded MQTT broker (cargo feature \
@@ -345,7 +348,7 @@ pub async fn run(
         let dir = phantoms.clone();
         tokio::task::spawn_blocking(move || inputs(&dir, seed))
             .await
-            .map_err(|e| DemoError::DaemonTask(e.to_string()))??
+            .map_err(|e| DemoError::Generate(e.to_string()))??
     };
 
     // ---- broker
