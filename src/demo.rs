@@ -315,6 +315,11 @@ pub async fn run(
     mut on_message: impl FnMut(Arrived<'_>),
 ) -> Result<DemoSummary, DemoError> {
     let t0 = Instant::now();
+    // ---- broker first: without one, nothing else is worth doing
+    let (url, embedded) = match &opts.broker {
+        Some(u) => (u.clone(), false),
+        None => (start_embedded()?, true),
+    };
     // ---- folders, model, inputs
     let tmp;
     let root: PathBuf = match &opts.keep {
@@ -351,11 +356,7 @@ pub async fn run(
             .map_err(|e| DemoError::Generate(e.to_string()))??
     };
 
-    // ---- broker
-    let (url, embedded) = match &opts.broker {
-        Some(u) => (u.clone(), false),
-        None => (start_embedded()?, true),
-    };
+    // ---- the daemon's configuration
     let config = daemon_config(&root, &model, &url)?;
     let cfg_path = root.join("config.toml");
     if let Ok(text) = toml::to_string(&config) {
