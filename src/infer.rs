@@ -1,6 +1,7 @@
 //! One image through the whole edge path: DICOM → ingest → THE preprocessing (with the model's
 //! parameters) → tract → a result with class names, flags and the model's intended use. Used by
-//! `mammo-edge infer` (and by the daemon).
+//! the daemon and by `mammo-edge infer`, whose output ([`Batch`]) is the payloads the daemon
+//! would publish for the same files: one per file, then one exam per study.
 
 use std::path::Path;
 use std::time::Instant;
@@ -12,8 +13,11 @@ use crate::dicom::{
     read_mammogram_detailed, Category, IngestError, IngestOptions, Laterality, MammoMeta, Vendor,
     View,
 };
-use crate::model::{ContractError, ModelOutputs, ModelRunner};
+use crate::exam::{aggregate, ExamError};
+use crate::message::{sha256_hex, Messages, ModelInfo, Privacy, StoredScore};
+use crate::model::{bundled, ContractError, ModelOutputs, ModelRunner};
 use crate::preprocess::{preprocess, PreprocessError};
+use crate::publish::Topics;
 
 /// Why an image has no result.
 #[derive(Debug, Error)]
@@ -165,4 +169,151 @@ pub fn infer_file_detailed(
         meta: m.meta,
         result: r,
     })
+}
+
+/// A model with the SHA-256 of its file and where it came from.
+pub struct Model {
+    pub runner: ModelRunner,
+    /// SHA-256 of the model file (or of the bundled bytes), lower-case hex.
+    pub sha256: String,
+    /// The path, or the bundled model's name.
+    pub source: String,
+}
+
+/// Load `path` (contract checked), or the bundled int8 demo model when `None`.
+/// Errors: `ContractError::Read` (unreadable file) and the contract errors of [`ModelRunner`].
+pub fn load_model(path: Option<&Path>) -> Result<Model, ContractError> {
+    let (bytes, source) = match path {
+        Some(p) => (
+            std::fs::read(p).map_err(|e| ContractError::Read {
+                path: p.display().to_string(),
+                detail: e.to_string(),
+            })?,
+            p.display().to_string(),
+        ),
+        None => (
+            bundled::DEMO_MODEL_INT8.to_vec(),
+            bundled::DEMO_MODEL_NAME.to_string(),
+        ),
+    };
+    Ok(Model {
+        runner: ModelRunner::from_bytes(&bytes, &source)?,
+        sha256: sha256_hex(&bytes),
+        source,
+    })
+}
+
+/// What [`Batch::file`] made of one file.
+#[derive(Debug, Clone)]
+pub struct FilePayload {
+    /// The `mammo-edge.image/1`, `.skipped/1` or `.error/1` payload, `file` = the path as given.
+    pub payload: serde_json::Value,
+    /// True for an image payload.
+    pub scored: bool,
+}
+
+/// `mammo-edge infer` over several files: each file gives the payload the daemon would publish
+/// for it (built by the same [`Messages`] code, so values and rounding are the daemon's; UIDs
+/// plain, the file named by its path, timings and `produced_at` of this run), and [`Batch::exams`]
+/// gives the exam payload of each study, the exam rule applied as the daemon applies it: to the
+/// image payloads' values (read back like the daemon reads its stored results), revision 1, a
+/// SOPInstanceUID counted once.
+pub struct Batch<'a> {
+    runner: &'a ModelRunner,
+    msgs: Messages,
+    opts: IngestOptions,
+    /// Studies in first-seen order with their scores and image result ids.
+    studies: Vec<(String, Vec<StoredScore>)>,
+}
+
+impl<'a> Batch<'a> {
+    /// A batch scored by `model` with the ingest rules `opts`.
+    pub fn new(model: &'a Model, opts: IngestOptions) -> Batch<'a> {
+        Batch {
+            runner: &model.runner,
+            msgs: Messages {
+                topics: Topics::new("mammo-edge/infer"),
+                model: ModelInfo::new(&model.runner.meta, &model.sha256),
+                privacy: Privacy::local(),
+            },
+            opts,
+            studies: Vec::new(),
+        }
+    }
+
+    /// Score one file (a rejection is a payload too, never an `Err`).
+    pub fn file(&mut self, path: &Path) -> FilePayload {
+        let label = serde_json::Value::String(path.display().to_string());
+        match infer_file_detailed(self.runner, path, &self.opts) {
+            Ok(s) => {
+                let mut payload = self.msgs.image(path, &s.meta, &s.result).payload;
+                payload["file"] = label;
+                match serde_json::from_value::<StoredScore>(payload.clone()) {
+                    Ok(score) => {
+                        let study = s.meta.study_instance_uid.clone();
+                        let i = match self.studies.iter().position(|(u, _)| *u == study) {
+                            Some(i) => i,
+                            None => {
+                                self.studies.push((study, Vec::new()));
+                                self.studies.len() - 1
+                            }
+                        };
+                        let scores = &mut self.studies[i].1;
+                        if !scores.iter().any(|o| o.result_id == score.result_id) {
+                            scores.push(score);
+                        }
+                    }
+                    Err(e) => log::warn!("{}: not counted in its exam: {e}", path.display()),
+                }
+                FilePayload {
+                    payload,
+                    scored: true,
+                }
+            }
+            Err((meta, e)) => {
+                let (size, mtime) = std::fs::metadata(path)
+                    .map(|m| {
+                        let t = m
+                            .modified()
+                            .ok()
+                            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                            .map_or(0, |d| d.as_nanos());
+                        (m.len(), t)
+                    })
+                    .unwrap_or((0, 0));
+                let key = format!("{}|{size}|{mtime}", path.display());
+                let skipped = e.category() == Category::Skipped;
+                let mut payload = self
+                    .msgs
+                    .rejected(
+                        skipped,
+                        path,
+                        &key,
+                        meta.as_deref(),
+                        e.code(),
+                        &e.to_string(),
+                    )
+                    .payload;
+                payload["file"] = label;
+                FilePayload {
+                    payload,
+                    scored: false,
+                }
+            }
+        }
+    }
+
+    /// The `mammo-edge.exam/1` payload of each study with scored images, in the order the
+    /// studies were first seen; a study whose images the exam rule refuses gives its error.
+    pub fn exams(&self) -> Vec<Result<serde_json::Value, ExamError>> {
+        self.studies
+            .iter()
+            .map(|(study, scores)| {
+                let s: Vec<_> = scores.iter().map(StoredScore::score).collect();
+                let exam = aggregate(&s, self.msgs.model.cancer_threshold, 1)?;
+                let ids: Vec<String> = scores.iter().map(|s| s.result_id.clone()).collect();
+                Ok(self.msgs.exam(study, &exam, &ids).payload)
+            })
+            .collect()
+    }
 }

@@ -3,6 +3,8 @@
 //! See docs/ARCHITECTURE.md for the map of modules and the data flow.
 
 pub mod bench;
+#[cfg(feature = "embedded-broker")]
+pub mod broker;
 pub mod config;
 pub mod daemon;
 pub mod demo;

@@ -2,7 +2,8 @@
 //! docs/schemas/): `mammo-edge.image/1`, `.exam/1`, `.skipped/1`, `.error/1`, built from results
 //! under the identifier policy of `[privacy]` (UIDs plain or HMAC-SHA256 hashed, AccessionNumber
 //! and file names only when allowed, else a hash of the path). Patient attributes are never read
-//! into these. Main items: [`Messages`], [`ModelInfo`], [`Privacy`], [`hmac_hex`].
+//! into these. Main items: [`Messages`], [`ModelInfo`], [`Privacy`], [`hmac_hex`], [`summary`]
+//! (one human-readable line of a payload, for `demo` and `infer`).
 
 use std::path::Path;
 use std::time::SystemTime;
@@ -106,6 +107,17 @@ impl Privacy {
             publish_accession: p.publish_accession,
             publish_file_names: p.publish_file_names,
         })
+    }
+
+    /// The policy of the local command-line tools (`infer`): UIDs plain, file names shown, no
+    /// AccessionNumber, no key (output goes to the operator's terminal, not to a broker).
+    pub fn local() -> Privacy {
+        Privacy {
+            key: None,
+            uids: UidMode::Plain,
+            publish_accession: false,
+            publish_file_names: true,
+        }
     }
 
     /// A UID as published: as is, or `hmac-sha256:<hex>` with `uids = "hashed"`.
@@ -419,6 +431,129 @@ impl Messages {
             payload: Value::Object(m),
             retain: false,
         }
+    }
+}
+
+fn num(v: &Value, key: &str) -> f64 {
+    v[key].as_f64().unwrap_or(f64::NAN)
+}
+
+fn yes_no(v: &Value) -> &'static str {
+    if v.as_bool().unwrap_or(false) {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+fn name_of(v: &Value) -> String {
+    v.get("file")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .or_else(|| {
+            v.get("file_hash")
+                .and_then(Value::as_str)
+                .map(|h| format!("sha256:{}", &h[..h.len().min(16)]))
+        })
+        .unwrap_or_default()
+}
+
+/// One human-readable line of an `image`, `exam`, `skipped` or `error` payload (any other
+/// payload: its JSON text), for `mammo-edge demo` and `infer`. Starts with the kind (`image`,
+/// `exam`, `skipped`, `error`); probabilities with 3 decimals, percent density with 1.
+pub fn summary(v: &Value) -> String {
+    let kind = v["schema"]
+        .as_str()
+        .and_then(|s| s.strip_prefix("mammo-edge."))
+        .and_then(|s| s.strip_suffix("/1"))
+        .unwrap_or("");
+    match kind {
+        "image" => {
+            let d: Vec<String> = ["A", "B", "C", "D"]
+                .iter()
+                .zip(v["density_probabilities"].as_array().into_iter().flatten())
+                .map(|(c, p)| format!("{c} {:.2}", p.as_f64().unwrap_or(f64::NAN)))
+                .collect();
+            format!(
+                "image    {}-{:<3}  cancer {:.3} (flag {})  density {} ({})  percent density {:.1} %  \
+                 vendor {} (predicted {} {:.2})  view predicted {} {:.2}  OOD {} (score {:.4})  {}",
+                v["laterality"].as_str().unwrap_or("?"),
+                v["view"].as_str().unwrap_or("?"),
+                num(v, "cancer_probability"),
+                yes_no(&v["cancer_flag"]),
+                v["density"].as_str().unwrap_or("?"),
+                d.join(", "),
+                num(v, "percent_density"),
+                v["vendor"].as_str().unwrap_or("?"),
+                v["vendor_predicted"].as_str().unwrap_or("?"),
+                num(v, "vendor_probability"),
+                v["view_predicted"].as_str().unwrap_or("?"),
+                num(v, "view_probability"),
+                yes_no(&v["ood"]),
+                num(v, "ood_score"),
+                name_of(v),
+            )
+        }
+        "exam" => {
+            let strs = |key: &str| -> String {
+                v[key]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            let breasts: Vec<String> = v["breasts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|b| {
+                    let views: Vec<&str> = b["views"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect();
+                    format!(
+                        "{}: cancer {:.3}, views {}, OOD {}",
+                        b["laterality"].as_str().unwrap_or("?"),
+                        num(b, "cancer_probability"),
+                        views.join(" "),
+                        yes_no(&b["ood"])
+                    )
+                })
+                .collect();
+            let missing = strs("views_missing");
+            format!(
+                "exam     triage {}  complete {} (views {}{})  cancer {:.3} (threshold {:.3}, flag {})  \
+                 density {}  percent density {:.1} %  dense breasts {}  OOD {}  [{}]  revision {}",
+                v["triage"].as_str().unwrap_or("?"),
+                yes_no(&v["complete"]),
+                strs("views_present"),
+                if missing.is_empty() {
+                    String::new()
+                } else {
+                    format!("; missing {missing}")
+                },
+                num(v, "cancer_probability"),
+                num(v, "cancer_threshold"),
+                yes_no(&v["cancer_flag"]),
+                v["density"].as_str().unwrap_or("?"),
+                num(v, "percent_density"),
+                yes_no(&v["dense_breasts"]),
+                yes_no(&v["ood"]),
+                breasts.join("; "),
+                v["revision"],
+            )
+        }
+        "skipped" | "error" => format!(
+            "{kind:<8} {}  {}: {}",
+            name_of(v),
+            v["reason_code"].as_str().unwrap_or("?"),
+            v["reason"].as_str().unwrap_or("")
+        ),
+        _ => v.to_string(),
     }
 }
 

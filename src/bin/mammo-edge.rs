@@ -1,5 +1,5 @@
 //! mammo-edge: the edge appliance's command line (the daemon `run`, `check`, inspect files,
-//! generate phantoms, run the demo).
+//! generate phantoms, score files, run the demo).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -91,20 +91,25 @@ enum Command {
         #[arg(required = true, value_name = "FILE_OR_DIR")]
         files: Vec<PathBuf>,
     },
-    /// Score DICOM files with an ONNX model (docs/model-contract.md): one JSON object per file.
+    /// Score DICOM files as the daemon would: per file the image / skipped / error message the
+    /// daemon would publish, then the exam message of each study (exam rule of DESIGN.md).
     #[command(
-        after_help = "Exit status: 0 all files scored, 3 some rejected, 1 the model was refused."
+        after_help = "Exit status: 0 all files scored, 3 some rejected (each still reported), \
+                      1 the model was refused."
     )]
     Infer {
-        /// The ONNX model.
+        /// The ONNX model (default: the bundled int8 demo model).
         #[arg(long)]
-        model: PathBuf,
+        model: Option<PathBuf>,
+        /// Print the messages as JSON, one per line (docs/schemas/; `file` is the path as given).
+        #[arg(long)]
+        json: bool,
         /// Instead of DICOM files: one raw little-endian f32 model-input tensor [H*W] (for checks
         /// against other runtimes); prints the raw outputs.
         #[arg(long, value_name = "FILE")]
         tensor: Option<PathBuf>,
         /// DICOM files or folders.
-        #[arg(value_name = "FILE_OR_DIR")]
+        #[arg(value_name = "FILE_OR_DIR", required_unless_present = "tensor")]
         files: Vec<PathBuf>,
     },
     /// Time tract inference of one or more models on this machine (Markdown table; speed-up
@@ -162,31 +167,53 @@ enum Command {
         #[arg(long, value_name = "PNG")]
         contact_sheet: Option<PathBuf>,
     },
-    /// Generate one four-view phantom exam and run ingest + preprocessing on it (no setup needed).
+    /// The daemon end to end with nothing installed: an MQTT broker on loopback (embedded, or
+    /// --broker), the daemon on a temporary export folder with the bundled model, a four-view
+    /// phantom exam and four files it must refuse; prints each message as it arrives.
+    #[command(
+        after_help = "Exit status: 0 the exam and every refusal arrived, 1 the demo failed \
+                      (the message says what was missing), 2 usage error."
+    )]
     Demo {
-        /// Output folder (exam DICOM files and preview PNGs); replaced if it holds an earlier demo.
-        #[arg(long, default_value = "out/demo")]
-        out: PathBuf,
         /// Random seed of the phantom exam.
         #[arg(long, default_value_t = 7)]
         seed: u64,
-        /// Print JSON lines (one per image: inspection + result; then the exam) instead of text.
+        /// Print the raw message payloads, one JSON object per line, instead of summary lines.
         #[arg(long)]
         json: bool,
         /// Score with this ONNX model instead of the bundled int8 demo model.
         #[arg(long)]
         model: Option<PathBuf>,
+        /// Use this running broker (mqtt://HOST:PORT) instead of the embedded one.
+        #[arg(long, value_name = "URL")]
+        broker: Option<String>,
+        /// Keep the export, state, phantom and model files and the daemon's config.toml in DIR
+        /// (new, empty, or an earlier demo's) instead of a temporary folder.
+        #[arg(long, value_name = "DIR")]
+        keep: Option<PathBuf>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+        timeout: u64,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = match cli.verbose {
+        // the demo's output is its messages (the refusals it provokes are not warnings); the
+        // daemon's own log only with -v
+        0 if matches!(cli.command, Command::Demo { .. }) => "warn,mammo_edge::daemon=error",
         0 => "info",
         1 => "debug",
         _ => "trace",
     };
-    if let Err(e) = mammo_edge::logging::init(&format!("{level},jpeg2k=warn")) {
+    // the embedded broker (demo) logs its tracing spans at ERROR level: shown only with -vv
+    let broker = if cli.verbose >= 2 {
+        "rumqttd=debug"
+    } else {
+        "rumqttd=off"
+    };
+    if let Err(e) = mammo_edge::logging::init(&format!("{level},jpeg2k=warn,{broker}")) {
         eprintln!("warning: {e}");
     }
     match run(cli.command) {
@@ -384,11 +411,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Infer {
             model,
+            json,
             tensor,
             files,
         } => {
-            let runner = mammo_edge::model::ModelRunner::load(&model)
-                .with_context(|| format!("model {}", model.display()))?;
+            let model = mammo_edge::infer::load_model(model.as_deref())?;
             if let Some(t) = tensor {
                 let bytes =
                     std::fs::read(&t).with_context(|| format!("--tensor {}", t.display()))?;
@@ -396,7 +423,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     .chunks_exact(4)
                     .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                     .collect();
-                let o = runner.run(&input)?;
+                let o = model.runner.run(&input)?;
                 let raw = serde_json::json!({
                     "cancer": o.cancer, "normal": o.normal, "density": o.density,
                     "percent_density": o.percent_density, "vendor": o.vendor, "view": o.view,
@@ -406,24 +433,34 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 emit(&raw.to_string());
                 return Ok(ExitCode::SUCCESS);
             }
-            let opts = IngestOptions::default();
+            let show = |v: &serde_json::Value| {
+                if json {
+                    emit(&v.to_string());
+                } else {
+                    emit(&mammo_edge::message::summary(v));
+                }
+            };
+            let mut batch = mammo_edge::infer::Batch::new(&model, IngestOptions::default());
             let mut rejected = 0;
             for f in expand(&files)? {
-                match mammo_edge::infer::infer_file(&runner, &f, &opts) {
-                    Ok(r) => {
-                        let mut v = serde_json::to_value(&r)?;
-                        v["file"] = serde_json::Value::String(f.display().to_string());
-                        v["status"] = "scored".into();
-                        emit(&v.to_string());
-                    }
-                    Err(e) => {
-                        rejected += 1;
-                        emit(
-                            &serde_json::json!({"file": f.display().to_string(), "status": "rejected", "reason": e.to_string()})
-                                .to_string(),
-                        );
-                    }
+                let r = batch.file(&f);
+                if !r.scored {
+                    rejected += 1;
                 }
+                show(&r.payload);
+            }
+            for e in batch.exams() {
+                match e {
+                    Ok(v) => show(&v),
+                    Err(e) => log::warn!("exam not aggregated: {e}"),
+                }
+            }
+            if !json {
+                let m = &model.runner.meta;
+                emit(&format!(
+                    "model: {} {} ({}); intended use: {}",
+                    m.model_name, m.model_version, model.source, m.intended_use
+                ));
             }
             Ok(if rejected == 0 {
                 ExitCode::SUCCESS
@@ -514,66 +551,51 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo {
-            out,
             seed,
             json,
             model,
+            broker,
+            keep,
+            timeout,
         } => {
-            let exam = out.join("exam");
-            if exam.join("manifest.csv").is_file() {
-                std::fs::remove_dir_all(&exam)
-                    .with_context(|| format!("clearing {}", exam.display()))?;
-            }
-            let d = mammo_edge::demo::run(&out, seed, model.as_deref()).context("demo failed")?;
-            for i in &d.images {
-                if json {
-                    println!("{}", serde_json::to_string(i)?);
-                    continue;
-                }
-                print(&i.inspection, false)?;
-                let r = &i.result;
-                println!(
-                    "    model: cancer {:.3} (flag {}), density {} {:?}, percent density {:.1} %, vendor {} (header {}), view {}, OOD {} (score {:.4})",
-                    r.cancer_probability,
-                    if r.cancer_flag { "yes" } else { "no" },
-                    r.density,
-                    r.density_probabilities.map(|p| (p * 100.0).round() / 100.0),
-                    r.percent_density,
-                    r.vendor_predicted,
-                    r.vendor.as_str(),
-                    r.view_predicted,
-                    if r.ood { "yes" } else { "no" },
-                    r.ood_score
-                );
-            }
-            let e = &d.exam;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string(
-                        &serde_json::json!({"exam": e, "model": d.model, "intended_use": d.intended_use})
-                    )?
-                );
-            } else {
-                println!(
-                    "exam: triage {:?}, cancer {:.3} (threshold {:.3}), density {:?}, percent density {:.1} %, dense breasts {}, complete {} (views {}), OOD {}",
-                    e.triage,
-                    e.cancer_probability,
-                    e.cancer_threshold,
-                    e.density,
-                    e.percent_density,
-                    e.dense_breasts,
-                    e.complete,
-                    e.views_present.join(" "),
-                    e.ood
-                );
-                println!("model: {}; intended use: {}", d.model, d.intended_use);
+            let opts = mammo_edge::demo::DemoOptions {
+                model,
+                broker,
+                keep,
+                seed,
+                timeout: std::time::Duration::from_secs(timeout),
+            };
+            let rt = runtime()?;
+            let d = rt
+                .block_on(mammo_edge::demo::run(&opts, |m| {
+                    if json {
+                        emit(m.payload);
+                    } else {
+                        emit(&mammo_edge::message::summary(m.json));
+                    }
+                }))
+                .context("demo failed")?;
+            if !json {
+                emit(&format!(
+                    "model: {}; intended use: {}",
+                    d.model, d.intended_use
+                ));
             }
             eprintln!(
-                "demo: {} phantom images in {}, previews in {}",
-                d.images.len(),
-                out.join("exam").display(),
-                out.join("preview").display()
+                "demo: {} image, {} exam, {} skipped and {} error messages in {:.1} s from the daemon \
+                 via {} ({}, topics {}/…){}",
+                d.images,
+                d.exams,
+                d.skipped,
+                d.errors,
+                d.elapsed.as_secs_f64(),
+                d.broker_url,
+                if d.embedded_broker { "embedded broker" } else { "--broker" },
+                d.topic_prefix,
+                d.kept
+                    .as_ref()
+                    .map(|k| format!("; files kept in {}", k.display()))
+                    .unwrap_or_default()
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -93,7 +93,7 @@ pub enum IngestError {
     Colour { photometric: String, samples: u16 },
     #[error("not a mammogram: Modality {modality}, SOP class {sop_class}")]
     NotMammogram { modality: String, sop_class: String },
-    #[error("For Processing image (raw detector data) is not scored; set accept_for_processing to score it")]
+    #[error("For Processing image (raw detector data) is not scored; set ingest.allow_for_processing (daemon) or --accept-for-processing to score it")]
     ForProcessing,
     #[error("not a screening view: {view} (only CC and MLO are scored)")]
     NotScreeningView { view: String },

@@ -1,4 +1,5 @@
-//! The `mammo-edge` binary as an operator runs it: `demo` and `inspect` (text, JSON, PNG outputs).
+//! The `mammo-edge` binary as an operator runs it: `demo` (daemon + embedded broker, no
+//! mosquitto needed), `infer` and `inspect` (text, JSON, PNG outputs).
 
 use std::process::Command;
 
@@ -18,12 +19,84 @@ fn json_lines(stdout: &[u8]) -> Vec<Value> {
         .collect()
 }
 
+/// Lines of `demo` / `infer` text output starting with `kind` (`image`, `exam`, `skipped`, `error`).
+fn lines_of<'a>(stdout: &'a str, kind: &str) -> Vec<&'a str> {
+    stdout
+        .lines()
+        .filter(|l| l.split_whitespace().next() == Some(kind))
+        .collect()
+}
+
+fn no_patient_data(all: &str) {
+    for phi in ["SYNTH^PATIENT", "SYNTH-", "19700101", "ACC1"] {
+        assert!(!all.contains(phi), "{phi} leaked: {all}");
+    }
+}
+
+/// The README's first command: no broker installed (`demo` starts the embedded one), no model
+/// to fetch; the daemon publishes what it made of the phantom exam and of the four refusals.
 #[test]
-fn demo_runs_on_a_fresh_folder() {
-    let d = tmp();
+fn demo_runs_the_daemon_against_its_embedded_broker() {
+    let out = bin().arg("demo").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    no_patient_data(&format!("{stdout}{stderr}"));
+    let images = lines_of(&stdout, "image");
+    assert_eq!(images.len(), 4, "{stdout}");
+    let mut views: Vec<&str> = images
+        .iter()
+        .map(|l| l.split_whitespace().nth(1).unwrap())
+        .collect();
+    views.sort();
+    assert_eq!(views, ["L-CC", "L-MLO", "R-CC", "R-MLO"], "{stdout}");
+    for l in &images {
+        assert!(l.contains(" cancer 0.") && l.contains(" density "), "{l}");
+        assert!(l.trim_end().ends_with(".dcm"), "file name published: {l}");
+    }
+    let exams = lines_of(&stdout, "exam");
+    assert_eq!(exams.len(), 1, "{stdout}");
+    assert!(
+        exams[0].contains("complete yes (views L-CC L-MLO R-CC R-MLO)"),
+        "{}",
+        exams[0]
+    );
+    assert!(exams[0].contains("[L: cancer ") && exams[0].contains("; R: cancer "));
+    let mut refused: Vec<String> = lines_of(&stdout, "skipped")
+        .into_iter()
+        .chain(lines_of(&stdout, "error"))
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            format!("{} {} {}", w[0], w[1], w[2])
+        })
+        .collect();
+    refused.sort();
+    assert_eq!(
+        refused,
+        [
+            "error notes.txt not_dicom:",
+            "error truncated.dcm truncated:",
+            "skipped ct-image.dcm not_mammogram:",
+            "skipped for-processing.dcm for_processing:",
+        ],
+        "{stdout}"
+    );
+    assert!(stdout.contains("not a DICOM file"), "reason text: {stdout}");
+    assert!(stdout.contains("Modality CT"), "reason text: {stdout}");
+    assert!(
+        stdout.contains("intended use: research only, not for clinical use"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("embedded broker"), "{stderr}");
+}
+
+/// `demo --json`: the raw payloads; the exam agrees with its images under the exam rule.
+#[test]
+fn demo_json_prints_the_payloads_the_daemon_published() {
+    let keep = tmp();
     let out = bin()
-        .args(["demo", "--json", "--out"])
-        .arg(d.path())
+        .args(["demo", "--json", "--seed", "3", "--keep"])
+        .arg(keep.path())
         .output()
         .unwrap();
     assert!(
@@ -31,84 +104,110 @@ fn demo_runs_on_a_fresh_folder() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        !stdout.contains("SYNTH^PATIENT") && !stdout.contains("SYNTH-"),
-        "no patient name or ID in the output"
-    );
-    let mut lines = json_lines(&out.stdout);
-    assert_eq!(lines.len(), 5, "4 images, then the exam");
-    let exam = lines.pop().unwrap();
-    let views: Vec<String> = lines
-        .iter()
-        .map(|l| {
-            let i = &l["inspection"];
-            assert_eq!(i["status"], "accepted");
-            // the bundled model scored it: probabilities in range, the research-only statement
-            let r = &l["result"];
-            assert!(r["intended_use"]
-                .as_str()
-                .unwrap()
-                .contains("not for clinical use"));
-            let c = r["cancer_probability"].as_f64().unwrap();
-            assert!((0.0..=1.0).contains(&c));
-            let pd = r["percent_density"].as_f64().unwrap();
-            assert!((0.0..=100.0).contains(&pd));
-            let dsum: f64 = r["density_probabilities"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| p.as_f64().unwrap())
-                .sum();
-            assert!(
-                (dsum - 1.0).abs() < 1e-3,
-                "density probabilities sum to {dsum}"
-            );
-            assert_eq!(r["view"], i["view"]);
-            format!(
-                "{}{}",
-                i["laterality"].as_str().unwrap(),
-                i["view"].as_str().unwrap()
-            )
-        })
-        .collect();
-    assert_eq!(views, ["LCC", "LMLO", "RCC", "RMLO"]);
-    // the exam rule over the four views
-    let e = &exam["exam"];
+    let msgs = json_lines(&out.stdout);
+    let of = |schema: &str| -> Vec<&Value> {
+        msgs.iter()
+            .filter(|m| m["schema"] == format!("mammo-edge.{schema}/1"))
+            .collect()
+    };
+    let (images, exams) = (of("image"), of("exam"));
+    assert_eq!((images.len(), exams.len()), (4, 1), "{msgs:?}");
+    assert_eq!(of("skipped").len() + of("error").len(), 4, "{msgs:?}");
+    assert_eq!(msgs.len(), 9);
+    let e = exams[0];
     assert_eq!(e["complete"], true);
     assert_eq!(e["images"], 4);
-    let max_cancer = lines
+    let max_cancer = images
         .iter()
-        .map(|l| l["result"]["cancer_probability"].as_f64().unwrap())
+        .map(|m| m["cancer_probability"].as_f64().unwrap())
         .fold(0.0, f64::max);
     assert!((e["cancer_probability"].as_f64().unwrap() - max_cancer).abs() < 1e-6);
-    assert!(exam["intended_use"]
-        .as_str()
-        .unwrap()
-        .contains("research only"));
-    let lines: Vec<serde_json::Value> = lines.iter().map(|l| l["inspection"].clone()).collect();
-    let studies: std::collections::HashSet<_> = lines
-        .iter()
-        .map(|l| {
-            l["file"]
-                .as_str()
-                .unwrap()
-                .split('_')
-                .next()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    assert_eq!(studies.len(), 1, "one woman, one exam: {studies:?}");
-    let previews: Vec<_> = std::fs::read_dir(d.path().join("preview"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert_eq!(previews.len(), 4);
-    for p in previews {
-        let png = image::open(&p).unwrap();
-        assert_eq!((png.width(), png.height()), (320, 512));
+    for m in &images {
+        assert_eq!(m["study_instance_uid"], e["study_instance_uid"]);
+        assert!(m["model"]["intended_use"]
+            .as_str()
+            .unwrap()
+            .contains("not for clinical use"));
+        let dsum: f64 = m["density_probabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_f64().unwrap())
+            .sum();
+        assert!((dsum - 1.0).abs() < 2e-3, "{dsum}");
     }
+    // --keep: the files and the daemon's state stay; the bundled model was written out
+    let k = keep.path();
+    assert_eq!(std::fs::read_dir(k.join("export")).unwrap().count(), 8);
+    assert!(k.join("state/state.sqlite").is_file());
+    assert_eq!(
+        std::fs::read(k.join("model/mammo-mtl-demo.int8.onnx")).unwrap(),
+        mammo_edge::model::bundled::DEMO_MODEL_INT8
+    );
+    assert!(mammo_edge::config::Config::load(&k.join("config.toml")).is_ok());
+    // a folder that is not an earlier demo's is refused
+    let other = tmp();
+    std::fs::write(other.path().join("mine.txt"), "x").unwrap();
+    let out = bin()
+        .args(["demo", "--keep"])
+        .arg(other.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+}
+
+/// `infer`: text lines and JSON payloads for a phantom exam and a junk file, the exam last.
+#[test]
+fn infer_prints_image_payloads_then_the_exam() {
+    let d = tmp();
+    let rows = mammo_edge::synth::generator::generate(
+        &mammo_edge::synth::generator::SynthConfig {
+            count: 4,
+            seed: 5,
+            scale: 0.06,
+            threads: 1,
+            ..Default::default()
+        },
+        d.path(),
+    )
+    .unwrap();
+    std::fs::write(d.path().join("images/zz_junk.dcm"), b"junk").unwrap();
+    let out = bin()
+        .args(["infer", "--json"])
+        .arg(d.path().join("images"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "the junk file is rejected");
+    let msgs = json_lines(&out.stdout);
+    assert_eq!(msgs.len(), 6, "4 images, 1 error, 1 exam: {msgs:?}");
+    for (m, r) in msgs[..4].iter().zip(&rows) {
+        assert_eq!(m["schema"], "mammo-edge.image/1");
+        assert_eq!(m["laterality"], r.row.laterality.unwrap().as_str());
+        assert!(m["file"].as_str().unwrap().ends_with(&r.row.path));
+    }
+    assert_eq!(msgs[4]["schema"], "mammo-edge.error/1");
+    assert_eq!(msgs[4]["reason_code"], "not_dicom");
+    let e = &msgs[5];
+    assert_eq!(e["schema"], "mammo-edge.exam/1");
+    assert_eq!(
+        (e["complete"].as_bool(), e["images"].as_u64()),
+        (Some(true), Some(4))
+    );
+    let text = bin()
+        .arg("infer")
+        .arg(d.path().join("images"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert_eq!(lines_of(&stdout, "image").len(), 4, "{stdout}");
+    assert_eq!(lines_of(&stdout, "error").len(), 1, "{stdout}");
+    assert_eq!(lines_of(&stdout, "exam").len(), 1, "{stdout}");
+    no_patient_data(&format!(
+        "{stdout}{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&text.stderr)
+    ));
 }
 
 #[test]

@@ -199,7 +199,7 @@ fn infer_scores_dicom_files_with_the_exported_model_and_leaks_no_patient_data() 
     let junk = d.path().join("images/zz_junk.dcm");
     std::fs::write(&junk, b"junk").unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_mammo-edge"))
-        .args(["-vv", "infer", "--model"])
+        .args(["-vv", "infer", "--json", "--model"])
         .arg(&model)
         .arg(d.path().join("images"))
         .output()
@@ -210,11 +210,17 @@ fn infer_scores_dicom_files_with_the_exported_model_and_leaks_no_patient_data() 
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 25);
     let rows = manifest::read(&d.path().join("manifest.csv")).unwrap();
+    let studies: std::collections::HashSet<&str> =
+        rows.iter().map(|r| r.study_uid.as_str()).collect();
+    // one payload per file (24 images, the junk file), then one exam per study
+    assert_eq!(lines.len(), 25 + studies.len());
     for (l, r) in lines.iter().zip(&rows) {
-        assert_eq!(l["status"], "scored");
-        assert_eq!(l["intended_use"], "research only, not for clinical use");
+        assert_eq!(l["schema"], "mammo-edge.image/1");
+        assert_eq!(
+            l["model"]["intended_use"],
+            "research only, not for clinical use"
+        );
         assert_eq!(l["laterality"], r.laterality.unwrap().as_str());
         let p = l["cancer_probability"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&p));
@@ -222,7 +228,11 @@ fn infer_scores_dicom_files_with_the_exported_model_and_leaks_no_patient_data() 
         assert!((0.0..=100.0).contains(&pd));
         assert_eq!(l["ood"], false, "threshold 1e9");
     }
-    assert_eq!(lines[24]["status"], "rejected");
+    assert_eq!(lines[24]["schema"], "mammo-edge.error/1");
+    for e in &lines[25..] {
+        assert_eq!(e["schema"], "mammo-edge.exam/1");
+        assert_eq!(e["ood"], false);
+    }
     let all = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
     for phi in ["SYNTH^PATIENT", "SYNTH-", "19700101"] {
         assert!(!all.contains(phi), "{phi} leaked");

@@ -4,8 +4,11 @@
 //! The model is `MAMMO_TEST_MODEL` when set, else a tiny ONNX model that follows the contract,
 //! built here with tract-onnx's protobuf types (its outputs are simple functions of the image).
 
+mod agree;
+mod demo;
 mod harness;
 mod ops;
+mod real;
 mod soak;
 
 use std::path::{Path, PathBuf};
