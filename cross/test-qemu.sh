@@ -64,12 +64,12 @@ for kind in f32 int8; do
   model=models/mammo-mtl-demo.onnx
   [ "$kind" = int8 ] && model=models/mammo-mtl-demo.int8.onnx
   t0=$(date +%s)
-  "$X64_BIN" infer --model "$model" "${inputs[@]}" > "$out/x86_64-$kind.jsonl" 2> "$out/x86_64-$kind.log"
+  "$X64_BIN" infer --json --model "$model" "${inputs[@]}" > "$out/x86_64-$kind.jsonl" 2> "$out/x86_64-$kind.log"
   t_x64=$(since "$t0")
   t0=$(date +%s)
-  qemu_a64 "$A64_BIN" infer --model "$model" "${inputs[@]}" > "$out/aarch64-$kind.jsonl" \
+  qemu_a64 "$A64_BIN" infer --json --model "$model" "${inputs[@]}" > "$out/aarch64-$kind.jsonl" \
     2> "$out/aarch64-$kind.log"
-  echo "infer $kind ($(wc -l < "$out/aarch64-$kind.jsonl") files): x86_64 ${t_x64} s, aarch64 under qemu $(since "$t0") s"
+  echo "infer $kind ($(grep -c '"file":' "$out/aarch64-$kind.jsonl") files): x86_64 ${t_x64} s, aarch64 under qemu $(since "$t0") s"
   pairs+=("$kind" "$model" "$out/x86_64-$kind.jsonl" "$out/aarch64-$kind.jsonl")
 done
 
@@ -90,7 +90,7 @@ rm -f "$work/in_asm.log"
 echo "== x86_64 vs aarch64 (qemu -cpu $QEMU_CPU)"
 python3 cross/compare.py --out "$out/comparison.md" "${pairs[@]}"
 
-# The comparison must be able to fail: a probability moved by 2e-4 (f32) and a class changed
+# The comparison must be able to fail: a probability moved by 3e-4 (f32) and a class changed
 # (int8) in copies of the aarch64 outputs.
 python3 - "$out" <<'PY'
 import json, sys
@@ -98,7 +98,7 @@ out = sys.argv[1]
 for kind, change in (("f32", "prob"), ("int8", "class")):
     rows = [json.loads(l) for l in open(f"{out}/aarch64-{kind}.jsonl")]
     if change == "prob":
-        rows[0]["cancer_probability"] += 2e-4
+        rows[0]["cancer_probability"] += 3e-4
     else:
         rows[0]["density"] = "D" if rows[0]["density"] != "D" else "A"
     with open(f"{out}/tampered-{kind}.jsonl", "w") as f:
