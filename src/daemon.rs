@@ -93,18 +93,9 @@ pub struct LoadedModel {
 /// pass) and hash the file. Errors: `Model`.
 pub fn load_model(config: &Config) -> Result<LoadedModel, DaemonError> {
     let path = &config.model.path;
-    let err = |source| DaemonError::Model {
-        path: path.clone(),
-        source,
-    };
-    let bytes = std::fs::read(path).map_err(|e| {
-        err(ContractError::Read {
-            path: path.display().to_string(),
-            detail: e.to_string(),
-        })
-    })?;
-    let sha256 = sha256_hex(&bytes);
-    let runner = ModelRunner::from_bytes(&bytes, &path.display().to_string()).map_err(err)?;
+    let (bytes, sha256) = read_model(path)?;
+    let runner =
+        ModelRunner::from_bytes(&bytes, &path.display().to_string()).map_err(model_err(path))?;
     Ok(LoadedModel { runner, sha256 })
 }
 
@@ -114,22 +105,33 @@ fn load_model_if_changed(
     path: &Path,
     unchanged_sha256: &str,
 ) -> Result<Option<LoadedModel>, DaemonError> {
-    let err = |source| DaemonError::Model {
-        path: path.to_path_buf(),
-        source,
-    };
+    let (bytes, sha256) = read_model(path)?;
+    if sha256 == unchanged_sha256 {
+        return Ok(None);
+    }
+    let runner =
+        ModelRunner::from_bytes(&bytes, &path.display().to_string()).map_err(model_err(path))?;
+    Ok(Some(LoadedModel { runner, sha256 }))
+}
+
+/// The bytes of the model file at `path` and their sha256 (hex). Errors: `Model` (`Read`).
+fn read_model(path: &Path) -> Result<(Vec<u8>, String), DaemonError> {
     let bytes = std::fs::read(path).map_err(|e| {
-        err(ContractError::Read {
+        model_err(path)(ContractError::Read {
             path: path.display().to_string(),
             detail: e.to_string(),
         })
     })?;
     let sha256 = sha256_hex(&bytes);
-    if sha256 == unchanged_sha256 {
-        return Ok(None);
+    Ok((bytes, sha256))
+}
+
+/// `DaemonError::Model` for the model file at `path`.
+fn model_err(path: &Path) -> impl Fn(ContractError) -> DaemonError + '_ {
+    move |source| DaemonError::Model {
+        path: path.to_path_buf(),
+        source,
     }
-    let runner = ModelRunner::from_bytes(&bytes, &path.display().to_string()).map_err(err)?;
-    Ok(Some(LoadedModel { runner, sha256 }))
 }
 
 /// What `check` found.
