@@ -592,3 +592,34 @@ fn systemd_example_config_is_the_default_config() {
         "systemd/config.toml: regenerate with `mammo-edge print-default-config > systemd/config.toml`"
     );
 }
+
+#[test]
+fn half_written_file_is_scored_once_after_it_is_complete() {
+    use std::io::Write;
+    let broker = Broker::start();
+    let s = Setup::new(&broker.url(), "");
+    let sub = Subscriber::start(broker.port, &s.prefix, "sub-slow", Arc::default());
+    let mut d = s.start();
+    let src = tmp();
+    let files = exam(src.path(), 21);
+    let bytes = std::fs::read(&files[0]).unwrap();
+    // written in place in five pieces, 400 ms apart (below stable_secs = 1): never stable before
+    // the last piece
+    let mut f = std::fs::File::create(s.watch.join("slow.dcm")).unwrap();
+    for piece in bytes.chunks(bytes.len().div_ceil(5)) {
+        f.write_all(piece).unwrap();
+        f.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    drop(f);
+    sub.wait(30, "1 image", |s| s.on("image").len() == 1);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(sub.on("image").len(), 1);
+    assert!(sub.on("error").is_empty(), "{:?}", sub.on("error"));
+    assert_eq!(s.count("SELECT COUNT(*) FROM ledger"), 1);
+    assert_eq!(
+        s.count("SELECT COUNT(*) FROM ledger WHERE status = 'done' AND attempts = 1"),
+        1
+    );
+    assert!(d.stop().success());
+}
