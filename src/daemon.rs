@@ -893,17 +893,7 @@ impl Pipeline {
             || new.mqtt.health_secs != self.config.mqtt.health_secs;
         self.config = new;
         // a fresh worker with the new model and ingest options (the old one is idle: it ends)
-        match Store::open(&self.config.state.dir, self.config.ingest.max_attempts)
-            .map_err(DaemonError::from)
-            .and_then(|s| {
-                spawn_worker(
-                    self.runner.clone(),
-                    self.opts.clone(),
-                    s,
-                    self.replies_tx.clone(),
-                    self.workers_started + 1,
-                )
-            }) {
+        match self.start_worker(self.workers_started + 1) {
             Ok(w) => {
                 self.workers_started += 1;
                 self.worker = w;
@@ -1176,24 +1166,26 @@ impl Pipeline {
         };
         // the stuck thread is abandoned (it ends when its job does; its reply is ignored)
         self.workers_started += 1;
-        let worker = Store::open(&self.config.state.dir, self.config.ingest.max_attempts)
-            .map_err(DaemonError::from)
-            .and_then(|s| {
-                spawn_worker(
-                    self.runner.clone(),
-                    self.opts.clone(),
-                    s,
-                    self.replies_tx.clone(),
-                    self.workers_started,
-                )
-            });
-        match worker {
+        match self.start_worker(self.workers_started) {
             Ok(w) => self.worker = w,
             Err(e) => log::error!("new worker not started ({e}); the old one is kept"),
         }
         if requeue {
             self.requeue(&b.path);
         }
+    }
+
+    /// A new worker thread number `n` with its own state connection, the current model and
+    /// ingest options. Errors: `Store` (opening the database), `Worker` (spawning the thread).
+    fn start_worker(&self, n: u64) -> Result<Worker, DaemonError> {
+        let store = Store::open(&self.config.state.dir, self.config.ingest.max_attempts)?;
+        spawn_worker(
+            self.runner.clone(),
+            self.opts.clone(),
+            store,
+            self.replies_tx.clone(),
+            n,
+        )
     }
 
     /// Publish the exam of `study` when it has unpublished images and is complete, or when
