@@ -5,11 +5,11 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::NdArray;
 use burn::module::{AutodiffModule, Module, Param};
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{AdamWConfig, Optimizer};
 use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::activation::{sigmoid, softmax};
@@ -23,39 +23,21 @@ use super::data::{self, Sample};
 use super::loss::{self, LossWeights, TASKS};
 use super::metrics;
 use super::model::{MtlConfig, MtlNet};
+use super::parallel::{self, train_step, ParallelError, Replicas};
 use crate::labels::Split;
 use crate::manifest;
 use crate::preprocess::PreprocessConfig;
 use crate::synth::SplitMix64;
 
-/// CPU training backend.
-pub type TrainBackend = Autodiff<NdArray<f32>>;
-/// Inference backend (BatchNorm uses running statistics).
+use super::backend::{dispatch, OnBackend};
+pub use super::backend::{BackendKind, Device, Precision};
+
+/// Backend of export, evaluation and the tests' reference forward passes: NdArray (pure Rust,
+/// f32; BatchNorm uses running statistics). Weights trained on any backend load into it.
 pub type InferBackend = NdArray<f32>;
 
-/// Where training runs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Device {
-    /// Burn NdArray (one CPU thread per process).
-    #[default]
-    Cpu,
-    /// Burn CUDA backend, first GPU (cargo feature `cuda`; the driver is needed at run time).
-    Cuda,
-}
-
-/// Float type of the whole network during training. Burn 0.21 has no automatic mixed precision
-/// (autocast with f32 master weights and loss scaling), so `f16` / `bf16` train the whole network
-/// in half precision on the GPU; `bf16` keeps f32's exponent range and needs no loss scaling.
-/// Checkpoints and `best.mpk` are always stored in f32, so export is the same for all three.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    #[default]
-    F32,
-    F16,
-    Bf16,
-}
+/// Augmented batches prepared ahead of the training step.
+const PREFETCH: usize = 3;
 
 /// Errors of training.
 #[derive(Debug, Error)]
@@ -70,6 +52,8 @@ pub enum FitError {
     Io { path: String, detail: String },
     #[error("checkpoint {path}: {detail}")]
     Checkpoint { path: String, detail: String },
+    #[error(transparent)]
+    Parallel(#[from] ParallelError),
 }
 
 /// Everything that defines a training run (written to `fit_config.json` and the ONNX metadata).
@@ -94,8 +78,11 @@ pub struct FitConfig {
     pub augment: bool,
     /// Threads for decoding and preprocessing.
     pub threads: usize,
-    /// Backend and float type of training.
+    /// Backend, device and float type of training.
+    pub backend: BackendKind,
     pub device: Device,
+    /// Devices of a data-parallel run (`--devices N`: CUDA 0..N−1; src/train/parallel.rs).
+    pub devices: usize,
     pub precision: Precision,
     /// Stop (after checkpointing) once this epoch is done, to continue later with `--resume`
     /// (time-boxed runs). Not part of the run's definition.
@@ -119,7 +106,9 @@ impl Default for FitConfig {
             patience: 6,
             augment: true,
             threads: 2,
+            backend: BackendKind::default(),
             device: Device::Cpu,
+            devices: 1,
             precision: Precision::F32,
             stop_after: None,
         }
@@ -145,6 +134,12 @@ impl FitConfig {
             .map_err(|e| FitError::Config(e.to_string()))?;
         if self.epochs == 0 || self.batch_size == 0 {
             return Err(FitError::Config("epochs and batch_size must be > 0".into()));
+        }
+        if self.devices == 0 || self.devices > self.batch_size {
+            return Err(FitError::Config(format!(
+                "devices = {} must be between 1 and batch_size = {}",
+                self.devices, self.batch_size
+            )));
         }
         if self.lr.is_nan() || self.lr <= 0.0 {
             return Err(FitError::Config(format!("lr = {} must be > 0", self.lr)));
@@ -196,6 +191,10 @@ pub struct EpochLog {
     pub train_loss: f64,
     pub val: ValMetrics,
     pub seconds: f64,
+    /// Seconds the training step waited for augmented batches (the rest of `seconds` is
+    /// compute and validation).
+    #[serde(default)]
+    pub data_wait_s: f64,
     pub lr: f64,
 }
 
@@ -397,45 +396,26 @@ pub fn fit(
     resume: bool,
 ) -> Result<FitReport, FitError> {
     cfg.validate()?;
-    match (cfg.device, cfg.precision) {
-        (Device::Cpu, Precision::F32) => {
-            fit_on::<TrainBackend>(manifest_path, cfg, out, resume, Default::default())
-        }
-        (Device::Cpu, p) => Err(FitError::Config(format!(
-            "precision {p:?} needs device cuda: the NdArray CPU backend trains in f32"
-        ))),
-        #[cfg(feature = "cuda")]
-        (Device::Cuda, p) => {
-            use burn::backend::cuda::CudaDevice;
-            use burn::backend::Cuda;
-            let dev = CudaDevice::default();
-            match p {
-                Precision::F32 => {
-                    fit_on::<Autodiff<Cuda<f32>>>(manifest_path, cfg, out, resume, dev)
-                }
-                Precision::F16 => fit_on::<Autodiff<Cuda<burn::tensor::f16>>>(
-                    manifest_path,
-                    cfg,
-                    out,
-                    resume,
-                    dev,
-                ),
-                Precision::Bf16 => fit_on::<Autodiff<Cuda<burn::tensor::bf16>>>(
-                    manifest_path,
-                    cfg,
-                    out,
-                    resume,
-                    dev,
-                ),
-            }
-        }
-        #[cfg(not(feature = "cuda"))]
-        (Device::Cuda, _) => Err(FitError::Config(
-            "device cuda: this mammo-train was built without the `cuda` feature \
-             (cargo build --release --features cuda)"
-                .into(),
-        )),
+    struct Job<'a> {
+        manifest: &'a Path,
+        cfg: &'a FitConfig,
+        out: &'a Path,
+        resume: bool,
     }
+    impl OnBackend for Job<'_> {
+        type Output = Result<FitReport, FitError>;
+        fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+            fit_on::<B>(self.manifest, self.cfg, self.out, self.resume, device)
+        }
+    }
+    let job = Job {
+        manifest: manifest_path,
+        cfg,
+        out,
+        resume,
+    };
+    dispatch(cfg.backend, cfg.device, cfg.precision, job)
+        .map_err(|e| FitError::Config(e.to_string()))?
 }
 
 fn fit_on<B: AutodiffBackend>(
@@ -483,7 +463,8 @@ fn fit_on<B: AutodiffBackend>(
         log_vars: Param::from_tensor(Tensor::zeros([TASKS.len()], &device)),
     };
     log::info!(
-        "backend {:?} {:?} ({})",
+        "backend {} on {:?} in {:?} ({})",
+        cfg.backend.name(),
         cfg.device,
         cfg.precision,
         std::any::type_name::<B>()
@@ -541,6 +522,19 @@ fn fit_on<B: AutodiffBackend>(
         log::info!("resuming after epoch {}", progress.epoch);
     }
 
+    let replicas = if cfg.devices > 1 {
+        let devices = parallel::devices::<B>(&device, cfg.devices);
+        log::info!("data-parallel over {devices:?} (burn-collective all-reduce)");
+        let (m, r) = Replicas::start(model, optim.to_record(), &devices, cfg)?;
+        model = m;
+        Some(r)
+    } else {
+        None
+    };
+    let peer = replicas
+        .as_ref()
+        .map(|_| burn::collective::PeerId::from(0usize));
+
     let steps_per_epoch = train.len().div_ceil(cfg.batch_size);
     let total_steps = (steps_per_epoch * cfg.epochs).max(1);
     let mut rng = SplitMix64::from_state(progress.rng_state);
@@ -560,52 +554,86 @@ fn fit_on<B: AutodiffBackend>(
         let mut sums = vec![0f64; TASKS.len()];
         let mut total_sum = 0.0;
         let mut lr = cfg.lr;
-        for (b, chunk) in order.chunks(cfg.batch_size).enumerate() {
-            let step = (epoch - 1) * steps_per_epoch + b;
-            lr = cfg.lr
-                * 0.5
-                * (1.0 + (std::f64::consts::PI * step as f64 / total_steps as f64).cos());
-            // augmentation: small affine (input and mask alike), then intensity
-            let owned: Vec<Sample> = chunk
-                .iter()
-                .map(|&i| {
-                    let s = &train[i];
-                    if !cfg.augment {
-                        return s.clone();
+        let mut data_wait = Duration::ZERO;
+        // Augmentation runs on a producer thread, PREFETCH batches ahead of the step, so the
+        // step waits for data only when the producer falls behind (`data_wait_s` in the log).
+        // The producer owns the random stream for the epoch and hands it back at the end, so the
+        // batches are the same as with augmentation inline (and a resumed run sees them too).
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Sample>>(PREFETCH);
+        let train_ref = &train;
+        let pre_ref = &pre;
+        let order_ref = &order;
+        let augment = cfg.augment;
+        let batch_size = cfg.batch_size;
+        let stepped = std::thread::scope(|scope| -> Result<_, FitError> {
+            let mut model = model;
+            let producer = scope.spawn(move || {
+                for chunk in order_ref.chunks(batch_size) {
+                    let owned: Vec<Sample> = chunk
+                        .iter()
+                        .map(|&i| {
+                            let s = &train_ref[i];
+                            if !augment {
+                                return s.clone();
+                            }
+                            // small affine (input and mask alike), then intensity
+                            let a = data::AffineParams::random(&mut rng);
+                            let (x, m) = data::affine(&s.input, s.mask.as_deref(), pre_ref, &a);
+                            Sample {
+                                input: data::augment(&x, pre_ref, &mut rng),
+                                mask: m,
+                                ..s.clone()
+                            }
+                        })
+                        .collect();
+                    if tx.send(owned).is_err() {
+                        break;
                     }
-                    let a = data::AffineParams::random(&mut rng);
-                    let (x, m) = data::affine(&s.input, s.mask.as_deref(), &pre, &a);
-                    Sample {
-                        input: data::augment(&x, &pre, &mut rng),
-                        mask: m,
-                        ..s.clone()
-                    }
-                })
-                .collect();
-            let items: Vec<(&Sample, Vec<f32>)> =
-                owned.iter().map(|s| (s, s.input.clone())).collect();
-            let (x, t) = data::batch::<B>(&items, &cfg.model, &device);
-            let out_b = model.net.forward(x);
-            let losses = loss::task_losses(&out_b, &t);
-            let lv = cfg.uncertainty.then(|| model.log_vars.val());
-            let total = loss::total(&losses, &cfg.weights, lv);
-            for (k, l) in losses.iter().enumerate() {
-                sums[k] += l.clone().into_scalar().elem::<f64>();
+                }
+                rng
+            });
+            for b in 0..steps_per_epoch {
+                let waited = Instant::now();
+                let Ok(owned) = rx.recv() else { break };
+                data_wait += waited.elapsed();
+                let step = (epoch - 1) * steps_per_epoch + b;
+                lr = cfg.lr
+                    * 0.5
+                    * (1.0 + (std::f64::consts::PI * step as f64 / total_steps as f64).cos());
+                if replicas.as_ref().is_some_and(|r| owned.len() < r.peers()) {
+                    log::debug!(
+                        "a final batch of {} images is left out: fewer than the devices",
+                        owned.len()
+                    );
+                    continue;
+                }
+                let shard = match &replicas {
+                    Some(r) => r.scatter(owned, lr)?,
+                    None => owned,
+                };
+                let (next, values) = train_step(model, &mut optim, &shard, cfg, &device, lr, peer)?;
+                model = next;
+                for (k, v) in values.iter().take(TASKS.len()).enumerate() {
+                    sums[k] += v;
+                }
+                total_sum += values.get(TASKS.len()).copied().unwrap_or(f64::NAN);
+                bar.inc(1);
+                bar.set_message(format!(
+                    "loss {:.3} (cancer {:.3} density {:.3} mask {:.3} recon {:.3})",
+                    total_sum / (b + 1) as f64,
+                    sums[0] / (b + 1) as f64,
+                    sums[2] / (b + 1) as f64,
+                    sums[6] / (b + 1) as f64,
+                    sums[7] / (b + 1) as f64
+                ));
             }
-            let tv = total.clone().into_scalar().elem::<f64>();
-            total_sum += tv;
-            let grads = GradientsParams::from_grads(total.backward(), &model);
-            model = optim.step(lr, model, grads);
-            bar.inc(1);
-            bar.set_message(format!(
-                "loss {:.3} (cancer {:.3} density {:.3} mask {:.3} recon {:.3})",
-                total_sum / (b + 1) as f64,
-                sums[0] / (b + 1) as f64,
-                sums[2] / (b + 1) as f64,
-                sums[6] / (b + 1) as f64,
-                sums[7] / (b + 1) as f64
-            ));
-        }
+            drop(rx);
+            match producer.join() {
+                Ok(r) => Ok((model, r)),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        });
+        (model, rng) = stepped?;
         bar.finish_and_clear();
         let infer = model.valid();
         let preds = predict(&infer.net, &val, cfg, &device);
@@ -616,16 +644,18 @@ fn fit_on<B: AutodiffBackend>(
             train_loss: total_sum / steps_per_epoch as f64,
             val: vm.clone(),
             seconds: t0.elapsed().as_secs_f64(),
+            data_wait_s: data_wait.as_secs_f64(),
             lr,
         };
         log::info!(
-            "epoch {epoch}: train loss {:.4}, val loss {:.4}, cancer AUC {:?}, density kappa {:?}, PD MAE {:?} ({:.1} s)",
+            "epoch {epoch}: train loss {:.4}, val loss {:.4}, cancer AUC {:?}, density kappa {:?}, PD MAE {:?} ({:.1} s, {:.1} s waiting for data)",
             log_line.train_loss,
             vm.loss,
             vm.cancer_auc,
             vm.density_kappa,
             vm.percent_mae,
-            log_line.seconds
+            log_line.seconds,
+            log_line.data_wait_s
         );
         let mut f = std::fs::OpenOptions::new()
             .create(true)
@@ -688,6 +718,9 @@ fn fit_on<B: AutodiffBackend>(
             );
             break;
         }
+    }
+    if let Some(r) = replicas {
+        r.finish::<B::InnerBackend>()?;
     }
     Ok(FitReport {
         epochs: logs,

@@ -2,6 +2,8 @@
 //! data loading through the shared preprocessing, training loop and metrics.
 
 pub mod ablation;
+pub mod backend;
+pub mod bench;
 pub mod data;
 pub mod eval;
 pub mod export;
@@ -9,5 +11,6 @@ pub mod fit;
 pub mod loss;
 pub mod metrics;
 pub mod model;
+pub mod parallel;
 pub mod plots;
 pub mod quantize;

@@ -79,8 +79,52 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// The network's outputs on `input` (`[1, 1, 128, 64]`) equal tract's on the exported file
+/// within 1e-4, every head.
+fn assert_tract_agrees<B: Backend>(
+    net: &MtlNet<B>,
+    device: &B::Device,
+    runner: &ModelRunner,
+    input: &[f32],
+) {
+    let x = Tensor::<B, 4>::from_data(TensorData::new(input.to_vec(), [1, 1, 128, 64]), device);
+    let o = net.forward(x);
+    let v = |t: Tensor<B, 2>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+    let v4 = |t: Tensor<B, 4>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+    let recon: Vec<f32> = v4(o.recon.clone());
+    let target: Vec<f32> = v4(o.recon_target.clone());
+    let err = recon
+        .iter()
+        .zip(&target)
+        .map(|(a, b)| (a - b) * (a - b))
+        .sum::<f32>()
+        / recon.len() as f32;
+    let t = runner.run(input).unwrap();
+    let tol = 1e-4;
+    assert!(max_diff(&[t.cancer], &v(sigmoid(o.cancer))) <= tol);
+    assert!(max_diff(&[t.normal], &v(sigmoid(o.normal))) <= tol);
+    assert!(max_diff(&t.density, &v(softmax(o.density, 1))) <= tol);
+    assert!(max_diff(&[t.percent_density / 100.0], &v(sigmoid(o.percent))) <= tol);
+    assert!(max_diff(&t.vendor, &v(softmax(o.vendor, 1))) <= tol);
+    assert!(max_diff(&t.view, &v(softmax(o.view, 1))) <= tol);
+    let mask: Vec<f32> = v4(sigmoid(o.mask));
+    assert_eq!(t.mask_size, (32, 16));
+    assert!(
+        max_diff(&t.dense_mask, &mask) <= tol,
+        "mask {}",
+        max_diff(&t.dense_mask, &mask)
+    );
+    assert!(max_diff(&t.reconstruction, &recon) <= tol);
+    assert!(
+        (t.recon_error - err).abs() <= tol * err.max(1.0),
+        "{} vs {err}",
+        t.recon_error
+    );
+}
+
 #[test]
 fn tract_runs_the_exported_file_like_burn() {
+    // trained on the default backend (LibTorch where built), exported from NdArray
     let (d, cfg) = trained();
     let (net, meta, path) = exported(d.path(), &cfg, 1.0);
     let runner = ModelRunner::load(&path).unwrap();
@@ -92,43 +136,28 @@ fn tract_runs_the_exported_file_like_burn() {
         .input;
     let mut rng = SplitMix64::new(4);
     let random: Vec<f32> = (0..128 * 64).map(|_| rng.normal() as f32).collect();
-    let device = Default::default();
-    for input in [phantom, random] {
-        let x = Tensor::<InferBackend, 4>::from_data(
-            TensorData::new(input.clone(), [1, 1, 128, 64]),
-            &device,
-        );
-        let o = net.forward(x);
-        let v = |t: Tensor<InferBackend, 2>| t.into_data().to_vec::<f32>().unwrap();
-        let recon: Vec<f32> = o.recon.clone().into_data().to_vec().unwrap();
-        let target: Vec<f32> = o.recon_target.clone().into_data().to_vec().unwrap();
-        let err = recon
-            .iter()
-            .zip(&target)
-            .map(|(a, b)| (a - b) * (a - b))
-            .sum::<f32>()
-            / recon.len() as f32;
-        let t = runner.run(&input).unwrap();
-        let tol = 1e-4;
-        assert!(max_diff(&[t.cancer], &v(sigmoid(o.cancer))) <= tol);
-        assert!(max_diff(&[t.normal], &v(sigmoid(o.normal))) <= tol);
-        assert!(max_diff(&t.density, &v(softmax(o.density, 1))) <= tol);
-        assert!(max_diff(&[t.percent_density / 100.0], &v(sigmoid(o.percent))) <= tol);
-        assert!(max_diff(&t.vendor, &v(softmax(o.vendor, 1))) <= tol);
-        assert!(max_diff(&t.view, &v(softmax(o.view, 1))) <= tol);
-        let mask: Vec<f32> = sigmoid(o.mask).into_data().to_vec().unwrap();
-        assert_eq!(t.mask_size, (32, 16));
-        assert!(
-            max_diff(&t.dense_mask, &mask) <= tol,
-            "mask {}",
-            max_diff(&t.dense_mask, &mask)
-        );
-        assert!(max_diff(&t.reconstruction, &recon) <= tol);
-        assert!(
-            (t.recon_error - err).abs() <= tol * err.max(1.0),
-            "{} vs {err}",
-            t.recon_error
-        );
+    for input in [&phantom, &random] {
+        assert_tract_agrees(&net, &Default::default(), &runner, input);
+    }
+    // the backend that trains the shipped model computes the same outputs as tract on the file
+    #[cfg(feature = "libtorch")]
+    {
+        use burn::backend::LibTorch;
+        use burn::module::Module;
+        use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
+        let device = burn::backend::libtorch::LibTorchDevice::Cpu;
+        let torch_net: MtlNet<LibTorch<f32>> = cfg
+            .model
+            .init::<LibTorch<f32>>(&device)
+            .load_file(
+                d.path().join("run/best"),
+                &NamedMpkFileRecorder::<FullPrecisionSettings>::new(),
+                &device,
+            )
+            .unwrap();
+        for input in [&phantom, &random] {
+            assert_tract_agrees(&torch_net, &device, &runner, input);
+        }
     }
 }
 

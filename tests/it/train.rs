@@ -254,3 +254,229 @@ fn affine_augmentation_moves_image_and_mask_together_and_keeps_the_chest_wall_le
         assert!((frac(&m) - frac(mask)).abs() < 0.25 * frac(mask) + 0.01);
     }
 }
+
+/// Losses of three AdamW steps on one fixed batch, from the weights in `record` (an `.mpk` path
+/// without extension), on backend `B`.
+fn three_step_losses<B: burn::tensor::backend::AutodiffBackend>(
+    cfg: &FitConfig,
+    record: &std::path::Path,
+    items: &[(&data::Sample, Vec<f32>)],
+    device: B::Device,
+) -> Vec<f64> {
+    use burn::module::Module;
+    use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+    use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
+    let rec = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+    let mut net = cfg
+        .model
+        .init::<B>(&device)
+        .load_file(record, &rec, &device)
+        .unwrap();
+    let mut optim = AdamWConfig::new().init::<B, MtlNetOf<B>>();
+    let mut losses = vec![];
+    for _ in 0..3 {
+        let (x, t) = data::batch::<B>(items, &cfg.model, &device);
+        let total = mammo_edge::train::loss::total(
+            &task_losses(&net.forward(x), &t),
+            &LossWeights::default(),
+            None,
+        );
+        losses.push(
+            total
+                .clone()
+                .into_data()
+                .convert::<f64>()
+                .to_vec::<f64>()
+                .unwrap()[0],
+        );
+        let grads = GradientsParams::from_grads(total.backward(), &net);
+        net = optim.step(1e-2, net, grads);
+    }
+    losses
+}
+
+type MtlNetOf<B> = mammo_edge::train::model::MtlNet<B>;
+
+#[test]
+fn every_cpu_backend_computes_the_same_losses_and_updates_from_the_same_weights() {
+    use burn::backend::{Autodiff, Flex, NdArray};
+    use burn::module::Module;
+    use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
+    let d = phantoms(8);
+    let rows = manifest::read(&d.path().join("manifest.csv")).unwrap();
+    let cfg = tiny();
+    let indexed: Vec<_> = rows.iter().enumerate().collect();
+    let samples = data::load(d.path(), &indexed, &cfg.preprocess(), None, 2).unwrap();
+    let items: Vec<(&data::Sample, Vec<f32>)> =
+        samples.iter().map(|s| (s, s.input.clone())).collect();
+    let record = d.path().join("init");
+    cfg.model
+        .init::<InferBackend>(&Default::default())
+        .save_file(
+            &record,
+            &NamedMpkFileRecorder::<FullPrecisionSettings>::new(),
+        )
+        .unwrap();
+    let reference =
+        three_step_losses::<Autodiff<NdArray<f32>>>(&cfg, &record, &items, Default::default());
+    assert!(reference.iter().all(|l| l.is_finite()), "{reference:?}");
+    // the steps change the weights: the loss moves
+    assert!((reference[2] - reference[0]).abs() > 1e-4, "{reference:?}");
+    let mut others = vec![(
+        "flex",
+        three_step_losses::<Autodiff<Flex>>(&cfg, &record, &items, Default::default()),
+    )];
+    #[cfg(feature = "libtorch")]
+    others.push((
+        "libtorch",
+        three_step_losses::<Autodiff<burn::backend::LibTorch<f32>>>(
+            &cfg,
+            &record,
+            &items,
+            burn::backend::libtorch::LibTorchDevice::Cpu,
+        ),
+    ));
+    for (name, losses) in others {
+        for (a, b) in reference.iter().zip(&losses) {
+            assert!(
+                (a - b).abs() <= 1e-3 * a.abs().max(1.0),
+                "{name}: {losses:?} vs ndarray {reference:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bench_step_times_a_backend_and_fit_trains_on_the_pure_rust_one() {
+    use mammo_edge::train::backend::{BackendKind, Device, Precision};
+    use mammo_edge::train::bench::{bench_step, StepBench};
+    let b = StepBench {
+        model: MtlConfig::new().with_height(64).with_width(32).with_base(4),
+        batch: 4,
+        warmup: 1,
+        steps: 2,
+        backend: BackendKind::Flex,
+        device: Device::Cpu,
+        precision: Precision::F32,
+    };
+    let t = bench_step(&b).unwrap();
+    assert_eq!((t.backend, t.height, t.width, t.batch), ("flex", 64, 32, 4));
+    assert!(t.loss.is_finite() && t.images_per_s > 0.0, "{t:?}");
+    assert!(
+        (t.images_per_s - 4.0 / (t.ms_per_step / 1e3)).abs() < 1e-6 * t.images_per_s,
+        "{t:?}"
+    );
+    // a GPU-only backend is refused on the CPU by name, without running
+    let refused = bench_step(&StepBench {
+        backend: BackendKind::BurnCuda,
+        ..b.clone()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(refused.contains("burn-cuda"), "{refused}");
+
+    let d = phantoms(16);
+    let cfg = FitConfig {
+        epochs: 2,
+        backend: BackendKind::Flex,
+        ..tiny()
+    };
+    let r = fit(
+        &d.path().join("manifest.csv"),
+        &cfg,
+        &d.path().join("run"),
+        false,
+    )
+    .unwrap();
+    assert_eq!(r.epochs.len(), 2);
+    assert!(r
+        .epochs
+        .iter()
+        .all(|e| e.train_loss.is_finite() && e.data_wait_s >= 0.0 && e.data_wait_s < e.seconds));
+    let saved: FitConfig = serde_json::from_str(
+        &std::fs::read_to_string(d.path().join("run/fit_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(saved.backend, BackendKind::Flex);
+}
+
+#[test]
+fn a_data_parallel_step_over_two_devices_averages_the_gradients_of_its_shards() {
+    use burn::backend::{Autodiff, NdArray};
+    use burn::module::Param;
+    use burn::optim::{AdamWConfig, Optimizer};
+    use burn::prelude::*;
+    use mammo_edge::train::fit::TrainModel;
+    use mammo_edge::train::parallel::{devices, train_step, Replicas};
+    // NdArray: one thread, so sums are in a fixed order and the two paths agree exactly
+    type B = Autodiff<NdArray<f32>>;
+    let d = phantoms(4);
+    let rows = manifest::read(&d.path().join("manifest.csv")).unwrap();
+    let cfg = tiny();
+    let indexed: Vec<_> = rows.iter().enumerate().take(2).collect();
+    let two = data::load(d.path(), &indexed, &cfg.preprocess(), None, 2).unwrap();
+    let device = Default::default();
+    let model = TrainModel {
+        net: cfg.model.init::<B>(&device),
+        log_vars: Param::from_tensor(Tensor::zeros([8], &device)),
+    };
+    let adamw = || {
+        AdamWConfig::new()
+            .with_weight_decay(cfg.weight_decay)
+            .init::<B, TrainModel<B>>()
+    };
+    let mut opt = adamw();
+    let (model, replicas) =
+        Replicas::start(model, opt.to_record(), &devices::<B>(&device, 2), &cfg).unwrap();
+    assert_eq!(replicas.peers(), 2);
+    // one device, the batch [a, b]
+    let mut alone = adamw();
+    let (single, single_losses) =
+        train_step(model.clone(), &mut alone, &two, &cfg, &device, 1e-2, None).unwrap();
+    // two peers, the batch [a, b, a, b]: each shard is [a, b], so the mean of their gradients
+    // is the gradient of [a, b] and the update must equal the single device's
+    let batch: Vec<_> = two.iter().chain(&two).cloned().collect();
+    let shard = replicas.scatter(batch, 1e-2).unwrap();
+    assert_eq!(shard.iter().map(|s| s.row).collect::<Vec<_>>(), vec![0, 1]);
+    let (parallel, losses) = train_step(
+        model.clone(),
+        &mut opt,
+        &shard,
+        &cfg,
+        &device,
+        1e-2,
+        Some(burn::collective::PeerId::from(0usize)),
+    )
+    .unwrap();
+    replicas.finish::<NdArray<f32>>().unwrap();
+    assert!(
+        (losses[8] - single_losses[8]).abs() < 1e-6,
+        "{losses:?} vs {single_losses:?}"
+    );
+    let w = |m: &TrainModel<B>| {
+        m.net
+            .stem
+            .conv
+            .weight
+            .val()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap()
+    };
+    let (before, a, b) = (w(&model), w(&single), w(&parallel));
+    let moved = before
+        .iter()
+        .zip(&a)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    let apart = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        moved > 1e-4,
+        "the step did not change the weights ({moved})"
+    );
+    assert!(apart < 1e-6, "data-parallel update differs by {apart}");
+}

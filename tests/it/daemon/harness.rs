@@ -502,8 +502,15 @@ impl Setup {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The daemon's state database, once the daemon has created it (a daemon started a moment
+    /// ago may not have made its state folder yet).
     pub(crate) fn db(&self) -> rusqlite::Connection {
-        rusqlite::Connection::open(self.state.join("state.sqlite")).unwrap()
+        let path = self.state.join("state.sqlite");
+        let t0 = std::time::Instant::now();
+        while !path.exists() && t0.elapsed() < std::time::Duration::from_secs(30) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        rusqlite::Connection::open(path).unwrap()
     }
 
     pub(crate) fn count(&self, sql: &str) -> i64 {
