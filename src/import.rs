@@ -48,6 +48,10 @@ pub enum Format {
     CbisDdsm,
     Cmmd,
     Inbreast,
+    /// mini-MIAS `Info.txt` (+ `mdbNNN.pgm`).
+    Mias,
+    /// DDSM films with tissue masks (Tiryaki & Kaplanoğlu): `tissue_fractions.csv`.
+    DdsmTissue,
 }
 
 /// A CSV with columns looked up by name.
@@ -204,6 +208,8 @@ pub fn import(
             Format::CbisDdsm => cbis(csv, root, manifest_dir, &mut out)?,
             Format::Cmmd => cmmd(csv, root, manifest_dir, &mut out)?,
             Format::Inbreast => inbreast(csv, root, manifest_dir, &mut out)?,
+            Format::Mias => mias(csv, root, manifest_dir, &mut out)?,
+            Format::DdsmTissue => ddsm_tissue(csv, root, manifest_dir, &mut out)?,
         }
     }
     Ok(out)
@@ -211,8 +217,11 @@ pub fn import(
 
 /// RSNA Screening Mammography Breast Cancer Detection (2022) `train.csv`:
 /// `site_id,patient_id,image_id,laterality,view,age,cancer,biopsy,invasive,BIRADS,implant,density,
-/// machine_id,difficult_negative_case`; images `train_images/<patient_id>/<image_id>.dcm`.
-/// `normal` = BIRADS 1 (0 for BIRADS 0/2 or cancer); the machine is not mapped to a vendor.
+/// machine_id,difficult_negative_case`; images `train_images/<patient_id>/<image_id>.dcm`, or the
+/// `.png` of a converted copy when no `.dcm` is there. `normal` = BIRADS 1 (0 for BIRADS 0/2 or
+/// cancer); the machine is not mapped to a vendor but kept as extra columns `source`
+/// (`rsna-m<machine_id>`), `machine_id`, `biopsy` (for per-machine evaluation and the biopsy-clip
+/// shortcut check).
 fn rsna(csv: &Path, root: &Path, md: &Path, out: &mut Vec<ManifestRow>) -> Result<(), ImportError> {
     let t = Table::read(csv, b',')?;
     let (site, pid, img) = (
@@ -226,12 +235,17 @@ fn rsna(csv: &Path, root: &Path, md: &Path, out: &mut Vec<ManifestRow>) -> Resul
         t.col(&["cancer"])?,
     );
     let (birads, dens) = (t.col(&["BIRADS"])?, t.col(&["density"])?);
+    let (machine, biopsy) = (t.col(&["machine_id"])?, t.col(&["biopsy"])?);
     for (line, r) in &t.rows {
         let p = cell(r, pid);
-        let path = root
-            .join("train_images")
-            .join(p)
-            .join(format!("{}.dcm", cell(r, img)));
+        let folder = root.join("train_images").join(p);
+        let dcm = folder.join(format!("{}.dcm", cell(r, img)));
+        let png = folder.join(format!("{}.png", cell(r, img)));
+        let path = if !dcm.exists() && png.exists() {
+            png
+        } else {
+            dcm
+        };
         let mut m = row(
             rel(&path, md),
             p,
@@ -248,6 +262,157 @@ fn rsna(csv: &Path, root: &Path, md: &Path, out: &mut Vec<ManifestRow>) -> Resul
             ("0" | "0.0" | "2" | "2.0", _) => Some(false),
             _ => None,
         };
+        let b = flag(&t, *line, "biopsy", cell(r, biopsy))?;
+        m.extra = source_columns(
+            &format!("rsna-m{}", cell(r, machine)),
+            cell(r, machine),
+            b,
+            None,
+        );
+        out.push(m);
+    }
+    Ok(())
+}
+
+/// The extra columns every research-set importer writes, in this order: `source` (data set and
+/// machine or digitiser: the seed's "vendor" of images without a DICOM header), `machine_id`,
+/// `biopsy` (0/1), `tissue` (MIAS background tissue F/G/D).
+fn source_columns(
+    source: &str,
+    machine: &str,
+    biopsy: Option<bool>,
+    tissue: Option<char>,
+) -> Vec<(String, String)> {
+    vec![
+        ("source".into(), source.into()),
+        ("machine_id".into(), machine.into()),
+        (
+            "biopsy".into(),
+            biopsy.map(|b| (b as u8).to_string()).unwrap_or_default(),
+        ),
+        (
+            "tissue".into(),
+            tissue.map(String::from).unwrap_or_default(),
+        ),
+    ]
+}
+
+/// mini-MIAS `Info.txt`: after a free-text header, one line per abnormality
+/// `REFNUM BG CLASS [SEVERITY [X Y RADIUS]]` (several lines for some films, `*NOTE 3*` instead of
+/// coordinates, trailing spaces); images `mdbNNN.pgm` beside it. Odd numbers are right MLOs,
+/// even numbers left MLOs, `mdb(2k−1)`/`mdb(2k)` one woman (Info.txt note 1). `cancer` = a
+/// malignant (`M`) abnormality on the film; `normal` = class NORM; BG (F fatty, G fatty-glandular,
+/// D dense-glandular) is not BI-RADS A–D, so `density` stays missing and BG goes to `tissue`.
+fn mias(csv: &Path, root: &Path, md: &Path, out: &mut Vec<ManifestRow>) -> Result<(), ImportError> {
+    let p = csv.display().to_string();
+    let text = std::fs::read_to_string(csv).map_err(|error| ImportError::Io {
+        path: p.clone(),
+        error,
+    })?;
+    // film -> (tissue, any malignant, normal)
+    let mut films: BTreeMap<u32, (char, bool, bool)> = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let Some(num) = f.first().and_then(|r| r.strip_prefix("mdb")) else {
+            continue;
+        };
+        let bad = |column, detail: String| ImportError::Value {
+            path: p.clone(),
+            line: i as u64 + 1,
+            column,
+            detail,
+        };
+        let n: u32 = num
+            .parse()
+            .map_err(|_| bad("REFNUM", format!("{:?} is not mdbNNN", f[0])))?;
+        let tissue = match f.get(1).copied() {
+            Some(t @ ("F" | "G" | "D")) => t.chars().next().unwrap_or('F'),
+            t => return Err(bad("BG", format!("{t:?} is not F/G/D"))),
+        };
+        let class = f.get(2).copied().unwrap_or("");
+        if !["CALC", "CIRC", "SPIC", "MISC", "ARCH", "ASYM", "NORM"].contains(&class) {
+            return Err(bad("CLASS", format!("{class:?} is not a MIAS class")));
+        }
+        let malignant = match f.get(3).copied() {
+            Some("M") => true,
+            Some("B") | None => false,
+            Some(v) => return Err(bad("SEVERITY", format!("{v:?} is not B/M"))),
+        };
+        let e = films.entry(n).or_insert((tissue, false, true));
+        e.1 |= malignant;
+        e.2 &= class == "NORM";
+    }
+    for (n, (tissue, malignant, normal)) in films {
+        let woman = format!("mias-{:03}", n.div_ceil(2));
+        let path = root.join(format!("mdb{n:03}.pgm"));
+        let mut m = row(rel(&path, md), &woman, woman.clone(), split_for(&woman));
+        m.laterality = Some(if n % 2 == 1 {
+            Laterality::R
+        } else {
+            Laterality::L
+        });
+        m.view = Some(View::MLO);
+        m.cancer = Some(malignant);
+        m.normal = Some(normal);
+        m.extra = source_columns("mias", "", None, Some(tissue));
+        out.push(m);
+    }
+    Ok(())
+}
+
+/// DDSM films with manual tissue masks, `tissue_fractions.csv` (`image, mask, case_id, digitizer,
+/// source_subset, …, percent_density`); films under `segmentation_data/<subset>/fgt_seg/`, masks
+/// (64 background, 128 adipose, 192 fibroglandular, 255 pectoral) under `…/fgt_seg_labels/`.
+/// Each mask is rewritten in the manifest's convention (255 dense, 128 other breast tissue, 0
+/// outside the breast; the pectoral muscle counts as outside, as in the percent density) to
+/// `masks/ddsm-tissue/` beside the manifest. All right MLOs; `percent_density` from the CSV;
+/// source `ddsm-<digitizer>`.
+fn ddsm_tissue(
+    csv: &Path,
+    root: &Path,
+    md: &Path,
+    out: &mut Vec<ManifestRow>,
+) -> Result<(), ImportError> {
+    let t = Table::read(csv, b',')?;
+    let (img, mask, case) = (t.col(&["image"])?, t.col(&["mask"])?, t.col(&["case_id"])?);
+    let (dig, subset, pd) = (
+        t.col(&["digitizer"])?,
+        t.col(&["source_subset"])?,
+        t.col(&["percent_density"])?,
+    );
+    let mask_dir = md.join("masks").join("ddsm-tissue");
+    std::fs::create_dir_all(&mask_dir).map_err(|error| ImportError::Io {
+        path: mask_dir.display().to_string(),
+        error,
+    })?;
+    for (line, r) in &t.rows {
+        let folder = root.join("segmentation_data").join(cell(r, subset));
+        let film = folder.join("fgt_seg").join(cell(r, img));
+        let src_mask = folder.join("fgt_seg_labels").join(cell(r, mask));
+        let percent: f64 = cell(r, pd)
+            .parse()
+            .map_err(|_| t.bad(*line, "percent_density", format!("{:?}", cell(r, pd))))?;
+        let labels = image::open(&src_mask)
+            .map_err(|e| t.bad(*line, "mask", format!("{}: {e}", src_mask.display())))?
+            .into_luma8();
+        let converted = image::GrayImage::from_fn(labels.width(), labels.height(), |x, y| {
+            image::Luma([match labels.get_pixel(x, y).0[0] {
+                160..=223 => 255u8, // fibroglandular
+                96..=159 => 128,    // adipose
+                _ => 0,             // background, pectoral muscle
+            }])
+        });
+        let dst = mask_dir.join(cell(r, mask));
+        converted
+            .save(&dst)
+            .map_err(|e| t.bad(*line, "mask", format!("{}: {e}", dst.display())))?;
+        let c = cell(r, case);
+        let mut m = row(rel(&film, md), c, format!("ddsm-{c}"), split_for(c));
+        m.laterality = Some(Laterality::R);
+        m.view = Some(View::MLO);
+        m.percent_density = Some(percent);
+        m.mask_path = Some(rel(&dst, md));
+        m.extra = source_columns(&format!("ddsm-{}", cell(r, dig)), "", None, None);
         out.push(m);
     }
     Ok(())

@@ -12,6 +12,7 @@ pub mod dicom;
 pub mod exam;
 pub mod files;
 pub mod health;
+pub mod image_file;
 pub mod import;
 pub mod infer;
 pub mod inspect;

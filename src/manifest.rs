@@ -3,7 +3,7 @@
 //! (extra columns allowed after these); an empty cell is a missing label; paths are relative to the
 //! manifest's folder. Written by the phantom generator and the importers, read by the trainer.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
@@ -240,6 +240,57 @@ pub fn read(path: &Path) -> Result<Vec<ManifestRow>, ManifestError> {
                 })
                 .collect(),
         });
+    }
+    Ok(rows)
+}
+
+/// Rows of several manifests as one manifest in folder `out_dir`: image and mask paths re-based
+/// from each input's folder to `out_dir`, extra columns unified (their union in first-seen order,
+/// an empty cell where a row lacks one). With `hold_out = Some((column, value))` every row whose
+/// extra `column` equals `value` goes to the `test` split (a whole machine or data set never
+/// trained on: the seed's unseen vendor).
+pub fn merge(
+    inputs: &[PathBuf],
+    out_dir: &Path,
+    hold_out: Option<(&str, &str)>,
+) -> Result<Vec<ManifestRow>, ManifestError> {
+    let mut rows = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    for input in inputs {
+        let dir = input.parent().unwrap_or(Path::new("."));
+        let rebase = |p: &str| {
+            let abs = std::path::absolute(dir.join(p)).unwrap_or_else(|_| dir.join(p));
+            let base = std::path::absolute(out_dir).unwrap_or_else(|_| out_dir.to_path_buf());
+            pathdiff::diff_paths(&abs, &base)
+                .unwrap_or(abs)
+                .to_string_lossy()
+                .replace('\\', "/")
+        };
+        for mut r in read(input)? {
+            r.path = rebase(&r.path);
+            r.mask_path = r.mask_path.as_deref().map(rebase);
+            for (k, _) in &r.extra {
+                if !names.contains(k) {
+                    names.push(k.clone());
+                }
+            }
+            rows.push(r);
+        }
+    }
+    for r in &mut rows {
+        let extra = std::mem::take(&mut r.extra);
+        r.extra = names
+            .iter()
+            .map(|n| {
+                let v = extra.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+                (n.clone(), v.unwrap_or_default())
+            })
+            .collect();
+        if let Some((column, value)) = hold_out {
+            if r.extra.iter().any(|(k, v)| k == column && v == value) {
+                r.split = Split::Test;
+            }
+        }
     }
     Ok(rows)
 }

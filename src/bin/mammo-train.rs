@@ -7,9 +7,30 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mammo_edge::dicom::{read_mammogram, IngestOptions};
 use mammo_edge::preprocess::{preprocess, PreprocessConfig, PREPROCESS_VERSION};
+use mammo_edge::train::backend::{BackendKind, Device, Precision};
+use mammo_edge::train::bench::{bench_step, StepBench};
 use mammo_edge::train::export::{export_run, ExportOptions};
 use mammo_edge::train::fit::{fit, FitConfig};
 use mammo_edge::train::loss::LossWeights;
+use mammo_edge::train::model::MtlConfig;
+
+/// `--device` value (clap has checked it is cpu or cuda).
+fn parse_device(d: &str) -> Device {
+    if d == "cuda" {
+        Device::Cuda
+    } else {
+        Device::Cpu
+    }
+}
+
+/// `--precision` value (clap has checked it).
+fn parse_precision(p: &str) -> Precision {
+    match p {
+        "f16" => Precision::F16,
+        "bf16" => Precision::Bf16,
+        _ => Precision::F32,
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -66,10 +87,42 @@ enum Command {
         /// Training backend: cpu (Burn NdArray) or cuda (needs a build with --features cuda).
         #[arg(long, value_parser = ["cpu", "cuda"])]
         device: Option<String>,
+        /// Training backend (docs/bench-train.md): libtorch (default where built, CPU or cuda),
+        /// flex (pure Rust, all cores), ndarray (pure Rust, one thread), candle (pure Rust,
+        /// feature `candle`), burn-cuda (GPU, feature `cuda`).
+        #[arg(long, value_parser = BackendKind::NAMES)]
+        backend: Option<String>,
+        /// Data-parallel training on this many devices of the box (CUDA 0..N−1; Burn's
+        /// collective all-reduce; docs/training.md). The batch is split among them.
+        #[arg(long)]
+        devices: Option<usize>,
         /// Float type of training: f32, or f16 / bf16 on cuda (the whole network in half
         /// precision; Burn 0.21 has no autocast). Checkpoints are stored in f32.
         #[arg(long, value_parser = ["f32", "f16", "bf16"])]
         precision: Option<String>,
+    },
+    /// Time optimizer steps (forward + masked multi-task loss + backward + AdamW, batch of
+    /// synthetic images with every label) on one backend; prints one JSON line
+    /// (scripts/bench-train.sh).
+    BenchStep {
+        #[arg(long, value_parser = BackendKind::NAMES)]
+        backend: Option<String>,
+        #[arg(long, value_parser = ["cpu", "cuda"], default_value = "cpu")]
+        device: String,
+        #[arg(long, value_parser = ["f32", "f16", "bf16"], default_value = "f32")]
+        precision: String,
+        #[arg(long, default_value_t = 512)]
+        height: usize,
+        #[arg(long, default_value_t = 320)]
+        width: usize,
+        #[arg(long, default_value_t = 16)]
+        base: usize,
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
     },
     /// Export a trained run (best.mpk) as an ONNX model following docs/model-contract.md, with the
     /// operating thresholds chosen on the manifest's validation split.
@@ -151,7 +204,9 @@ enum Command {
         /// rsna (train.csv), vindr (breast-level_annotations.csv), cbis-ddsm (mass/calc case
         /// description CSVs), cmmd (clinical sheet as CSV; images found by DICOM header),
         /// inbreast (INbreast.csv, ';'-separated).
-        #[arg(value_parser = ["rsna", "vindr", "cbis-ddsm", "cmmd", "inbreast"])]
+        /// mias (Info.txt), ddsm-tissue (tissue_fractions.csv; masks rewritten beside the
+        /// manifest).
+        #[arg(value_parser = ["rsna", "vindr", "cbis-ddsm", "cmmd", "inbreast", "mias", "ddsm-tissue"])]
         format: String,
         /// The dataset's metadata file(s).
         #[arg(long = "csv", required = true)]
@@ -162,6 +217,18 @@ enum Command {
         /// Manifest to write; image paths in it are relative to its folder.
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Merge manifests (e.g. phantoms and imported research sets) into one: paths re-based to
+    /// the output's folder, extra columns unified; `--hold-out source=rsna-m21` puts a whole
+    /// machine or data set in the test split.
+    Merge {
+        #[arg(required = true)]
+        manifests: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        /// COLUMN=VALUE of an extra column: matching rows go to the test split.
+        #[arg(long)]
+        hold_out: Option<String>,
     },
     /// Preprocess DICOM files exactly as the daemon does and print tensor statistics.
     Preprocess {
@@ -202,9 +269,10 @@ fn run(command: Command) -> anyhow::Result<()> {
             resume,
             stop_after,
             device,
+            backend,
+            devices,
             precision,
         } => {
-            use mammo_edge::train::fit::{Device, Precision};
             let mut cfg: FitConfig = match &config {
                 Some(p) => serde_json::from_str(
                     &std::fs::read_to_string(p)
@@ -234,16 +302,19 @@ fn run(command: Command) -> anyhow::Result<()> {
             if let Some(v) = seed {
                 cfg.seed = v;
             }
-            match device.as_deref() {
-                Some("cuda") => cfg.device = Device::Cuda,
-                Some(_) => cfg.device = Device::Cpu,
-                None => {}
+            if let Some(d) = device.as_deref() {
+                cfg.device = parse_device(d);
+                // a device named without a backend gets that device's default backend
+                cfg.backend = BackendKind::default_for(cfg.device);
             }
-            match precision.as_deref() {
-                Some("f16") => cfg.precision = Precision::F16,
-                Some("bf16") => cfg.precision = Precision::Bf16,
-                Some(_) => cfg.precision = Precision::F32,
-                None => {}
+            if let Some(b) = backend.as_deref() {
+                cfg.backend = BackendKind::parse(b)?;
+            }
+            if let Some(p) = precision.as_deref() {
+                cfg.precision = parse_precision(p);
+            }
+            if let Some(n) = devices {
+                cfg.devices = n;
             }
             cfg.uncertainty |= uncertainty;
             cfg.stop_after = stop_after;
@@ -251,16 +322,54 @@ fn run(command: Command) -> anyhow::Result<()> {
                 cfg.weights = LossWeights::cancer_only();
             }
             let report = fit(&manifest, &cfg, &out, resume)?;
+            let waited: f64 = report.epochs.iter().map(|e| e.data_wait_s).sum();
+            let took: f64 = report.epochs.iter().map(|e| e.seconds).sum();
             let last = report.epochs.last();
             eprintln!(
-                "fit: {} epochs on {} images (val {}); best epoch {} -> {}; last train loss {:.4}",
+                "fit: {} epochs on {} images (val {}) with {} on {:?}; best epoch {} -> {}; last train loss {:.4}; {:.1} s, of which {:.1} s waiting for data",
                 report.epochs.len(),
                 report.train_samples,
                 report.val_samples,
+                cfg.backend.name(),
+                cfg.device,
                 report.best_epoch,
                 report.best.display(),
-                last.map(|l| l.train_loss).unwrap_or(f64::NAN)
+                last.map(|l| l.train_loss).unwrap_or(f64::NAN),
+                took,
+                waited
             );
+            Ok(())
+        }
+        Command::BenchStep {
+            backend,
+            device,
+            precision,
+            height,
+            width,
+            base,
+            batch,
+            warmup,
+            steps,
+        } => {
+            let device = parse_device(&device);
+            let b = StepBench {
+                model: MtlConfig::new()
+                    .with_height(height)
+                    .with_width(width)
+                    .with_base(base),
+                batch,
+                warmup,
+                steps,
+                backend: match backend.as_deref() {
+                    Some(b) => BackendKind::parse(b)?,
+                    None => BackendKind::default_for(device),
+                },
+                device,
+                precision: parse_precision(&precision),
+            };
+            b.model.validate().map_err(anyhow::Error::msg)?;
+            let t = bench_step(&b)?;
+            println!("{}", serde_json::to_string(&t)?);
             Ok(())
         }
         Command::Export {
@@ -384,6 +493,8 @@ fn run(command: Command) -> anyhow::Result<()> {
                 "vindr" => Format::Vindr,
                 "cbis-ddsm" => Format::CbisDdsm,
                 "cmmd" => Format::Cmmd,
+                "mias" => Format::Mias,
+                "ddsm-tissue" => Format::DdsmTissue,
                 _ => Format::Inbreast,
             };
             let dir = out
@@ -398,6 +509,36 @@ fn run(command: Command) -> anyhow::Result<()> {
             let count = |s: mammo_edge::labels::Split| rows.iter().filter(|r| r.split == s).count();
             eprintln!(
                 "import {format}: {} images ({} train, {} val, {} test) -> {}",
+                rows.len(),
+                count(mammo_edge::labels::Split::Train),
+                count(mammo_edge::labels::Split::Val),
+                count(mammo_edge::labels::Split::Test),
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Merge {
+            manifests,
+            out,
+            hold_out,
+        } => {
+            let hold = match hold_out.as_deref() {
+                Some(h) => Some(
+                    h.split_once('=')
+                        .context("--hold-out takes COLUMN=VALUE, e.g. source=rsna-m21")?,
+                ),
+                None => None,
+            };
+            let dir = out
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            std::fs::create_dir_all(dir).with_context(|| format!("--out {}", out.display()))?;
+            let rows = mammo_edge::manifest::merge(&manifests, dir, hold)?;
+            mammo_edge::manifest::write(&out, &rows)?;
+            let count = |s: mammo_edge::labels::Split| rows.iter().filter(|r| r.split == s).count();
+            eprintln!(
+                "merge: {} images ({} train, {} val, {} test) -> {}",
                 rows.len(),
                 count(mammo_edge::labels::Split::Train),
                 count(mammo_edge::labels::Split::Val),

@@ -12,9 +12,10 @@ use thiserror::Error;
 use super::loss::Targets;
 use super::model::MtlConfig;
 use crate::dicom::{read_mammogram, IngestOptions, Vendor, View};
+use crate::image_file::{is_image_file, read_image_file};
 use crate::labels::Density;
 use crate::manifest::ManifestRow;
-use crate::preprocess::{preprocess, warp, PreprocessConfig, PREPROCESS_VERSION};
+use crate::preprocess::{preprocess_image, warp, PreprocessConfig, PREPROCESS_VERSION};
 use crate::synth::SplitMix64;
 
 /// Errors of data loading that stop training (a single unreadable image is skipped, not an error).
@@ -134,9 +135,11 @@ pub fn load_one(
     let mask_path: Option<PathBuf> = row.mask_path.as_ref().map(|m| root.join(m));
     let key = cache_key(&path, mask_path.as_deref(), pre, h, w);
     let cache_file = cache.map(|c| c.join(format!("{key:016x}.f32")));
+    let image_file = is_image_file(&path);
     // the DICOM vendor needs the header only: a cache hit never decodes pixels
-    let dicom_vendor = crate::dicom::open_header(&path)
-        .ok()
+    let dicom_vendor = (!image_file)
+        .then(|| crate::dicom::open_header(&path).ok())
+        .flatten()
         .and_then(|h| crate::dicom::MammoMeta::from_object(&h).ok())
         .map(|m| m.vendor)
         .unwrap_or(Vendor::Other);
@@ -157,14 +160,24 @@ pub fn load_one(
             dicom_vendor,
         });
     }
-    let m = match read_mammogram(&path, &IngestOptions::default()) {
-        Ok(m) => m,
+    // image files (research sets): the manifest's laterality; DICOM: the header's
+    let read = if image_file {
+        read_image_file(&path)
+            .map(|f| (f.image, row.laterality))
+            .map_err(|e| e.to_string())
+    } else {
+        read_mammogram(&path, &IngestOptions::default())
+            .map(|m| (m.image, m.meta.laterality))
+            .map_err(|e| e.to_string())
+    };
+    let (image, laterality) = match read {
+        Ok(r) => r,
         Err(e) => {
             log::warn!("{}: skipped ({e})", row.path);
             return None;
         }
     };
-    let p = match preprocess(&m, pre) {
+    let p = match preprocess_image(&image, laterality, pre) {
         Ok(p) => p,
         Err(e) => {
             log::warn!("{}: skipped ({e})", row.path);
@@ -176,7 +189,7 @@ pub fn load_one(
             .map_err(|e| log::warn!("{}: mask unreadable ({e}); mask task masked", mp.display()))
             .ok()?
             .into_luma8();
-        if (img.width() as usize, img.height() as usize) != (m.image.width, m.image.height) {
+        if (img.width() as usize, img.height() as usize) != (image.width, image.height) {
             log::warn!(
                 "{}: mask size differs from the image; mask task masked",
                 mp.display()
@@ -184,7 +197,7 @@ pub fn load_one(
             return None;
         }
         let dense: Vec<f32> = img.pixels().map(|p| (p.0[0] == 255) as u8 as f32).collect();
-        let warped = warp(&dense, m.image.width, m.image.height, &p.geometry, pre).ok()?;
+        let warped = warp(&dense, image.width, image.height, &p.geometry, pre).ok()?;
         Some(pool4(&warped, h, w))
     });
     if let Some(f) = &cache_file {

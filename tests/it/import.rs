@@ -217,3 +217,237 @@ fn a_missing_column_is_named() {
         .to_string();
     assert!(e.contains("\"cancer\"") && e.contains("missing"), "{e}");
 }
+
+#[test]
+fn rsna_png_crops_are_found_and_keep_machine_and_biopsy() {
+    let d = tmp();
+    let csv = d.path().join("rsna/train.csv");
+    write(&csv, "site_id,patient_id,image_id,laterality,view,age,cancer,biopsy,invasive,BIRADS,implant,density,machine_id,difficult_negative_case\n\
+2,10006,1459541791,L,MLO,61,0,0,0,,0,,29,False\n\
+1,10038,1967300488,R,MLO,51,1,1,1,,0,C,49,False\n");
+    // the converted copy: PNG crops where the competition had DICOM
+    write(
+        &d.path().join("rsna/train_images/10006/1459541791.png"),
+        "png",
+    );
+    let rows = roundtrip(
+        &import(Format::Rsna, &[csv], &d.path().join("rsna"), d.path()).unwrap(),
+        d.path(),
+    );
+    assert_eq!(rows[0].path, "rsna/train_images/10006/1459541791.png");
+    assert_eq!(
+        rows[1].path, "rsna/train_images/10038/1967300488.dcm",
+        "no PNG there: the DICOM name stays"
+    );
+    let extra = |r: &ManifestRow, k: &str| {
+        r.extra
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
+    assert_eq!(extra(&rows[0], "source"), "rsna-m29");
+    assert_eq!(extra(&rows[1], "machine_id"), "49");
+    assert_eq!(
+        (extra(&rows[0], "biopsy"), extra(&rows[1], "biopsy")),
+        ("0".into(), "1".into())
+    );
+}
+
+#[test]
+fn mias_info_txt_with_several_lines_per_film_notes_and_no_coordinates() {
+    let d = tmp();
+    let info = d.path().join("mias/Info.txt");
+    // the real layout: a free-text header, one line per abnormality, trailing spaces,
+    // a film without coordinates and one with *NOTE 3*
+    write(
+        &info,
+        "              MAMMOGRAPHIC IMAGE ANALYSIS SOCIETY\n\
+                  MiniMammographic Database\n\n\
+mdb001 G CIRC B 535 425 197\n\
+mdb002 G CIRC B 522 280 69 \n\
+mdb005 F CIRC B 477 133 30\n\
+mdb005 F CIRC M 500 168 26\n\
+mdb006 F NORM\n\
+mdb059 F CIRC B\n\
+mdb060 D NORM \n\
+mdb245 G CALC M *NOTE 3*\n\
+mdb246 G NORM\n",
+    );
+    let rows = roundtrip(
+        &import(Format::Mias, &[info], &d.path().join("mias"), d.path()).unwrap(),
+        d.path(),
+    );
+    let names: Vec<&str> = rows.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "mias/mdb001.pgm",
+            "mias/mdb002.pgm",
+            "mias/mdb005.pgm",
+            "mias/mdb006.pgm",
+            "mias/mdb059.pgm",
+            "mias/mdb060.pgm",
+            "mias/mdb245.pgm",
+            "mias/mdb246.pgm"
+        ],
+        "one row per film"
+    );
+    let by = |n: &str| rows.iter().find(|r| r.path.contains(n)).unwrap();
+    // benign and malignant on one film: malignant wins
+    assert_eq!(
+        (by("005").cancer, by("005").normal),
+        (Some(true), Some(false))
+    );
+    assert_eq!(
+        (by("006").cancer, by("006").normal),
+        (Some(false), Some(true))
+    );
+    assert_eq!(by("245").cancer, Some(true));
+    assert_eq!(
+        (by("059").cancer, by("059").normal),
+        (Some(false), Some(false))
+    );
+    // odd = right, even = left; 2k-1 and 2k are one woman, one split
+    assert_eq!(
+        (by("001").laterality, by("002").laterality),
+        (Some(Laterality::R), Some(Laterality::L))
+    );
+    assert_eq!(by("005").patient_id, by("006").patient_id);
+    assert_eq!(by("005").split, by("006").split);
+    assert_ne!(by("001").patient_id, by("005").patient_id);
+    assert!(rows
+        .iter()
+        .all(|r| r.view == Some(View::MLO) && r.density.is_none()));
+    let tissue = |n: &str| {
+        by(n)
+            .extra
+            .iter()
+            .find(|(k, _)| k == "tissue")
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
+    assert_eq!((tissue("001"), tissue("060")), ("G".into(), "D".into()));
+    // a malformed line names the file, line and column
+    write(&d.path().join("bad/Info.txt"), "mdb001 X CIRC B 1 2 3\n");
+    let e = import(
+        Format::Mias,
+        &[d.path().join("bad/Info.txt")],
+        d.path(),
+        d.path(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("line 1") && e.contains("BG"), "{e}");
+}
+
+#[test]
+fn ddsm_tissue_masks_are_rewritten_as_dense_tissue_masks() {
+    let d = tmp();
+    let root = d.path().join("ddsm-tissue");
+    let seg = root.join("segmentation_data/test");
+    std::fs::create_dir_all(seg.join("fgt_seg")).unwrap();
+    std::fs::create_dir_all(seg.join("fgt_seg_labels")).unwrap();
+    // a 4x2 mask with the four label values of the set
+    let labels =
+        image::GrayImage::from_raw(4, 2, vec![64, 128, 192, 255, 192, 192, 128, 64]).unwrap();
+    labels
+        .save(seg.join("fgt_seg_labels/A_0040_1.RIGHT_MLO_LI.png"))
+        .unwrap();
+    image::GrayImage::new(4, 2)
+        .save(seg.join("fgt_seg/A_0040_1.RIGHT_MLO.png"))
+        .unwrap();
+    let csv = root.join("tissue_fractions.csv");
+    write(&csv, "image,mask,case_id,digitizer,source_subset,width,height,px_background,px_adipose,px_fibroglandular,px_pectoral,percent_density\n\
+A_0040_1.RIGHT_MLO.png,A_0040_1.RIGHT_MLO_LI.png,A_0040,A,test,4,2,2,2,3,1,60.00\n");
+    let out = d.path().join("m");
+    let rows = roundtrip(
+        &import(Format::DdsmTissue, &[csv], &root, &out).unwrap(),
+        &out,
+    );
+    assert_eq!(rows.len(), 1);
+    let r = &rows[0];
+    assert_eq!(
+        r.path,
+        "../ddsm-tissue/segmentation_data/test/fgt_seg/A_0040_1.RIGHT_MLO.png"
+    );
+    assert_eq!(
+        (r.laterality, r.view),
+        (Some(Laterality::R), Some(View::MLO))
+    );
+    assert_eq!(r.percent_density, Some(60.0));
+    let mask = image::open(out.join(r.mask_path.as_ref().unwrap()))
+        .unwrap()
+        .into_luma8();
+    assert_eq!(mask.into_raw(), vec![0, 128, 255, 0, 255, 255, 128, 0]);
+    assert_eq!(r.extra[0], ("source".to_string(), "ddsm-A".to_string()));
+}
+
+#[test]
+fn merged_manifests_rebase_paths_unify_extra_columns_and_hold_out_a_machine() {
+    let d = tmp();
+    let mk = |dir: &str, rows: Vec<ManifestRow>| {
+        let p = d.path().join(dir).join("manifest.csv");
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        manifest::write(&p, &rows).unwrap();
+        p
+    };
+    let base = |path: &str, patient: &str| ManifestRow {
+        path: path.into(),
+        patient_id: patient.into(),
+        study_uid: patient.into(),
+        laterality: None,
+        view: None,
+        vendor: None,
+        density: None,
+        percent_density: None,
+        cancer: Some(false),
+        normal: None,
+        mask_path: None,
+        split: Split::Train,
+        extra: vec![],
+    };
+    let phantoms = mk(
+        "synth",
+        vec![ManifestRow {
+            mask_path: Some("masks/a.png".into()),
+            ..base("images/a.dcm", "p1")
+        }],
+    );
+    let with = |path: &str, p: &str, source: &str| ManifestRow {
+        extra: vec![
+            ("source".into(), source.into()),
+            ("machine_id".into(), "".into()),
+        ],
+        ..base(path, p)
+    };
+    let rsna = mk(
+        "real/rsna",
+        vec![
+            with("train_images/1/1.png", "1", "rsna-m21"),
+            with("train_images/2/2.png", "2", "rsna-m49"),
+        ],
+    );
+    let out = d.path().join("all");
+    std::fs::create_dir_all(&out).unwrap();
+    let rows =
+        mammo_edge::manifest::merge(&[phantoms, rsna], &out, Some(("source", "rsna-m21"))).unwrap();
+    let rows = roundtrip(&rows, &out);
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0].path, "../synth/images/a.dcm");
+    assert_eq!(rows[0].mask_path.as_deref(), Some("../synth/masks/a.png"));
+    assert_eq!(rows[1].path, "../real/rsna/train_images/1/1.png");
+    // the phantom row gets the research sets' columns, empty
+    assert_eq!(
+        rows[0].extra,
+        vec![
+            ("source".to_string(), String::new()),
+            ("machine_id".to_string(), String::new())
+        ]
+    );
+    // the held-out machine is test, the other stays train
+    assert_eq!(
+        rows.iter().map(|r| r.split).collect::<Vec<_>>(),
+        [Split::Train, Split::Test, Split::Train]
+    );
+}
