@@ -14,6 +14,36 @@ use mammo_edge::train::fit::{fit, FitConfig};
 use mammo_edge::train::loss::LossWeights;
 use mammo_edge::train::model::MtlConfig;
 
+/// The folder of manifest `out` (created), where its relative paths start.
+fn out_dir(out: &std::path::Path) -> anyhow::Result<&std::path::Path> {
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("--out {}", out.display()))?;
+    Ok(dir)
+}
+
+/// Write a manifest and say how many rows went to each split.
+fn write_manifest(
+    out: &std::path::Path,
+    rows: &[mammo_edge::manifest::ManifestRow],
+    what: &str,
+) -> anyhow::Result<()> {
+    use mammo_edge::labels::Split;
+    mammo_edge::manifest::write(out, rows)?;
+    let count = |s: Split| rows.iter().filter(|r| r.split == s).count();
+    eprintln!(
+        "{what}: {} images ({} train, {} val, {} test) -> {}",
+        rows.len(),
+        count(Split::Train),
+        count(Split::Val),
+        count(Split::Test),
+        out.display()
+    );
+    Ok(())
+}
+
 /// `--device` value (clap has checked it is cpu or cuda).
 fn parse_device(d: &str) -> Device {
     if d == "cuda" {
@@ -497,25 +527,11 @@ fn run(command: Command) -> anyhow::Result<()> {
                 "ddsm-tissue" => Format::DdsmTissue,
                 _ => Format::Inbreast,
             };
-            let dir = out
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(std::path::Path::new("."));
-            std::fs::create_dir_all(dir).with_context(|| format!("--out {}", out.display()))?;
+            let dir = out_dir(&out)?;
             let abs =
                 |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
             let rows = import(f, &csvs, &abs(&root), &abs(dir))?;
-            mammo_edge::manifest::write(&out, &rows)?;
-            let count = |s: mammo_edge::labels::Split| rows.iter().filter(|r| r.split == s).count();
-            eprintln!(
-                "import {format}: {} images ({} train, {} val, {} test) -> {}",
-                rows.len(),
-                count(mammo_edge::labels::Split::Train),
-                count(mammo_edge::labels::Split::Val),
-                count(mammo_edge::labels::Split::Test),
-                out.display()
-            );
-            Ok(())
+            write_manifest(&out, &rows, &format!("import {format}"))
         }
         Command::Merge {
             manifests,
@@ -529,23 +545,9 @@ fn run(command: Command) -> anyhow::Result<()> {
                 ),
                 None => None,
             };
-            let dir = out
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(std::path::Path::new("."));
-            std::fs::create_dir_all(dir).with_context(|| format!("--out {}", out.display()))?;
+            let dir = out_dir(&out)?;
             let rows = mammo_edge::manifest::merge(&manifests, dir, hold)?;
-            mammo_edge::manifest::write(&out, &rows)?;
-            let count = |s: mammo_edge::labels::Split| rows.iter().filter(|r| r.split == s).count();
-            eprintln!(
-                "merge: {} images ({} train, {} val, {} test) -> {}",
-                rows.len(),
-                count(mammo_edge::labels::Split::Train),
-                count(mammo_edge::labels::Split::Val),
-                count(mammo_edge::labels::Split::Test),
-                out.display()
-            );
-            Ok(())
+            write_manifest(&out, &rows, "merge")
         }
         Command::Preprocess { files } => {
             let cfg = PreprocessConfig::default();
