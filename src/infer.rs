@@ -1,7 +1,8 @@
-//! One image through the whole edge path: DICOM → ingest → THE preprocessing (with the model's
-//! parameters) → tract → a result with class names, flags and the model's intended use. Used by
-//! the daemon and by `mammo-edge infer`, whose output ([`Batch`]) is the payloads the daemon
-//! would publish for the same files: one per file, then one exam per study.
+//! One image through the whole edge path: DICOM → ingest (or an image file → the image-file
+//! reader) → THE preprocessing (with the model's parameters) → tract → a result with class names,
+//! flags and the model's intended use. Used by the daemon (DICOM only) and by `mammo-edge infer`,
+//! whose output ([`Batch`]) is the payloads the daemon would publish for the same files: one per
+//! file, then one exam per DICOM study.
 
 use std::path::Path;
 use std::time::Instant;
@@ -14,9 +15,10 @@ use crate::dicom::{
     View,
 };
 use crate::exam::{aggregate, ExamError};
+use crate::image_file::{is_image_file, read_image_file, ImageFileError, ImageFileReport};
 use crate::message::{sha256_hex, Messages, ModelInfo, Privacy, StoredScore};
 use crate::model::{bundled, ContractError, ModelOutputs, ModelRunner};
-use crate::preprocess::{preprocess, PreprocessError};
+use crate::preprocess::{preprocess, preprocess_image, PreprocessError};
 use crate::publish::Topics;
 
 /// Why an image has no result.
@@ -24,6 +26,8 @@ use crate::publish::Topics;
 pub enum InferError {
     #[error(transparent)]
     Ingest(#[from] IngestError),
+    #[error(transparent)]
+    ImageFile(#[from] ImageFileError),
     #[error(transparent)]
     Preprocess(#[from] PreprocessError),
     #[error(transparent)]
@@ -35,15 +39,18 @@ impl InferError {
     pub fn category(&self) -> Category {
         match self {
             InferError::Ingest(e) => e.category(),
+            // a colour picture is valid input the model does not score
+            InferError::ImageFile(ImageFileError::NotGrey { .. }) => Category::Skipped,
             _ => Category::Error,
         }
     }
 
     /// Stable machine code of the reason: the ingest codes (`truncated`, `not_mammogram` …),
-    /// `preprocess` or `model`.
+    /// the image-file codes (`undecodable`, `not_grey` …), `preprocess` or `model`.
     pub fn code(&self) -> &'static str {
         match self {
             InferError::Ingest(e) => e.code(),
+            InferError::ImageFile(e) => e.code(),
             InferError::Preprocess(_) => "preprocess",
             InferError::Model(_) => "model",
         }
@@ -171,6 +178,46 @@ pub fn infer_file_detailed(
     })
 }
 
+/// A scored image file with what the reader found (format, bits, polarity).
+#[derive(Debug, Clone)]
+pub struct ScoredImageFile {
+    pub result: ImageResult,
+    pub report: ImageFileReport,
+    /// SHA-256 of the file's bytes, lower-case hex (the result's identity).
+    pub sha256: String,
+}
+
+/// Score one image file (PNG 8/16-bit, JPEG, PGM/PNM; grey stored as RGB accepted) through the
+/// same preprocessing as DICOM: the breast found in the image, the chest-wall side (hence the
+/// laterality and a mirrored image's flip) inferred from the pixels, an inverted image turned
+/// back to display polarity (`report.inverted`). No header: `vendor` is `other`, `view` is the
+/// predicted view. Errors: the reader's ([`ImageFileError`]), preprocessing, the model.
+pub fn infer_image_file(runner: &ModelRunner, path: &Path) -> Result<ScoredImageFile, InferError> {
+    let t0 = Instant::now();
+    let bytes = std::fs::read(path).map_err(ImageFileError::Io)?;
+    let f = read_image_file(path)?;
+    let t1 = Instant::now();
+    let p = preprocess_image(&f.image, None, &runner.meta.preprocess())?;
+    let t2 = Instant::now();
+    let o = runner.run(&p.tensor)?;
+    let t3 = Instant::now();
+    let mut r = interpret(runner, &o);
+    r.laterality = Some(p.geometry.laterality);
+    r.view = if argmax(&o.view) == 0 {
+        View::CC
+    } else {
+        View::MLO
+    };
+    r.decode_ms = (t1 - t0).as_secs_f64() * 1e3;
+    r.preprocess_ms = (t2 - t1).as_secs_f64() * 1e3;
+    r.inference_ms = (t3 - t2).as_secs_f64() * 1e3;
+    Ok(ScoredImageFile {
+        result: r,
+        report: f.report,
+        sha256: sha256_hex(&bytes),
+    })
+}
+
 /// A model with the SHA-256 of its file and where it came from.
 pub struct Model {
     pub runner: ModelRunner,
@@ -241,9 +288,26 @@ impl<'a> Batch<'a> {
         }
     }
 
-    /// Score one file (a rejection is a payload too, never an `Err`).
+    /// Score one file, DICOM or image file by its extension (a rejection is a payload too,
+    /// never an `Err`). Image files belong to no study: they give no exam.
     pub fn file(&mut self, path: &Path) -> FilePayload {
         let label = serde_json::Value::String(path.display().to_string());
+        if is_image_file(path) {
+            return match infer_image_file(self.runner, path) {
+                Ok(s) => {
+                    let mut payload = self
+                        .msgs
+                        .image_file(path, &s.sha256, &s.report, &s.result)
+                        .payload;
+                    payload["file"] = label;
+                    FilePayload {
+                        payload,
+                        scored: true,
+                    }
+                }
+                Err(e) => self.rejected(path, label, None, e),
+            };
+        }
         match infer_file_detailed(self.runner, path, &self.opts) {
             Ok(s) => {
                 let mut payload = self.msgs.image(path, &s.meta, &s.result).payload;
@@ -270,36 +334,45 @@ impl<'a> Batch<'a> {
                     scored: true,
                 }
             }
-            Err((meta, e)) => {
-                let (size, mtime) = std::fs::metadata(path)
-                    .map(|m| {
-                        let t = m
-                            .modified()
-                            .ok()
-                            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                            .map_or(0, |d| d.as_nanos());
-                        (m.len(), t)
-                    })
-                    .unwrap_or((0, 0));
-                let key = format!("{}|{size}|{mtime}", path.display());
-                let skipped = e.category() == Category::Skipped;
-                let mut payload = self
-                    .msgs
-                    .rejected(
-                        skipped,
-                        path,
-                        &key,
-                        meta.as_deref(),
-                        e.code(),
-                        &e.to_string(),
-                    )
-                    .payload;
-                payload["file"] = label;
-                FilePayload {
-                    payload,
-                    scored: false,
-                }
-            }
+            Err((meta, e)) => self.rejected(path, label, meta, e),
+        }
+    }
+
+    /// The `skipped` / `error` payload of a file that was not scored.
+    fn rejected(
+        &self,
+        path: &Path,
+        label: serde_json::Value,
+        meta: Option<Box<MammoMeta>>,
+        e: InferError,
+    ) -> FilePayload {
+        let (size, mtime) = std::fs::metadata(path)
+            .map(|m| {
+                let t = m
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos());
+                (m.len(), t)
+            })
+            .unwrap_or((0, 0));
+        let key = format!("{}|{size}|{mtime}", path.display());
+        let skipped = e.category() == Category::Skipped;
+        let mut payload = self
+            .msgs
+            .rejected(
+                skipped,
+                path,
+                &key,
+                meta.as_deref(),
+                e.code(),
+                &e.to_string(),
+            )
+            .payload;
+        payload["file"] = label;
+        FilePayload {
+            payload,
+            scored: false,
         }
     }
 

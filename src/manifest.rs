@@ -74,6 +74,24 @@ pub struct ManifestRow {
     pub extra: Vec<(String, String)>,
 }
 
+impl ManifestRow {
+    /// The value of the extra column `name`, when present and not empty.
+    pub fn extra(&self, name: &str) -> Option<&str> {
+        self.extra
+            .iter()
+            .find(|(k, v)| k == name && !v.is_empty())
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Where the image comes from, for the source head and per-source evaluation: the extra
+    /// column `source` (importers write e.g. `rsna-m49`, `mias`, `ddsm-howtek`), else the vendor.
+    pub fn source(&self) -> Option<String> {
+        self.extra("source")
+            .map(String::from)
+            .or_else(|| self.vendor.map(|v| v.as_str().to_string()))
+    }
+}
+
 fn opt<T: ToString>(v: &Option<T>) -> String {
     v.as_ref().map(|v| v.to_string()).unwrap_or_default()
 }

@@ -311,12 +311,46 @@ impl Messages {
         );
         self.accession(&mut m, meta);
         self.privacy.file_fields(path, &mut m);
+        m.insert("vendor".into(), json!(r.vendor));
+        m.insert("manufacturer".into(), json!(meta.manufacturer));
+        self.result_fields(&mut m, r);
+        OutboxMessage {
+            topic: self.topics.topic("image"),
+            payload: Value::Object(m),
+            retain: false,
+        }
+    }
+
+    /// The `mammo-edge.image/1` payload of an image file (PNG, JPEG, PGM/PNM; `mammo-edge
+    /// infer` only, never the daemon): no UIDs and no DICOM vendor or manufacturer; `file` (or
+    /// `file_hash`), `image_file` = what the reader found (format, bits, `inverted`: the
+    /// polarity was corrected); `result_id` = UUIDv5 of the file's SHA-256 + model sha256;
+    /// `laterality` inferred from the chest-wall side, `view` = the predicted view.
+    pub fn image_file(
+        &self,
+        path: &Path,
+        file_sha256: &str,
+        report: &crate::image_file::ImageFileReport,
+        r: &ImageResult,
+    ) -> OutboxMessage {
+        let id = result_id(&format!("sha256:{file_sha256}"), &self.model.sha256).to_string();
+        let mut m = self.base(schema::IMAGE, &id);
+        self.privacy.file_fields(path, &mut m);
+        m.insert("image_file".into(), json!(report));
+        self.result_fields(&mut m, r);
+        OutboxMessage {
+            topic: self.topics.topic("image"),
+            payload: Value::Object(m),
+            retain: false,
+        }
+    }
+
+    /// The fields of a result, DICOM or image file.
+    fn result_fields(&self, m: &mut serde_json::Map<String, Value>, r: &ImageResult) {
         let lat = r.laterality.map(|l| l.as_str()).unwrap_or("");
         let rest = json!({
             "laterality": lat,
             "view": r.view,
-            "vendor": r.vendor,
-            "manufacturer": meta.manufacturer,
             "vendor_predicted": r.vendor_predicted,
             "vendor_probability": round(r.vendor_probability, 4),
             "density": r.density,
@@ -340,11 +374,6 @@ impl Messages {
         });
         if let Value::Object(rest) = rest {
             m.extend(rest);
-        }
-        OutboxMessage {
-            topic: self.topics.topic("image"),
-            payload: Value::Object(m),
-            retain: false,
         }
     }
 
@@ -476,7 +505,7 @@ pub fn summary(v: &Value) -> String {
                 .collect();
             format!(
                 "image    {}-{:<3}  cancer {:.3} (flag {})  density {} ({})  percent density {:.1} %  \
-                 vendor {} (predicted {} {:.2})  view predicted {} {:.2}  OOD {} (score {:.4})  {}",
+                 vendor {} (predicted {} {:.2})  view predicted {} {:.2}  OOD {} (score {:.4})  {}{}",
                 v["laterality"].as_str().unwrap_or("?"),
                 v["view"].as_str().unwrap_or("?"),
                 num(v, "cancer_probability"),
@@ -484,7 +513,7 @@ pub fn summary(v: &Value) -> String {
                 v["density"].as_str().unwrap_or("?"),
                 d.join(", "),
                 num(v, "percent_density"),
-                v["vendor"].as_str().unwrap_or("?"),
+                v["vendor"].as_str().unwrap_or("–"),
                 v["vendor_predicted"].as_str().unwrap_or("?"),
                 num(v, "vendor_probability"),
                 v["view_predicted"].as_str().unwrap_or("?"),
@@ -492,6 +521,11 @@ pub fn summary(v: &Value) -> String {
                 yes_no(&v["ood"]),
                 num(v, "ood_score"),
                 name_of(v),
+                if v["image_file"]["inverted"] == Value::Bool(true) {
+                    "  (stored inverted: polarity corrected)"
+                } else {
+                    ""
+                },
             )
         }
         "exam" => {

@@ -108,7 +108,8 @@ enum Command {
         /// against other runtimes); prints the raw outputs.
         #[arg(long, value_name = "FILE")]
         tensor: Option<PathBuf>,
-        /// DICOM files or folders.
+        /// DICOM files, image files (PNG 8/16-bit, JPEG, PGM/PNM: laterality and polarity found
+        /// from the pixels, no exam) or folders.
         #[arg(value_name = "FILE_OR_DIR", required_unless_present = "tensor")]
         files: Vec<PathBuf>,
     },

@@ -82,13 +82,13 @@ fn spread(v: &[f64]) -> Option<(f64, f64)> {
 /// Side-by-side comparison of two evaluation reports of the same split.
 pub fn compare(mtl: &Report, single: &Report, epochs: (usize, usize)) -> AblationReport {
     let mut rows: Vec<AblationRow> = mtl
-        .by_vendor
+        .by_source
         .iter()
         .map(|(k, g)| AblationRow {
             group: k.clone(),
             images: g.images,
             mtl: g.cancer_auc,
-            single_task: single.by_vendor.get(k).and_then(|s| s.cancer_auc),
+            single_task: single.by_source.get(k).and_then(|s| s.cancer_auc),
         })
         .collect();
     rows.push(AblationRow {

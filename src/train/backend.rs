@@ -113,6 +113,28 @@ pub enum BackendError {
     HalfOnCpu(Precision),
 }
 
+/// Build a module with `init` right after seeding the backend's random generator with `seed`,
+/// and draw all its random weights before any other thread of this process draws.
+///
+/// Burn's backends keep one generator per process (LibTorch's is torch's global one) and Burn
+/// initialises parameters lazily, on first use; so a network built in one thread while another
+/// thread builds or trains one would take numbers from the other's sequence, and the same seed
+/// would stop giving the same weights. Every random initialisation of a network — `fit`,
+/// `bench-step`, loading a checkpoint, tests — goes through here.
+pub fn seeded<B: burn::tensor::backend::Backend, M: burn::module::Module<B>>(
+    device: &B::Device,
+    seed: u64,
+    init: impl FnOnce() -> M,
+) -> M {
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    B::seed(device, seed);
+    let module = init();
+    // taking the record initialises every lazy parameter, here, under the lock
+    let values = module.clone().into_record();
+    module.load_record(values)
+}
+
 /// A job that runs on whichever Burn autodiff backend [`dispatch`] picks.
 pub trait OnBackend {
     type Output;

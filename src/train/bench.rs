@@ -73,7 +73,7 @@ fn synthetic_batch(cfg: &MtlConfig, n: usize, seed: u64) -> Vec<Sample> {
                     normal: Some(i % 3 == 0),
                     density: Some(Density::ALL[i % 4]),
                     percent: Some((i * 7 % 100) as f64),
-                    vendor: Some(i % cfg.vendors),
+                    source: cfg.source_classes().get(i % cfg.vendors).cloned(),
                     view: Some(i % 2),
                 },
                 dicom_vendor: Vendor::ALL[i % Vendor::ALL.len()],
@@ -86,8 +86,7 @@ impl OnBackend for &StepBench {
     type Output = StepTiming;
 
     fn run<B: AutodiffBackend>(self, device: B::Device) -> StepTiming {
-        B::seed(&device, 1);
-        let mut net = self.model.init::<B>(&device);
+        let mut net = super::backend::seeded::<B, _>(&device, 1, || self.model.init::<B>(&device));
         let mut optim = AdamWConfig::new().init::<B, super::model::MtlNet<B>>();
         let samples = synthetic_batch(&self.model, self.batch, 7);
         let items: Vec<(&Sample, Vec<f32>)> =

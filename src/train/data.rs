@@ -35,8 +35,9 @@ pub struct Labels {
     pub density: Option<Density>,
     /// 0–100 %.
     pub percent: Option<f64>,
-    /// Index in [`Vendor::ALL`].
-    pub vendor: Option<usize>,
+    /// Source (the vendor head's class name): the manifest's `source`, its vendor, or the DICOM
+    /// header's vendor; mapped to the model's classes in [`batch`].
+    pub source: Option<String>,
     /// 0 = CC, 1 = MLO.
     pub view: Option<usize>,
 }
@@ -62,9 +63,7 @@ pub fn labels(row: &ManifestRow) -> Labels {
         normal: row.normal,
         density: row.density,
         percent: row.percent_density,
-        vendor: row
-            .vendor
-            .and_then(|v| Vendor::ALL.iter().position(|x| *x == v)),
+        source: row.source(),
         view: match row.view {
             Some(View::CC) => Some(0),
             Some(View::MLO) => Some(1),
@@ -145,8 +144,8 @@ pub fn load_one(
         .unwrap_or(Vendor::Other);
     let mut lab = labels(row);
     // the vendor head learns the DICOM vendor when the manifest has none (RSNA, VinDr)
-    if lab.vendor.is_none() && dicom_vendor != Vendor::Other {
-        lab.vendor = Vendor::ALL.iter().position(|x| *x == dicom_vendor);
+    if lab.source.is_none() && dicom_vendor != Vendor::Other {
+        lab.source = Some(dicom_vendor.as_str().to_string());
     }
     if let Some((input, mask)) = cache_file
         .as_ref()
@@ -365,6 +364,7 @@ pub fn batch<B: Backend>(
     let (mut vendor, mut vendor_p, mut view, mut view_p, mut mask_p) =
         (vec![], vec![], vec![], vec![], vec![]);
     let bit = |b: Option<bool>| (b.unwrap_or(false) as u8 as f32, b.is_some() as u8 as f32);
+    let classes = model.source_classes();
     for (s, x) in samples {
         input.extend_from_slice(x);
         match &s.mask {
@@ -388,8 +388,13 @@ pub fn batch<B: Backend>(
         density_p.push(l.density.is_some() as u8 as f32);
         percent.push((l.percent.unwrap_or(0.0) / 100.0) as f32);
         percent_p.push(l.percent.is_some() as u8 as f32);
-        vendor.push(l.vendor.filter(|&v| v < model.vendors).unwrap_or(0) as i64);
-        vendor_p.push(l.vendor.is_some_and(|v| v < model.vendors) as u8 as f32);
+        // a source the head has no class for (a held-out machine) is a missing label
+        let v = l
+            .source
+            .as_deref()
+            .and_then(|s| classes.iter().position(|c| c == s));
+        vendor.push(v.unwrap_or(0) as i64);
+        vendor_p.push(v.is_some() as u8 as f32);
         view.push(l.view.unwrap_or(0) as i64);
         view_p.push(l.view.is_some() as u8 as f32);
     }

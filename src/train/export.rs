@@ -392,11 +392,7 @@ pub fn meta_for(
         std: cfg.std,
         preprocess_version: crate::preprocess::PREPROCESS_VERSION,
         density_classes: ["A", "B", "C", "D"].map(String::from).to_vec(),
-        vendor_classes: crate::dicom::Vendor::ALL
-            .iter()
-            .take(cfg.model.vendors)
-            .map(|v| v.as_str().to_string())
-            .collect(),
+        vendor_classes: cfg.model.source_classes(),
         view_classes: vec!["CC".into(), "MLO".into()],
         intended_use: intended_use.into(),
         training_data: training_data.into(),

@@ -330,8 +330,9 @@ pub fn predict<B: Backend>(
     p
 }
 
-/// Validation metrics of predictions against the samples' labels.
-pub fn evaluate(samples: &[Sample], p: &Predictions) -> ValMetrics {
+/// Validation metrics of predictions against the samples' labels; `sources`: the source head's
+/// class names (`MtlConfig::source_classes`).
+pub fn evaluate(samples: &[Sample], p: &Predictions, sources: &[String]) -> ValMetrics {
     let pairs = |f: &dyn Fn(&Sample) -> Option<bool>, s: &[f64]| {
         let (mut sc, mut lb) = (vec![], vec![]);
         for (i, smp) in samples.iter().enumerate() {
@@ -360,9 +361,11 @@ pub fn evaluate(samples: &[Sample], p: &Predictions) -> ValMetrics {
             pt.push(pd);
             pp.push(p.percent[i]);
         }
-        if let Some(v) = s.labels.vendor {
-            vn += 1;
-            vc += (p.vendor[i] == v) as usize;
+        if let Some(v) = s.labels.source.as_deref() {
+            if let Some(v) = sources.iter().position(|c| c == v) {
+                vn += 1;
+                vc += (p.vendor[i] == v) as usize;
+            }
         }
         if let Some(v) = s.labels.view {
             wn += 1;
@@ -437,6 +440,33 @@ fn fit_on<B: AutodiffBackend>(
     let pre = cfg.preprocess();
     let cache = out.join("cache");
     let train = data::load(root, &pick(Split::Train), &pre, Some(&cache), cfg.threads)?;
+    // The source head's classes: the training rows' sources when the manifest names them (a
+    // machine held out of training has no class; its images are scored as unseen).
+    let derived;
+    let cfg = if cfg.model.sources.is_empty() && rows.iter().any(|r| r.extra("source").is_some()) {
+        let mut s: Vec<String> = train
+            .iter()
+            .filter_map(|x| x.labels.source.clone())
+            .collect();
+        s.sort();
+        s.dedup();
+        while s.len() < 2 {
+            s.push(format!("none-{}", s.len()));
+        }
+        log::info!("source head: {} classes {s:?}", s.len());
+        derived = FitConfig {
+            model: MtlConfig {
+                vendors: s.len(),
+                sources: s,
+                ..cfg.model.clone()
+            },
+            ..cfg.clone()
+        };
+        &derived
+    } else {
+        cfg
+    };
+    let classes = cfg.model.source_classes();
     let val = match data::load(root, &pick(Split::Val), &pre, Some(&cache), cfg.threads) {
         Ok(v) => v,
         Err(data::DataError::Empty { .. }) => {
@@ -456,10 +486,9 @@ fn fit_on<B: AutodiffBackend>(
     )
     .map_err(|e| io_err(out, e))?;
 
-    B::seed(&device, cfg.seed);
     let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
     let mut model = TrainModel {
-        net: cfg.model.init::<B>(&device),
+        net: super::backend::seeded::<B, _>(&device, cfg.seed, || cfg.model.init::<B>(&device)),
         log_vars: Param::from_tensor(Tensor::zeros([TASKS.len()], &device)),
     };
     log::info!(
@@ -637,7 +666,7 @@ fn fit_on<B: AutodiffBackend>(
         bar.finish_and_clear();
         let infer = model.valid();
         let preds = predict(&infer.net, &val, cfg, &device);
-        let vm = evaluate(&val, &preds);
+        let vm = evaluate(&val, &preds, &classes);
         let log_line = EpochLog {
             epoch,
             train_task_loss: sums.iter().map(|s| s / steps_per_epoch as f64).collect(),
@@ -742,8 +771,7 @@ pub fn read_config(run: &Path) -> Result<FitConfig, FitError> {
 pub fn load_net(path: &Path, model: &MtlConfig) -> Result<MtlNet<InferBackend>, FitError> {
     let device = Default::default();
     let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
-    model
-        .init::<InferBackend>(&device)
+    super::backend::seeded::<InferBackend, _>(&device, 0, || model.init::<InferBackend>(&device))
         .load_file(path.with_extension(""), &recorder, &device)
         .map_err(|e| FitError::Checkpoint {
             path: path.display().to_string(),

@@ -26,9 +26,14 @@ pub struct MtlConfig {
     /// Channels of the first stage `c`; stages have c, 2c, 4c, 8c.
     #[config(default = 16)]
     pub base: usize,
-    /// Number of vendor classes.
+    /// Number of classes of the source head (the seed's vendor head).
     #[config(default = 11)]
     pub vendors: usize,
+    /// Class names of the source head, `vendors` of them: the manifest's `source` values of the
+    /// training rows (RSNA machine, data set, phantom vendor). Empty: the first `vendors` DICOM
+    /// vendors of `Vendor::ALL` (models trained on DICOM only).
+    #[config(default = "Vec::new()")]
+    pub sources: Vec<String>,
     /// Hidden units of each head (0 = a single dense layer per head, as in the paper).
     #[config(default = 64)]
     pub hidden: usize,
@@ -170,13 +175,38 @@ impl MtlConfig {
                 self.width
             ));
         }
-        if self.base == 0 || self.vendors < 2 || self.vendors > crate::dicom::Vendor::ALL.len() {
+        if self.base == 0 || self.vendors < 2 {
+            return Err("base must be > 0 and vendors at least 2".into());
+        }
+        if self.sources.is_empty() && self.vendors > crate::dicom::Vendor::ALL.len() {
             return Err(format!(
-                "base must be > 0 and vendors between 2 and {}",
+                "vendors = {} without source names: at most the {} DICOM vendors",
+                self.vendors,
                 crate::dicom::Vendor::ALL.len()
             ));
         }
+        if !self.sources.is_empty() && self.sources.len() != self.vendors {
+            return Err(format!(
+                "{} source names for vendors = {}",
+                self.sources.len(),
+                self.vendors
+            ));
+        }
         Ok(())
+    }
+
+    /// Class names of the source head, in output order: `sources`, or the first `vendors` DICOM
+    /// vendor names when it is empty.
+    pub fn source_classes(&self) -> Vec<String> {
+        if self.sources.is_empty() {
+            crate::dicom::Vendor::ALL
+                .iter()
+                .take(self.vendors)
+                .map(|v| v.as_str().to_string())
+                .collect()
+        } else {
+            self.sources.clone()
+        }
     }
 
     /// Multiply-accumulates of one forward pass for one image (convolutions, transposed convolutions

@@ -186,6 +186,11 @@ fn infer_prints_image_payloads_then_the_exam() {
         assert_eq!(m["laterality"], r.row.laterality.unwrap().as_str());
         assert!(m["file"].as_str().unwrap().ends_with(&r.row.path));
     }
+    let image_schema = crate::daemon::harness::schema("image");
+    for m in &msgs[..4] {
+        crate::daemon::harness::assert_valid(&image_schema, m);
+        assert!(m["vendor"].is_string() && m["sop_instance_uid"].is_string());
+    }
     assert_eq!(msgs[4]["schema"], "mammo-edge.error/1");
     assert_eq!(msgs[4]["reason_code"], "not_dicom");
     let e = &msgs[5];
@@ -208,6 +213,117 @@ fn infer_prints_image_payloads_then_the_exam() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&text.stderr)
     ));
+}
+
+/// `infer` on image files (research sets' PNG/PGM): the same image payload without UIDs or
+/// DICOM vendor, laterality from the chest-wall side (a mirrored copy is the other breast and
+/// scores the same), an inverted copy reported and scored the same, a colour picture skipped and
+/// a damaged file an error with their reasons, no exam.
+#[test]
+fn infer_scores_image_files_with_laterality_and_polarity_from_the_pixels() {
+    let d = tmp();
+    // a left breast: chest wall on the left edge, bright tissue on a dark background
+    let (w, h) = (140u32, 240u32);
+    let left = image::GrayImage::from_fn(w, h, |x, y| {
+        let (dx, dy) = (
+            x as f32 / w as f32,
+            (y as f32 - h as f32 / 2.0) / (h as f32 / 2.0),
+        );
+        let inside = dx * dx / 0.5 + dy * dy * 0.8 < 1.0;
+        image::Luma([if inside {
+            90 + ((x * 7 + y * 3) % 60) as u8
+        } else {
+            2
+        }])
+    });
+    left.save(d.path().join("a_left.png")).unwrap();
+    image::imageops::flip_horizontal(&left)
+        .save(d.path().join("b_right.pgm"))
+        .unwrap();
+    let mut neg = left.clone();
+    image::imageops::invert(&mut neg);
+    neg.save(d.path().join("c_inverted.png")).unwrap();
+    image::RgbImage::from_fn(64, 64, |x, _| image::Rgb([(x * 4) as u8, 200, 30]))
+        .save(d.path().join("d_colour.png"))
+        .unwrap();
+    std::fs::write(d.path().join("e_damaged.png"), b"\x89PNG\r\n\x1a\nbroken").unwrap();
+    let out = bin()
+        .args(["infer", "--json"])
+        .arg(d.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "two files are rejected");
+    let msgs = json_lines(&out.stdout);
+    assert_eq!(
+        msgs.len(),
+        5,
+        "three images, one skipped, one error, no exam: {msgs:?}"
+    );
+    let image_schema = crate::daemon::harness::schema("image");
+    for m in &msgs[..3] {
+        assert_eq!(m["schema"], "mammo-edge.image/1");
+        crate::daemon::harness::assert_valid(&image_schema, m);
+        for absent in [
+            "vendor",
+            "manufacturer",
+            "sop_instance_uid",
+            "study_instance_uid",
+        ] {
+            assert!(m.get(absent).is_none(), "{absent} in {m}");
+        }
+        assert_eq!(m["image_file"]["bits_stored"], 8);
+        assert!(m["vendor_predicted"].is_string());
+        assert!(m["intended_use"].is_null() && m["model"]["intended_use"].is_string());
+    }
+    let (a, b, c) = (&msgs[0], &msgs[1], &msgs[2]);
+    assert!(a["file"].as_str().unwrap().ends_with("a_left.png"));
+    assert_eq!(
+        (a["laterality"].as_str(), b["laterality"].as_str()),
+        (Some("L"), Some("R"))
+    );
+    assert_eq!(a["image_file"]["inverted"], false);
+    assert_eq!(c["image_file"]["inverted"], true);
+    assert_eq!(b["image_file"]["format"], "Pnm");
+    // mirrored and inverted copies are the same breast once made canonical
+    for other in [b, c] {
+        // probabilities within 0.002, percent density within 0.2 points
+        for (k, tol) in [
+            ("cancer_probability", 2e-3),
+            ("normal_probability", 2e-3),
+            ("percent_density", 0.2),
+        ] {
+            let (x, y) = (a[k].as_f64().unwrap(), other[k].as_f64().unwrap());
+            assert!((x - y).abs() <= tol, "{k}: {x} vs {y}");
+        }
+    }
+    let ids: std::collections::BTreeSet<&str> = msgs
+        .iter()
+        .map(|m| m["result_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 5, "a result id per file");
+    assert_eq!(
+        (msgs[3]["schema"].as_str(), msgs[3]["reason_code"].as_str()),
+        (Some("mammo-edge.skipped/1"), Some("not_grey"))
+    );
+    assert_eq!(
+        (msgs[4]["schema"].as_str(), msgs[4]["reason_code"].as_str()),
+        (Some("mammo-edge.error/1"), Some("undecodable"))
+    );
+    // the same file again gives the same result id
+    let again = bin()
+        .args(["infer", "--json"])
+        .arg(d.path().join("a_left.png"))
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(0));
+    assert_eq!(json_lines(&again.stdout)[0]["result_id"], a["result_id"]);
+    let text = bin()
+        .arg("infer")
+        .arg(d.path().join("c_inverted.png"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert!(stdout.contains("polarity corrected"), "{stdout}");
 }
 
 #[test]

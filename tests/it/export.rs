@@ -146,9 +146,11 @@ fn tract_runs_the_exported_file_like_burn() {
         use burn::module::Module;
         use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
         let device = burn::backend::libtorch::LibTorchDevice::Cpu;
-        let torch_net: MtlNet<LibTorch<f32>> = cfg
-            .model
-            .init::<LibTorch<f32>>(&device)
+        // seeded: a bare init would draw from torch's one generator while a test trains
+        let torch_net: MtlNet<LibTorch<f32>> =
+            mammo_edge::train::backend::seeded::<LibTorch<f32>, _>(&device, 0, || {
+                cfg.model.init::<LibTorch<f32>>(&device)
+            })
             .load_file(
                 d.path().join("run/best"),
                 &NamedMpkFileRecorder::<FullPrecisionSettings>::new(),
@@ -289,9 +291,9 @@ fn eval_reports_per_vendor_with_the_unseen_vendor_marked() {
     let r = mammo_edge::train::eval::evaluate(&model, &m, Split::Test, &out).unwrap();
     let n_test = rows.iter().filter(|r| r.split == Split::Test).count();
     assert_eq!(r.overall.images, n_test);
-    assert_eq!(r.by_vendor.len(), 1);
+    assert_eq!(r.by_source.len(), 1);
     let key = format!("{} (unseen)", held.as_str());
-    let g = &r.by_vendor[&key];
+    let g = &r.by_source[&key];
     assert_eq!(g.images, n_test);
     assert!(
         g.vendor_macro_f1.is_none(),
@@ -314,7 +316,7 @@ fn eval_reports_per_vendor_with_the_unseen_vendor_marked() {
     assert!(r.plots.iter().any(|p| p == "confusion_density.png"));
     assert!(md.contains("![roc.png](roc.png)"));
     let r2 = mammo_edge::train::eval::evaluate(&model, &m, Split::Train, &out).unwrap();
-    assert!(r2.by_vendor.keys().all(|k| !k.contains("unseen")));
+    assert!(r2.by_source.keys().all(|k| !k.contains("unseen")));
     assert!(r2.overall.vendor_macro_f1.is_some());
 }
 
@@ -480,7 +482,7 @@ fn ablation_trains_the_cancer_only_baseline_with_the_same_config_and_compares_pe
         &d.path().join("e"),
     )
     .unwrap();
-    assert_eq!(a.rows.len(), mtl.by_vendor.len() + 1);
+    assert_eq!(a.rows.len(), mtl.by_source.len() + 1);
     let all = a.rows.last().unwrap();
     assert_eq!(
         (all.group.as_str(), all.images),

@@ -267,11 +267,11 @@ fn three_step_losses<B: burn::tensor::backend::AutodiffBackend>(
     use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
     use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
     let rec = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
-    let mut net = cfg
-        .model
-        .init::<B>(&device)
-        .load_file(record, &rec, &device)
-        .unwrap();
+    // seeded: a bare init would draw from the backend's one generator while a test trains
+    let mut net =
+        mammo_edge::train::backend::seeded::<B, _>(&device, 0, || cfg.model.init::<B>(&device))
+            .load_file(record, &rec, &device)
+            .unwrap();
     let mut optim = AdamWConfig::new().init::<B, MtlNetOf<B>>();
     let mut losses = vec![];
     for _ in 0..3 {

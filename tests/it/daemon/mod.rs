@@ -6,7 +6,7 @@
 
 mod agree;
 mod demo;
-mod harness;
+pub(crate) mod harness;
 mod ops;
 mod real;
 mod soak;
