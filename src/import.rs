@@ -4,8 +4,10 @@
 //! mass/calc case description CSVs (`breast_density` in mass files, `breast density` in calc
 //! files), the CMMD clinical sheet (CSV export of `CMMD_clinicaldata_revision.xlsx`; images found by
 //! reading DICOM headers) and the INbreast sheet (CSV export, `;`-separated). Splits are by patient:
-//! a dataset's own test split is kept, the rest is divided 85 / 15 into train / val by a hash of the
-//! patient ID, so one woman never appears in two splits.
+//! a dataset's own test split is kept; a dataset without one is divided 70 / 15 / 15 into train /
+//! val / test by a hash of the patient ID (a test split of held-out women that nothing is tuned
+//! on), the rest of a dataset with one 85 / 15 into train / val; one woman never appears in two
+//! splits.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -123,16 +125,30 @@ fn cell(rec: &csv::StringRecord, i: usize) -> &str {
     rec.get(i).unwrap_or("").trim()
 }
 
-/// Deterministic train/val split of a patient not in the dataset's test set (85 / 15 %).
+/// Deterministic train/val split of a patient not in the dataset's own test set (85 / 15 %).
 fn split_for(patient: &str) -> Split {
+    match patient_draw(patient) {
+        u if u < 0.85 => Split::Train,
+        _ => Split::Val,
+    }
+}
+
+/// Deterministic train/val/test split of a patient of a dataset without a test set of its own
+/// (70 / 15 / 15 %).
+fn split3_for(patient: &str) -> Split {
+    match patient_draw(patient) {
+        u if u < 0.70 => Split::Train,
+        u if u < 0.85 => Split::Val,
+        _ => Split::Test,
+    }
+}
+
+/// A uniform number in [0, 1) drawn from the patient ID alone (FNV-1a, then SplitMix64).
+fn patient_draw(patient: &str) -> f64 {
     let h = patient.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
     });
-    if SplitMix64::new(h).uniform() < 0.85 {
-        Split::Train
-    } else {
-        Split::Val
-    }
+    SplitMix64::new(h).uniform()
 }
 
 fn rel(target: &Path, base: &Path) -> String {
@@ -250,7 +266,7 @@ fn rsna(csv: &Path, root: &Path, md: &Path, out: &mut Vec<ManifestRow>) -> Resul
             rel(&path, md),
             p,
             format!("rsna-{}-{p}", cell(r, site)),
-            split_for(p),
+            split3_for(p),
         );
         m.laterality = Laterality::from_code(cell(r, lat));
         m.view = View::from_view_position(cell(r, view));
@@ -345,7 +361,7 @@ fn mias(csv: &Path, root: &Path, md: &Path, out: &mut Vec<ManifestRow>) -> Resul
     for (n, (tissue, malignant, normal)) in films {
         let woman = format!("mias-{:03}", n.div_ceil(2));
         let path = root.join(format!("mdb{n:03}.pgm"));
-        let mut m = row(rel(&path, md), &woman, woman.clone(), split_for(&woman));
+        let mut m = row(rel(&path, md), &woman, woman.clone(), split3_for(&woman));
         m.laterality = Some(if n % 2 == 1 {
             Laterality::R
         } else {
@@ -407,7 +423,7 @@ fn ddsm_tissue(
             .save(&dst)
             .map_err(|e| t.bad(*line, "mask", format!("{}: {e}", dst.display())))?;
         let c = cell(r, case);
-        let mut m = row(rel(&film, md), c, format!("ddsm-{c}"), split_for(c));
+        let mut m = row(rel(&film, md), c, format!("ddsm-{c}"), split3_for(c));
         m.laterality = Some(Laterality::R);
         m.view = Some(View::MLO);
         m.percent_density = Some(percent);
@@ -594,7 +610,7 @@ fn cmmd(csv: &Path, root: &Path, md: &Path, out: &mut Vec<ManifestRow>) -> Resul
                 rel(path, md),
                 pid,
                 meta.study_instance_uid.clone(),
-                split_for(p),
+                split3_for(p),
             );
             m.laterality = Some(l);
             m.view = Some(meta.view);
@@ -662,7 +678,7 @@ fn inbreast(
             rel(&dir.join(name), md),
             p,
             format!("inbreast-{p}"),
-            split_for(p),
+            split3_for(p),
         );
         m.laterality = Laterality::from_code(cell(r, lat));
         m.view = View::from_view_position(cell(r, view));

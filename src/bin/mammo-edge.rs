@@ -104,6 +104,10 @@ enum Command {
         /// Print the messages as JSON, one per line (docs/schemas/; `file` is the path as given).
         #[arg(long)]
         json: bool,
+        /// Score any single-frame greyscale DICOM image whatever its modality, view or intent
+        /// (e.g. a chest CR, to see the out-of-distribution flag at work); never the daemon's rule.
+        #[arg(long)]
+        any: bool,
         /// Instead of DICOM files: one raw little-endian f32 model-input tensor [H*W] (for checks
         /// against other runtimes); prints the raw outputs.
         #[arg(long, value_name = "FILE")]
@@ -413,6 +417,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Infer {
             model,
             json,
+            any,
             tensor,
             files,
         } => {
@@ -441,7 +446,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     emit(&mammo_edge::message::summary(v));
                 }
             };
-            let mut batch = mammo_edge::infer::Batch::new(&model, IngestOptions::default());
+            let opts = if any {
+                IngestOptions::any_image()
+            } else {
+                IngestOptions::default()
+            };
+            let mut batch = mammo_edge::infer::Batch::new(&model, opts);
             let mut rejected = 0;
             for f in expand(&files)? {
                 let r = batch.file(&f);

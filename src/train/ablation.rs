@@ -1,9 +1,9 @@
 //! `mammo-train eval --ablation`: the seed's claim, tested on our data. Trains the cancer-only
 //! single-task baseline with the multi-task run's own configuration (same data, splits, network,
 //! schedule and seed; only the loss weights differ), exports and evaluates it with tract exactly
-//! like the multi-task model, and puts both side by side per vendor: cancer AUC and its spread
-//! across vendors (Tardy & Mateus, MIDL 2022: multi-task learning makes AUC more consistent
-//! across vendors, also unseen ones).
+//! like the multi-task model, and puts both side by side per source and per pooled set (seen /
+//! unseen): cancer AUC and its spread across sources (Tardy & Mateus, MIDL 2022: multi-task
+//! learning makes AUC more consistent across vendors, also unseen ones).
 
 use std::path::{Path, PathBuf};
 
@@ -49,6 +49,9 @@ pub struct AblationOptions {
 pub struct AblationRow {
     pub group: String,
     pub images: usize,
+    /// Cancer-positive and cancer-negative images of the group.
+    pub positives: usize,
+    pub negatives: usize,
     /// Cancer AUC per image, `[AUC, CI low, CI high]`, multi-task and single-task.
     pub mtl: Option<[f64; 3]>,
     pub single_task: Option<[f64; 3]>,
@@ -59,14 +62,18 @@ pub struct AblationRow {
 pub struct AblationReport {
     pub split: String,
     pub rows: Vec<AblationRow>,
-    /// Spread of the per-vendor cancer AUC (max − min; standard deviation), multi-task and
-    /// single-task; over the vendors where both classes occur.
+    /// Spread of the per-source cancer AUC (max − min; standard deviation), multi-task and
+    /// single-task; over the sources with at least [`MIN_PER_CLASS`] images of each class.
     pub mtl_spread: Option<(f64, f64)>,
     pub single_task_spread: Option<(f64, f64)>,
     /// Epochs the baseline has trained (of its configured total).
     pub baseline_epochs: usize,
     pub baseline_epochs_planned: usize,
 }
+
+/// Images of each class a source needs to count in the spread (fewer give an AUC that is mostly
+/// noise).
+pub const MIN_PER_CLASS: usize = 10;
 
 fn spread(v: &[f64]) -> Option<(f64, f64)> {
     if v.len() < 2 {
@@ -81,25 +88,30 @@ fn spread(v: &[f64]) -> Option<(f64, f64)> {
 
 /// Side-by-side comparison of two evaluation reports of the same split.
 pub fn compare(mtl: &Report, single: &Report, epochs: (usize, usize)) -> AblationReport {
+    let row = |k: &str, g: &eval::GroupReport, s: Option<&eval::GroupReport>| AblationRow {
+        group: k.to_string(),
+        images: g.images,
+        positives: g.cancer_positive,
+        negatives: g.cancer_labelled - g.cancer_positive,
+        mtl: g.cancer_auc,
+        single_task: s.and_then(|s| s.cancer_auc),
+    };
     let mut rows: Vec<AblationRow> = mtl
         .by_source
         .iter()
-        .map(|(k, g)| AblationRow {
-            group: k.clone(),
-            images: g.images,
-            mtl: g.cancer_auc,
-            single_task: single.by_source.get(k).and_then(|s| s.cancer_auc),
-        })
+        .map(|(k, g)| row(k, g, single.by_source.get(k)))
         .collect();
-    rows.push(AblationRow {
-        group: "all".into(),
-        images: mtl.overall.images,
-        mtl: mtl.overall.cancer_auc,
-        single_task: single.overall.cancer_auc,
-    });
+    let sources = rows.len();
+    rows.extend(
+        mtl.pooled
+            .iter()
+            .map(|(k, g)| row(k, g, single.pooled.get(k))),
+    );
+    rows.push(row("all", &mtl.overall, Some(&single.overall)));
     let vendors = |f: &dyn Fn(&AblationRow) -> Option<[f64; 3]>| -> Vec<f64> {
-        rows.iter()
-            .filter(|r| r.group != "all")
+        rows[..sources]
+            .iter()
+            .filter(|r| r.positives >= MIN_PER_CLASS && r.negatives >= MIN_PER_CLASS)
             .filter_map(|r| f(r).map(|a| a[0]))
             .collect()
     };
@@ -126,20 +138,23 @@ pub fn markdown(a: &AblationReport) -> String {
     let mut s = format!(
         "# Ablation: multi-task vs cancer-only, split `{}`\n\n\
 The baseline trained {} of {} epochs with the multi-task run's configuration (only the loss \
-weights differ).\n\n| group | images | cancer AUC multi-task (95 % CI) | cancer AUC single-task (95 % CI) |\n|---|---|---|---|\n",
+weights differ). Intervals: 95 %, bootstrap over patients.\n\n| group | images | cancer +/− | cancer AUC multi-task (95 % CI) | cancer AUC single-task (95 % CI) |\n|---|---|---|---|---|\n",
         a.split, a.baseline_epochs, a.baseline_epochs_planned
     );
     for r in &a.rows {
         s.push_str(&format!(
-            "| {} | {} | {} | {} |\n",
+            "| {} | {} | {}/{} | {} | {} |\n",
             r.group,
             r.images,
+            r.positives,
+            r.negatives,
             auc(r.mtl),
             auc(r.single_task)
         ));
     }
     s.push_str(&format!(
-        "\nSpread of the per-vendor AUC (max − min / SD): multi-task {}, single-task {}.\n",
+        "\nSpread of the per-source AUC over sources with ≥ {MIN_PER_CLASS} images of each class \
+(max − min / SD): multi-task {}, single-task {}.\n",
         sp(a.mtl_spread),
         sp(a.single_task_spread)
     ));

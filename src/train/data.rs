@@ -260,8 +260,13 @@ pub fn load(
 /// vertical shift `shift` (fraction of H).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AffineParams {
+    /// Overall zoom.
     pub scale: f64,
+    /// Width over height stretch: x is scaled by `scale · aspect`, y by `scale / aspect` (the
+    /// research crops' uncalibrated, sometimes stretched geometry).
+    pub aspect: f64,
     pub degrees: f64,
+    /// Vertical shift, fraction of H.
     pub shift: f64,
 }
 
@@ -269,16 +274,19 @@ impl AffineParams {
     /// The identity.
     pub const IDENTITY: AffineParams = AffineParams {
         scale: 1.0,
+        aspect: 1.0,
         degrees: 0.0,
         shift: 0.0,
     };
 
-    /// Random draw: scale 0.95–1.05, rotation ±3°, vertical shift ±2 % of H.
+    /// Random draw: scale 0.9–1.1, aspect 0.87–1.15 (log-uniform), rotation ±5°, vertical shift
+    /// ±3 % of H.
     pub fn random(rng: &mut SplitMix64) -> AffineParams {
         AffineParams {
-            scale: 1.0 + 0.05 * (2.0 * rng.uniform() - 1.0),
-            degrees: 3.0 * (2.0 * rng.uniform() - 1.0),
-            shift: 0.02 * (2.0 * rng.uniform() - 1.0),
+            scale: 1.0 + 0.1 * (2.0 * rng.uniform() - 1.0),
+            aspect: (0.14 * (2.0 * rng.uniform() - 1.0)).exp(),
+            degrees: 5.0 * (2.0 * rng.uniform() - 1.0),
+            shift: 0.03 * (2.0 * rng.uniform() - 1.0),
         }
     }
 }
@@ -295,8 +303,8 @@ fn warp_affine(v: &[f32], h: usize, w: usize, a: &AffineParams, fill: f32) -> Ve
         for ox in 0..w {
             // output point relative to the anchor, minus the shift, through the inverse of s·R(θ)
             let (dx, dy) = (ox as f64 + 0.5 - cx, oy as f64 + 0.5 - cy - ty);
-            let sx = (cos * dx + sin * dy) / a.scale + cx - 0.5;
-            let sy = (-sin * dx + cos * dy) / a.scale + cy - 0.5;
+            let sx = (cos * dx + sin * dy) / (a.scale * a.aspect) + cx - 0.5;
+            let sy = (-sin * dx + cos * dy) / (a.scale / a.aspect) + cy - 0.5;
             // the chest wall continues beyond the left edge: replicate it rather than pad
             let sx = sx.max(0.0);
             if sx < -0.5 || sy < -0.5 || sx > w as f64 - 0.5 || sy > h as f64 - 0.5 {
@@ -330,19 +338,72 @@ pub fn affine(
     (x, m)
 }
 
-/// Intensity augmentation that keeps the canonical orientation: gamma 0.8–1.25 and Gaussian noise
-/// (σ 0.01) on the grey levels of the breast, padding untouched.
+/// Intensity augmentation for the machines' different looks (windowing, contrast, detector
+/// sharpness), keeping the canonical orientation, on the grey levels of the breast (padding
+/// untouched): with probability ½ a 3×3 blur or an unsharp mask (amount 0.5), then gamma
+/// 0.67–1.5 (log-uniform), contrast ×0.85–1.15 about the breast's mean, brightness ±0.05, and
+/// Gaussian noise of σ 0–0.02.
 pub fn augment(input: &[f32], pre: &PreprocessConfig, rng: &mut SplitMix64) -> Vec<f32> {
-    let gamma = (0.8 + 0.45 * rng.uniform()) as f32;
+    let (h, w) = (pre.height, pre.width);
     let pad = (0.0 - pre.mean) / pre.std;
+    let grey: Vec<f32> = input
+        .iter()
+        .map(|&x| (x * pre.std + pre.mean).clamp(0.0, 1.0))
+        .collect();
+    let sharpness = rng.uniform();
+    let grey = if sharpness < 0.5 && input.len() == h * w {
+        // 3×3 mean over the breast pixels around each pixel
+        let blur: Vec<f32> = (0..h * w)
+            .map(|i| {
+                let (y, x) = (i / w, i % w);
+                let (mut s, mut n) = (0.0, 0.0);
+                for yy in y.saturating_sub(1)..(y + 2).min(h) {
+                    for xx in x.saturating_sub(1)..(x + 2).min(w) {
+                        if input[yy * w + xx] != pad {
+                            s += grey[yy * w + xx];
+                            n += 1.0;
+                        }
+                    }
+                }
+                if n > 0.0 {
+                    s / n
+                } else {
+                    grey[i]
+                }
+            })
+            .collect();
+        if sharpness < 0.25 {
+            blur
+        } else {
+            grey.iter()
+                .zip(&blur)
+                .map(|(&g, &b)| (g + 0.5 * (g - b)).clamp(0.0, 1.0))
+                .collect()
+        }
+    } else {
+        grey
+    };
+    let gamma = (0.405 * (2.0 * rng.uniform() - 1.0)).exp() as f32;
+    let contrast = (0.85 + 0.3 * rng.uniform()) as f32;
+    let brightness = (0.05 * (2.0 * rng.uniform() - 1.0)) as f32;
+    let sigma = (0.02 * rng.uniform()) as f32;
+    let (mut sum, mut n) = (0.0f32, 0usize);
+    for (&x, &g) in input.iter().zip(&grey) {
+        if x != pad {
+            sum += g.powf(gamma);
+            n += 1;
+        }
+    }
+    let mean = if n > 0 { sum / n as f32 } else { 0.5 };
     input
         .iter()
-        .map(|&x| {
+        .zip(&grey)
+        .map(|(&x, &g)| {
             if x == pad {
                 return x;
             }
-            let g = (x * pre.std + pre.mean).clamp(0.0, 1.0);
-            let g = (g.powf(gamma) + 0.01 * rng.normal() as f32).clamp(0.0, 1.0);
+            let g = mean + contrast * (g.powf(gamma) - mean) + brightness;
+            let g = (g + sigma * rng.normal() as f32).clamp(0.0, 1.0);
             (g - pre.mean) / pre.std
         })
         .collect()

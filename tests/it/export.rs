@@ -482,16 +482,136 @@ fn ablation_trains_the_cancer_only_baseline_with_the_same_config_and_compares_pe
         &d.path().join("e"),
     )
     .unwrap();
-    assert_eq!(a.rows.len(), mtl.by_source.len() + 1);
+    assert_eq!(a.rows.len(), mtl.by_source.len() + mtl.pooled.len() + 1);
     let all = a.rows.last().unwrap();
     assert_eq!(
         (all.group.as_str(), all.images),
         ("all", mtl.overall.images)
     );
     assert_eq!(all.mtl.map(|x| x[0]), mtl.overall.cancer_auc.map(|x| x[0]));
+    assert_eq!(
+        (all.positives, all.positives + all.negatives),
+        (mtl.overall.cancer_positive, mtl.overall.cancer_labelled)
+    );
     // AUC exists for both models or for neither (it needs both classes among the images)
     assert_eq!(all.single_task.is_some(), all.mtl.is_some());
     let md = std::fs::read_to_string(out.join("ablation.md")).unwrap();
     assert!(md.contains("single-task") && md.contains("| all |"));
     assert!(out.join("mtl/report.json").exists() && out.join("baseline/report.json").exists());
+}
+
+/// The seed's source head on a manifest with a `source` column: `fit` takes its classes from the
+/// training rows (a held-out source gets none), the export names them, and `eval` marks the
+/// held-out source unseen, pools each set's seen and unseen sources, and scores the biopsy and
+/// tissue columns.
+#[test]
+fn the_source_head_learns_the_manifest_sources_and_eval_marks_the_unseen_one() {
+    use mammo_edge::labels::{Density, Split};
+    use mammo_edge::train::fit::read_config;
+    let d = tmp();
+    generate(
+        &SynthConfig {
+            count: 24,
+            seed: 4,
+            scale: 0.06,
+            ..Default::default()
+        },
+        d.path(),
+    )
+    .unwrap();
+    let mut rows = manifest::read(&d.path().join("manifest.csv")).unwrap();
+    let held = rows[0].vendor.unwrap();
+    for (i, r) in rows.iter_mut().enumerate() {
+        let v = r.vendor.unwrap();
+        let tissue = match r.density {
+            Some(Density::A) => "F",
+            Some(Density::D) => "D",
+            _ => "G",
+        };
+        r.extra = vec![
+            ("source".into(), format!("site-{}", v.as_str())),
+            ("biopsy".into(), "1".into()),
+            ("tissue".into(), tissue.into()),
+        ];
+        r.split = if v == held || i % 3 == 0 {
+            Split::Test
+        } else {
+            Split::Train
+        };
+    }
+    let m = d.path().join("sources.csv");
+    manifest::write(&m, &rows).unwrap();
+    let mut trained: Vec<String> = rows
+        .iter()
+        .filter(|r| r.split == Split::Train)
+        .map(|r| r.source().unwrap())
+        .collect();
+    trained.sort();
+    trained.dedup();
+    assert!(trained.len() >= 2 && !trained.contains(&format!("site-{}", held.as_str())));
+    let cfg = FitConfig {
+        model: MtlConfig::new()
+            .with_height(128)
+            .with_width(64)
+            .with_base(8)
+            .with_hidden(16),
+        epochs: 1,
+        batch_size: 8,
+        augment: false,
+        ..Default::default()
+    };
+    let run = d.path().join("run");
+    fit(&m, &cfg, &run, false).unwrap();
+    let used = read_config(&run).unwrap();
+    assert_eq!(used.model.sources, trained);
+    assert_eq!(used.model.vendors, trained.len());
+    let net = load_net(&run.join("best.mpk"), &used.model).unwrap();
+    let meta = meta_for(
+        &used,
+        "t",
+        "0.0.1",
+        "research only",
+        "phantoms",
+        0.5,
+        0.9,
+        1.0,
+    );
+    assert_eq!(meta.vendor_classes, trained);
+    let model = d.path().join("m.onnx");
+    export(&net, &meta, &model).unwrap();
+    let r =
+        mammo_edge::train::eval::evaluate(&model, &m, Split::Test, &d.path().join("eval")).unwrap();
+    let unseen = format!("site-{} (unseen)", held.as_str());
+    assert!(
+        r.by_source.contains_key(&unseen),
+        "{:?}",
+        r.by_source.keys()
+    );
+    assert!(r.by_source[&unseen].vendor_macro_f1.is_none());
+    let seen: Vec<&String> = r
+        .by_source
+        .keys()
+        .filter(|k| !k.contains("unseen"))
+        .collect();
+    assert!(!seen.is_empty(), "{:?}", r.by_source.keys());
+    assert!(r.by_source[seen[0]].vendor_macro_f1.is_some());
+    assert_eq!(
+        r.pooled.keys().collect::<Vec<_>>(),
+        ["site seen", "site unseen"]
+    );
+    assert_eq!(
+        r.pooled["site seen"].images + r.pooled["site unseen"].images,
+        r.overall.images
+    );
+    assert_eq!(r.by_source[&unseen].images, r.pooled["site unseen"].images);
+    // every image is biopsied here, so the biopsied-only AUC is the AUC
+    assert_eq!(r.overall.cancer_auc_biopsied, r.overall.cancer_auc);
+    let rho = r
+        .overall
+        .tissue_spearman
+        .expect("tissue vs percent density");
+    assert!((-1.0..=1.0).contains(&rho));
+    assert!(r.overall.patients > 0 && r.overall.patients <= r.overall.images);
+    let md = std::fs::read_to_string(d.path().join("eval/report.md")).unwrap();
+    assert!(md.contains(&unseen) && md.contains("site seen") && md.contains("biopsied only"));
 }

@@ -451,3 +451,75 @@ fn merged_manifests_rebase_paths_unify_extra_columns_and_hold_out_a_machine() {
         [Split::Train, Split::Test, Split::Train]
     );
 }
+
+/// The real research sets (MAMMO_TEST_DATA) through their importers: every image found and
+/// labelled, splits by woman (no patient in two splits) near 70 / 15 / 15, and the merge with
+/// machine 21 held out puts all 267 of its images, and only those, beyond the women's own test
+/// split, in `test`.
+#[test]
+fn real_research_sets_import_with_splits_by_woman_and_a_held_out_machine() {
+    let Some(data) = data_dir() else { return };
+    let set = data.join("real-labelled");
+    let d = tmp();
+    let mut inputs = vec![];
+    for (format, csv, root, name, n) in [
+        (Format::Rsna, "rsna/train.csv", "rsna", "rsna", 1525),
+        (Format::Mias, "mias/Info.txt", "mias", "mias", 224),
+        (
+            Format::DdsmTissue,
+            "ddsm-tissue/tissue_fractions.csv",
+            "ddsm-tissue",
+            "ddsm",
+            49,
+        ),
+    ] {
+        let dir = d.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let rows = import(format, &[set.join(csv)], &set.join(root), &dir).unwrap();
+        assert_eq!(rows.len(), n, "{name}");
+        let mut split_of = std::collections::HashMap::new();
+        for r in &rows {
+            assert!(dir.join(&r.path).is_file(), "{name}: {}", r.path);
+            let first = *split_of.entry(r.patient_id.clone()).or_insert(r.split);
+            assert_eq!(
+                first, r.split,
+                "{name}: patient {} in two splits",
+                r.patient_id
+            );
+        }
+        let share = |s: Split| {
+            split_of.values().filter(|&&x| x == s).count() as f64 / split_of.len() as f64
+        };
+        assert!((0.6..0.8).contains(&share(Split::Train)), "{name}");
+        assert!((0.07..0.25).contains(&share(Split::Test)), "{name}");
+        manifest::write(&dir.join("manifest.csv"), &rows).unwrap();
+        inputs.push(dir.join("manifest.csv"));
+    }
+    let out = d.path().join("all");
+    std::fs::create_dir_all(&out).unwrap();
+    let before: Vec<ManifestRow> = inputs
+        .iter()
+        .flat_map(|m| manifest::read(m).unwrap())
+        .collect();
+    let rows = manifest::merge(&inputs, &out, Some(("source", "rsna-m21"))).unwrap();
+    assert_eq!(rows.len(), 1525 + 224 + 49);
+    let m21: Vec<&ManifestRow> = rows
+        .iter()
+        .filter(|r| r.extra("source") == Some("rsna-m21"))
+        .collect();
+    assert_eq!(m21.len(), 267);
+    assert!(m21.iter().all(|r| r.split == Split::Test));
+    let own_test = before
+        .iter()
+        .filter(|r| r.split == Split::Test && r.extra("source") != Some("rsna-m21"))
+        .count();
+    assert_eq!(
+        rows.iter().filter(|r| r.split == Split::Test).count(),
+        267 + own_test
+    );
+    // MIAS tissue and RSNA biopsy columns come through for the evaluation
+    assert!(rows.iter().any(|r| r.extra("tissue") == Some("D")));
+    assert!(rows
+        .iter()
+        .any(|r| r.extra("biopsy") == Some("1") && r.cancer == Some(false)));
+}

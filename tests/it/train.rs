@@ -241,7 +241,10 @@ fn affine_augmentation_moves_image_and_mask_together_and_keeps_the_chest_wall_le
     for _ in 0..20 {
         let a = AffineParams::random(&mut rng);
         assert!(
-            (0.95..=1.05).contains(&a.scale) && a.degrees.abs() <= 3.0 && a.shift.abs() <= 0.02
+            (0.9..=1.1).contains(&a.scale)
+                && (0.86..=1.16).contains(&a.aspect)
+                && a.degrees.abs() <= 5.0
+                && a.shift.abs() <= 0.03
         );
         let (x, m) = affine(&s.input, Some(mask), &pre, &a);
         let left: usize = (hh / 4..3 * hh / 4).filter(|&y| x[y * ww] != pad).count();

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Model 0.2 from scratch (issue 18; models/MODEL_CARD.md): import the research sets in their own
+# formats, add phantoms, hold RSNA machine 21 out of training entirely, train the multi-task
+# network on LibTorch, export float32 + int8, evaluate with tract on the held-out women of the
+# seen machines and on the unseen machine, and train the cancer-only ablation on the same data.
+#
+#   MAMMO_TEST_DATA=../shared/data scripts/train-real.sh [WORK_DIR]     # default runs/real
+#
+# Environment: EPOCHS (default 30), PATIENCE (early stop after this many epochs without a better
+# validation cancer AUC; default 100 = let the cosine schedule anneal to the end), BIN (default target/release; build it with
+# `cargo build --release --features train,libtorch --bins`), SEED (default 1), PHANTOMS (192).
+# Steps whose output exists are skipped, and `fit` resumes from its checkpoint, so the same
+# command continues an interrupted run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA="${MAMMO_TEST_DATA:?set MAMMO_TEST_DATA to the shared data folder}/real-labelled"
+W="${1:-runs/real}"
+BIN="${BIN:-target/release}"
+EPOCHS="${EPOCHS:-30}"
+PATIENCE="${PATIENCE:-100}"
+SEED="${SEED:-1}"
+PHANTOMS="${PHANTOMS:-192}"
+mkdir -p "$W"
+log() { echo "== $(date +%H:%M:%S) $*"; }
+
+[ -f "$W/rsna/manifest.csv" ] || "$BIN/mammo-train" import rsna --csv "$DATA/rsna/train.csv" \
+  --root "$DATA/rsna" --out "$W/rsna/manifest.csv"
+[ -f "$W/mias/manifest.csv" ] || "$BIN/mammo-train" import mias --csv "$DATA/mias/Info.txt" \
+  --root "$DATA/mias" --out "$W/mias/manifest.csv"
+[ -f "$W/ddsm/manifest.csv" ] || "$BIN/mammo-train" import ddsm-tissue \
+  --csv "$DATA/ddsm-tissue/tissue_fractions.csv" --root "$DATA/ddsm-tissue" --out "$W/ddsm/manifest.csv"
+[ -f "$W/synth/manifest.csv" ] || "$BIN/mammo-edge" synth --out "$W/synth" --count "$PHANTOMS" \
+  --seed 11 --scale 0.1 2>&1 | tail -1
+[ -f "$W/all/manifest.csv" ] || "$BIN/mammo-train" merge "$W/rsna/manifest.csv" \
+  "$W/mias/manifest.csv" "$W/ddsm/manifest.csv" "$W/synth/manifest.csv" \
+  --out "$W/all/manifest.csv" --hold-out source=rsna-m21
+
+# 256x160: the RSNA crops are at most 256 px tall (median 138x238), so a larger input only
+# upsamples them; docs/training.md has the measurement.
+echo "{\"patience\": $PATIENCE}" > "$W/fit-extra.json"
+fit_args=(--manifest "$W/all/manifest.csv" --config "$W/fit-extra.json" --epochs "$EPOCHS"
+  --height 256 --width 160 --batch-size 32 --lr 1e-3 --seed "$SEED")
+log "fit (multi-task)"
+resume=(); [ -d "$W/fit/checkpoint" ] && resume=(--resume)
+"$BIN/mammo-train" fit "${fit_args[@]}" --out "$W/fit" "${resume[@]}" 2>&1 | grep -v '^epoch' | tail -3
+
+log "export float32 + int8"
+training="RSNA screening crops (8 machines less machine 21, held out), mini-MIAS, DDSM tissue masks, ${PHANTOMS} phantoms; research use only"
+"$BIN/mammo-train" export --run "$W/fit" --manifest "$W/all/manifest.csv" --out "$W/model.onnx" \
+  --name mammo-mtl --version 0.2.0 --training-data "$training" 2>&1 | tail -1
+"$BIN/mammo-train" quantize --model "$W/model.onnx" --manifest "$W/all/manifest.csv" --run "$W/fit" \
+  --samples 128 --out "$W/model.int8.onnx" 2>&1 | tail -2
+
+log "evaluate with tract: test split (held-out women + the unseen machine), float32 and int8"
+"$BIN/mammo-train" eval --model "$W/model.onnx" --manifest "$W/all/manifest.csv" --split test \
+  --out "$W/eval-test" 2>&1 | tail -1
+"$BIN/mammo-train" eval --model "$W/model.int8.onnx" --manifest "$W/all/manifest.csv" --split test \
+  --out "$W/eval-test-int8" 2>&1 | tail -1
+"$BIN/mammo-train" eval --model "$W/model.onnx" --manifest "$W/all/manifest.csv" --split val \
+  --out "$W/eval-val" 2>&1 | tail -1
+
+if [ "${ABLATION:-1}" = 1 ]; then
+  log "ablation: the same network, data and schedule, cancer only"
+  "$BIN/mammo-train" eval --model "$W/model.onnx" --manifest "$W/all/manifest.csv" --split test \
+    --out "$W/ablation" --ablation --run "$W/fit" 2>&1 | tail -2
+fi
+log "done: $W/eval-test/report.md"
