@@ -1,5 +1,6 @@
-//! The demo model compiled into the binary (`models/mammo-mtl-demo.int8.onnx`, see
-//! `models/MODEL_CARD.md`): trained on synthetic phantoms only — research use, not for clinical use.
+//! The demo model compiled into the binary (`models/mammo-mtl-demo.int8.onnx`, model 0.2.0, see
+//! `models/MODEL_CARD.md`): trained on real research mammograms and phantoms — research use, not
+//! for clinical use.
 
 use super::{ContractError, ModelRunner};
 

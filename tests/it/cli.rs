@@ -284,16 +284,21 @@ fn infer_scores_image_files_with_laterality_and_polarity_from_the_pixels() {
     assert_eq!(a["image_file"]["inverted"], false);
     assert_eq!(c["image_file"]["inverted"], true);
     assert_eq!(b["image_file"]["format"], "Pnm");
-    // mirrored and inverted copies are the same breast once made canonical
-    for other in [b, c] {
-        // probabilities within 0.002, percent density within 0.2 points
+    // mirrored and inverted copies are the same breast once made canonical: the inverted copy
+    // gives the same model input; the mirrored one may crop a pixel differently (probabilities
+    // within 0.02, percent density within 1 point)
+    for (other, scale) in [(b, 10.0), (c, 1.0)] {
         for (k, tol) in [
             ("cancer_probability", 2e-3),
             ("normal_probability", 2e-3),
-            ("percent_density", 0.2),
+            ("percent_density", 0.1),
         ] {
             let (x, y) = (a[k].as_f64().unwrap(), other[k].as_f64().unwrap());
-            assert!((x - y).abs() <= tol, "{k}: {x} vs {y}");
+            assert!(
+                (x - y).abs() <= scale * tol,
+                "{k}: {x} vs {y} ({})",
+                other["file"]
+            );
         }
     }
     let ids: std::collections::BTreeSet<&str> = msgs

@@ -16,6 +16,21 @@ use prost::Message;
 
 use crate::util::*;
 
+/// A 128x64, base-8 network trained for `epochs` without augmentation: seconds on phantoms.
+fn small(epochs: usize) -> FitConfig {
+    FitConfig {
+        model: MtlConfig::new()
+            .with_height(128)
+            .with_width(64)
+            .with_base(8)
+            .with_hidden(16),
+        epochs,
+        batch_size: 8,
+        augment: false,
+        ..Default::default()
+    }
+}
+
 fn trained() -> (tempfile::TempDir, FitConfig) {
     let d = tmp();
     generate(
@@ -28,17 +43,7 @@ fn trained() -> (tempfile::TempDir, FitConfig) {
         d.path(),
     )
     .unwrap();
-    let cfg = FitConfig {
-        model: MtlConfig::new()
-            .with_height(128)
-            .with_width(64)
-            .with_base(8)
-            .with_hidden(16),
-        epochs: 2,
-        batch_size: 8,
-        augment: false,
-        ..Default::default()
-    };
+    let cfg = small(2);
     fit(
         &d.path().join("manifest.csv"),
         &cfg,
@@ -549,17 +554,7 @@ fn the_source_head_learns_the_manifest_sources_and_eval_marks_the_unseen_one() {
     trained.sort();
     trained.dedup();
     assert!(trained.len() >= 2 && !trained.contains(&format!("site-{}", held.as_str())));
-    let cfg = FitConfig {
-        model: MtlConfig::new()
-            .with_height(128)
-            .with_width(64)
-            .with_base(8)
-            .with_hidden(16),
-        epochs: 1,
-        batch_size: 8,
-        augment: false,
-        ..Default::default()
-    };
+    let cfg = small(1);
     let run = d.path().join("run");
     fit(&m, &cfg, &run, false).unwrap();
     let used = read_config(&run).unwrap();

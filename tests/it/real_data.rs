@@ -239,3 +239,65 @@ fn broken_and_unscorable_files_are_rejected_with_their_reason() {
         "{e}"
     );
 }
+
+/// The shipped model (compiled into `mammo-edge`, models/MODEL_CARD.md) on real data, through
+/// `infer` as a user runs it: on the four real DICOMs the predicted view is the header's and the
+/// laterality is right; on the RSNA crop of the same Hologic exam (patient 10006, L-MLO, an
+/// image file) the laterality and view come out right from the pixels alone; the source head
+/// names the research sources it was trained on; every result says research only.
+#[test]
+fn the_shipped_model_gets_view_and_laterality_right_on_the_real_files() {
+    let Some(dir) = data_dir() else { return };
+    let model = mammo_edge::infer::load_model(None).unwrap();
+    let meta = &model.runner.meta;
+    assert!(
+        meta.intended_use.contains("research only"),
+        "{}",
+        meta.intended_use
+    );
+    assert!(
+        meta.vendor_classes.iter().any(|c| c == "rsna-m49")
+            && meta.vendor_classes.iter().any(|c| c == "mias")
+            && !meta.vendor_classes.iter().any(|c| c == "rsna-m21"),
+        "source classes {:?}: trained on RSNA and MIAS, machine 21 held out",
+        meta.vendor_classes
+    );
+    let mut batch = mammo_edge::infer::Batch::new(&model, IngestOptions::default());
+    for (name, lat, view) in [
+        ("ge_senographe_R_CC_jpegll.dcm", "R", "CC"),
+        ("ge_senographe_L_CC_jpegll.dcm", "L", "CC"),
+        ("hologic_selenia_L_CC_j2k.dcm", "L", "CC"),
+        ("hologic_selenia_R_MLO_j2k.dcm", "R", "MLO"),
+    ] {
+        let r = batch.file(&file(&dir, "real-mammo", name));
+        assert!(r.scored, "{name}: {}", r.payload);
+        let p = &r.payload;
+        assert_eq!(
+            (p["laterality"].as_str(), p["view_predicted"].as_str()),
+            (Some(lat), Some(view)),
+            "{name}: {p}"
+        );
+        assert_eq!(p["view"], view, "{name}");
+        assert!(p["model"]["intended_use"]
+            .as_str()
+            .unwrap()
+            .contains("research only"));
+    }
+    let crop = file(
+        &dir,
+        "real-labelled/rsna/train_images/10006",
+        "1459541791.png",
+    );
+    let r = batch.file(&crop);
+    assert!(r.scored, "{}", r.payload);
+    assert_eq!(
+        (
+            r.payload["laterality"].as_str(),
+            r.payload["view_predicted"].as_str()
+        ),
+        (Some("L"), Some("MLO")),
+        "{}",
+        r.payload
+    );
+    assert_eq!(r.payload["image_file"]["inverted"], false);
+}
