@@ -46,6 +46,8 @@ pub struct MammoMeta {
     pub laterality: Option<Laterality>,
     /// Which attribute gave the laterality (`ImageLaterality`, `Laterality`) or `none`.
     pub laterality_source: &'static str,
+    /// ImageLaterality (else Laterality) is `B`: both breasts in one image.
+    pub both_breasts: bool,
     /// From ViewCodeSequence, else ViewPosition; `Other` when unknown.
     pub view: View,
     /// The raw code value or ViewPosition string the view came from (empty when none).
@@ -151,6 +153,9 @@ impl MammoMeta {
             .map(|t| t.name().to_string())
             .unwrap_or_else(|| "unknown".into());
 
+        let both_breasts = string(ds, tags::IMAGE_LATERALITY)
+            .or_else(|| string(ds, tags::LATERALITY))
+            .is_some_and(|s| s.trim().eq_ignore_ascii_case("B"));
         let (laterality, laterality_source) = match string(ds, tags::IMAGE_LATERALITY)
             .and_then(|s| Laterality::from_code(&s))
         {
@@ -245,6 +250,7 @@ impl MammoMeta {
             model_name: string(ds, tags::MANUFACTURER_MODEL_NAME).unwrap_or_default(),
             laterality,
             laterality_source,
+            both_breasts,
             view: view.unwrap_or(View::Other),
             view_raw,
             view_source,

@@ -99,6 +99,8 @@ pub enum IngestError {
     NotScreeningView { view: String },
     #[error("not a screening view: {0:?} view modifier")]
     WorkUpView(ViewModifier),
+    #[error("ImageLaterality B: both breasts in one image are not scored (the model scores one breast per image)")]
+    BothBreasts,
     #[error("unsupported transfer syntax {uid} ({name})")]
     UnsupportedTransferSyntax { uid: String, name: String },
     #[error("12-bit lossy JPEG (process 4) is not decodable: no well-kept decoder (transfer syntax 1.2.840.10008.1.2.4.51)")]
@@ -137,7 +139,8 @@ impl IngestError {
             | NotMammogram { .. }
             | ForProcessing
             | NotScreeningView { .. }
-            | WorkUpView(_) => Category::Skipped,
+            | WorkUpView(_)
+            | BothBreasts => Category::Skipped,
             _ => Category::Error,
         }
     }
@@ -161,6 +164,7 @@ impl IngestError {
             ForProcessing => "for_processing",
             NotScreeningView { .. } => "not_screening_view",
             WorkUpView(_) => "work_up_view",
+            BothBreasts => "both_breasts",
             UnsupportedTransferSyntax { .. } => "unsupported_transfer_syntax",
             LossyJpeg12Bit => "lossy_jpeg_12bit",
             OverPixelBudget { .. } => "over_pixel_budget",
@@ -396,6 +400,9 @@ pub fn check_acceptance(meta: &MammoMeta, opts: &IngestOptions) -> Result<(), In
         return Err(IngestError::ForProcessing);
     }
     if !opts.accept_any_view {
+        if meta.both_breasts {
+            return Err(IngestError::BothBreasts);
+        }
         if let Some(m) = meta.view_modifiers.first() {
             return Err(IngestError::WorkUpView(*m));
         }

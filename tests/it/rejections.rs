@@ -240,6 +240,36 @@ fn non_screening_views() {
     );
 }
 
+/// ImageLaterality B (both breasts in one image) is refused with its own reason, also when only
+/// Laterality says B; `inspect --any` still decodes it.
+#[test]
+fn both_breasts_in_one_image() {
+    let d = tmp();
+    let mut o = obj();
+    put_str(&mut o, tags::IMAGE_LATERALITY, VR::CS, "B");
+    let p = save(&o, d.path(), "both.dcm");
+    assert_reason(
+        &reject(&p),
+        "both_breasts",
+        Category::Skipped,
+        "both breasts",
+    );
+    assert!(read_any(&p).meta.both_breasts);
+    let mut o = obj();
+    o.remove_element(tags::IMAGE_LATERALITY);
+    put_str(&mut o, tags::LATERALITY, VR::CS, "B ");
+    let p = save(&o, d.path(), "series_both.dcm");
+    assert_reason(
+        &reject(&p),
+        "both_breasts",
+        Category::Skipped,
+        "ImageLaterality B",
+    );
+    // a left breast stays accepted
+    let p = save(&obj(), d.path(), "left.dcm");
+    assert!(!read(&p).meta.both_breasts);
+}
+
 #[test]
 fn colour_image() {
     let d = tmp();
