@@ -114,7 +114,8 @@ enum Command {
         /// Stop after this epoch (checkpointed); continue later with --resume.
         #[arg(long)]
         stop_after: Option<usize>,
-        /// Training backend: cpu (Burn NdArray) or cuda (needs a build with --features cuda).
+        /// Device: cpu, or cuda (LibTorch from the PyTorch wheel with --features libtorch, or
+        /// --backend burn-cuda with --features cuda).
         #[arg(long, value_parser = ["cpu", "cuda"])]
         device: Option<String>,
         /// Training backend (docs/bench-train.md): libtorch (default where built, CPU or cuda),
