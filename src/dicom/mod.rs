@@ -194,6 +194,12 @@ pub struct IngestOptions {
     pub accept_for_processing: bool,
     /// Accept views other than CC/MLO (default false: skipped as not a screening view).
     pub accept_any_view: bool,
+    /// Refuse an image whose SOPInstanceUID or StudyInstanceUID is absent or blank
+    /// (`missing_attribute`): results are keyed by the first and exams by the second, so one such
+    /// image would swallow the next as a duplicate, or merge patients into one exam. Default
+    /// true; false only for inspection ([`IngestOptions::any_image`]). Not a configuration key.
+    #[serde(skip)]
+    pub require_uids: bool,
 }
 
 impl Default for IngestOptions {
@@ -204,6 +210,7 @@ impl Default for IngestOptions {
             accept_modalities: vec!["MG".into()],
             accept_for_processing: false,
             accept_any_view: false,
+            require_uids: true,
         }
     }
 }
@@ -216,6 +223,7 @@ impl IngestOptions {
             accept_modalities: vec!["*".into()],
             accept_for_processing: true,
             accept_any_view: true,
+            require_uids: false,
             ..Default::default()
         }
     }
@@ -452,6 +460,16 @@ pub fn check_image_header(meta: &MammoMeta, opts: &IngestOptions) -> Result<(), 
     ] {
         if v == 0 {
             return Err(IngestError::MissingAttribute(name));
+        }
+    }
+    if opts.require_uids {
+        for (v, name) in [
+            (&meta.sop_instance_uid, "SOPInstanceUID"),
+            (&meta.study_instance_uid, "StudyInstanceUID"),
+        ] {
+            if v.trim().trim_end_matches('\0').is_empty() {
+                return Err(IngestError::MissingAttribute(name));
+            }
         }
     }
     let ts_uid = meta.transfer_syntax.as_str();

@@ -270,6 +270,36 @@ fn both_breasts_in_one_image() {
     assert!(!read(&p).meta.both_breasts);
 }
 
+/// Results are keyed by SOPInstanceUID and exams by StudyInstanceUID: an image without either (or
+/// with a blank one) is an `error` (review of 3168c40, #9), not a result that swallows the next
+/// image as a duplicate or merges patients into one exam; inspection still decodes it.
+#[test]
+fn absent_or_blank_uids() {
+    let d = tmp();
+    for (tag, name, value) in [
+        (tags::SOP_INSTANCE_UID, "SOPInstanceUID", None),
+        (tags::SOP_INSTANCE_UID, "SOPInstanceUID", Some(" ")),
+        (tags::STUDY_INSTANCE_UID, "StudyInstanceUID", None),
+        (tags::STUDY_INSTANCE_UID, "StudyInstanceUID", Some("")),
+    ] {
+        let mut o = obj();
+        match value {
+            None => {
+                o.remove_element(tag);
+            }
+            Some(v) => put_str(&mut o, tag, VR::UI, v),
+        }
+        let file = format!("{name}-{}.dcm", value.map_or(0, |v| v.len() + 1));
+        let p = save(&o, d.path(), &file);
+        assert_reason(&reject(&p), "missing_attribute", Category::Error, name);
+        assert_eq!(
+            read_any(&p).image.width,
+            100,
+            "{file}: inspection decodes it"
+        );
+    }
+}
+
 #[test]
 fn colour_image() {
     let d = tmp();

@@ -513,9 +513,25 @@ impl Setup {
         rusqlite::Connection::open(path).unwrap()
     }
 
+    /// One number from the state database. A daemon that has just created its state file may
+    /// not have made its tables yet (or holds the write lock): such errors are retried for 30 s.
     pub(crate) fn count(&self, sql: &str) -> i64 {
-        self.db().query_row(sql, [], |r| r.get(0)).unwrap()
+        let t0 = std::time::Instant::now();
+        loop {
+            match self.db().query_row(sql, [], |r| r.get(0)) {
+                Ok(n) => return n,
+                Err(e) if t0.elapsed() < std::time::Duration::from_secs(30) => {
+                    log_retry(sql, &e);
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => panic!("{sql}: {e}"),
+            }
+        }
     }
+}
+
+fn log_retry(sql: &str, e: &rusqlite::Error) {
+    eprintln!("state database not ready for {sql:?}: {e}; retrying");
 }
 
 pub(crate) struct Daemon {
