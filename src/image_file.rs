@@ -17,11 +17,17 @@ pub const EXTENSIONS: [&str; 7] = ["png", "jpg", "jpeg", "pgm", "pnm", "ppm", "p
 /// Largest image accepted, in pixels (a 16-bit PNG of this size is 512 MiB of f32).
 pub const MAX_PIXELS: u64 = 128 * 1024 * 1024;
 
+/// Largest image file read, in bytes (as the DICOM ingest's default `max_file_bytes`); checked
+/// from the file's size before anything is read.
+pub const MAX_FILE_BYTES: u64 = 512 << 20;
+
 /// Why an image file cannot be read.
 #[derive(Debug, Error)]
 pub enum ImageFileError {
     #[error("cannot read the image file: {0}")]
     Io(#[from] std::io::Error),
+    #[error("image file of {bytes} bytes exceeds the limit of {limit} bytes")]
+    FileTooLarge { bytes: u64, limit: u64 },
     #[error("undecodable image file: {0}")]
     Decode(String),
     #[error("{width}x{height} image exceeds the limit of {limit} pixels")]
@@ -41,6 +47,7 @@ impl ImageFileError {
     pub fn code(&self) -> &'static str {
         match self {
             ImageFileError::Io(_) => "unreadable",
+            ImageFileError::FileTooLarge { .. } => "file_too_large",
             ImageFileError::Decode(_) => "undecodable",
             ImageFileError::TooLarge { .. } | ImageFileError::LimitExceeded(_) => "too_large",
             ImageFileError::Empty { .. } => "empty_image",
@@ -122,12 +129,34 @@ fn decode_err(e: image::ImageError) -> ImageFileError {
 ///
 /// 8-bit samples are divided by 255; 16-bit ones by 2^b − 1 with b the significant bits of the
 /// largest value (a 12-bit detector image stored in 16 bits fills [0, 1] like an 8-bit one).
-/// Errors: unreadable or undecodable file, more than [`MAX_PIXELS`] declared (checked from the
-/// header before decoding), an empty image, a colour picture.
+/// Errors: unreadable file or over [`MAX_FILE_BYTES`], and those of [`read_image_bytes`].
 pub fn read_image_file(path: &Path) -> Result<ImageFile, ImageFileError> {
-    let reader = image::ImageReader::open(path)?
-        .with_guessed_format()
-        .map_err(ImageFileError::Io)?;
+    read_image_bytes(&read_bounded(path)?)
+}
+
+/// The bytes of a file of at most [`MAX_FILE_BYTES`] (its size is checked before reading), read
+/// once: `infer` hashes and decodes the same bytes.
+pub fn read_bounded(path: &Path) -> Result<Vec<u8>, ImageFileError> {
+    let bytes = std::fs::metadata(path)?.len();
+    if bytes > MAX_FILE_BYTES {
+        return Err(ImageFileError::FileTooLarge {
+            bytes,
+            limit: MAX_FILE_BYTES,
+        });
+    }
+    Ok(std::fs::read(path)?)
+}
+
+/// Decode an image file's bytes as [`read_image_file`] does. Errors: undecodable, more than
+/// [`MAX_PIXELS`] declared (checked from the header before decoding), an empty image, a colour
+/// picture.
+pub fn read_image_bytes(bytes: &[u8]) -> Result<ImageFile, ImageFileError> {
+    let open = || {
+        image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(ImageFileError::Io)
+    };
+    let reader = open()?;
     let format = reader
         .format()
         .map(|f| format!("{f:?}"))
@@ -143,9 +172,7 @@ pub fn read_image_file(path: &Path) -> Result<ImageFile, ImageFileError> {
     if width == 0 || height == 0 {
         return Err(ImageFileError::Empty { width, height });
     }
-    let mut reader = image::ImageReader::open(path)?
-        .with_guessed_format()
-        .map_err(ImageFileError::Io)?;
+    let mut reader = open()?;
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(width);
     limits.max_image_height = Some(height);

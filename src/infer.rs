@@ -15,7 +15,9 @@ use crate::dicom::{
     View,
 };
 use crate::exam::{aggregate, ExamError};
-use crate::image_file::{is_image_file, read_image_file, ImageFileError, ImageFileReport};
+use crate::image_file::{
+    is_image_file, read_bounded, read_image_bytes, ImageFileError, ImageFileReport,
+};
 use crate::message::{sha256_hex, Messages, ModelInfo, Privacy, StoredScore};
 use crate::model::{bundled, ContractError, ModelOutputs, ModelRunner};
 use crate::preprocess::{preprocess, preprocess_image, PreprocessError};
@@ -194,8 +196,8 @@ pub struct ScoredImageFile {
 /// predicted view. Errors: the reader's ([`ImageFileError`]), preprocessing, the model.
 pub fn infer_image_file(runner: &ModelRunner, path: &Path) -> Result<ScoredImageFile, InferError> {
     let t0 = Instant::now();
-    let bytes = std::fs::read(path).map_err(ImageFileError::Io)?;
-    let f = read_image_file(path)?;
+    let bytes = read_bounded(path)?;
+    let f = read_image_bytes(&bytes)?;
     let t1 = Instant::now();
     let p = preprocess_image(&f.image, None, &runner.meta.preprocess())?;
     let t2 = Instant::now();

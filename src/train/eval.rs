@@ -26,7 +26,7 @@ use thiserror::Error;
 
 use super::metrics;
 use crate::dicom::grey::GreyImage;
-use crate::dicom::{read_mammogram, IngestOptions, Laterality};
+use crate::dicom::{read_mammogram, IngestOptions, Laterality, Vendor};
 use crate::image_file::{is_image_file, read_image_file};
 use crate::labels::Split;
 use crate::manifest::{self, ManifestRow};
@@ -255,29 +255,19 @@ fn group(s: &[&Scored], runner: &ModelRunner, seen: &[String]) -> GroupReport {
 
 /// Read an input as the appliance would: a DICOM through the ingest (its laterality from the
 /// header), an image file through the image-file reader (laterality inferred from the image, as
-/// `mammo-edge infer` does). Returns the grey image and the laterality to preprocess with.
-fn read_input(path: &Path) -> Result<(GreyImage, Option<Laterality>), String> {
+/// `mammo-edge infer` does). Returns the grey image, the laterality to preprocess with and the
+/// DICOM vendor (none for an image file).
+type Input = (GreyImage, Option<Laterality>, Option<Vendor>);
+fn read_input(path: &Path) -> Result<Input, String> {
     if is_image_file(path) {
         read_image_file(path)
-            .map(|f| (f.image, None))
+            .map(|f| (f.image, None, None))
             .map_err(|e| e.to_string())
     } else {
         read_mammogram(path, &IngestOptions::default())
-            .map(|m| (m.image, m.meta.laterality))
+            .map(|m| (m.image, m.meta.laterality, Some(m.meta.vendor)))
             .map_err(|e| e.to_string())
     }
-}
-
-/// The source of a row: the manifest's, else the DICOM header's vendor.
-fn source_of(row: &ManifestRow, path: &Path) -> String {
-    row.source()
-        .or_else(|| {
-            crate::dicom::open_header(path)
-                .ok()
-                .and_then(|h| crate::dicom::MammoMeta::from_object(&h).ok())
-                .map(|m| m.vendor.as_str().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into())
 }
 
 /// The label of a source in the report: its name, `(unseen)` when it is not among the `seen`
@@ -321,7 +311,7 @@ pub fn evaluate(
     let mut skipped = 0;
     for r in rows.iter().filter(|r| r.split == split) {
         let path = root.join(&r.path);
-        let (image, laterality) = match read_input(&path) {
+        let (image, laterality, vendor) = match read_input(&path) {
             Ok(x) => x,
             Err(e) => {
                 log::warn!("{}: skipped ({e})", r.path);
@@ -374,7 +364,11 @@ pub fn evaluate(
                 .unwrap_or(0)
         };
         scored.push(Scored {
-            source: source_of(r, &path),
+            // the manifest's source, else the DICOM header's vendor
+            source: r
+                .source()
+                .or_else(|| vendor.map(|v| v.as_str().to_string()))
+                .unwrap_or_else(|| "unknown".into()),
             row: r.clone(),
             cancer: o.cancer as f64,
             normal: o.normal as f64,

@@ -178,3 +178,27 @@ fn real_research_set_images_read_in_display_polarity() {
         assert!(looks_inverted(&neg), "{}", f.display());
     }
 }
+
+/// A file over the size limit is refused from its size alone, before it is read, with the reason
+/// code the DICOM ingest uses; the in-memory reader gives what the file reader gives.
+#[test]
+fn an_oversized_file_is_refused_before_reading_and_bytes_read_like_the_file() {
+    use mammo_edge::image_file::{read_bounded, read_image_bytes, MAX_FILE_BYTES};
+    let d = tmp();
+    let big = d.path().join("big.png");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(MAX_FILE_BYTES + 1)
+        .unwrap(); // sparse: no disk used
+    let e = read_bounded(&big).unwrap_err();
+    assert_eq!(e.code(), "file_too_large", "{e}");
+    let e = read_image_file(&big).unwrap_err();
+    assert!(matches!(e, ImageFileError::FileTooLarge { .. }), "{e}");
+    let png = d.path().join("a.png");
+    breast(64, 96).save(&png).unwrap();
+    let (a, b) = (
+        read_image_file(&png).unwrap(),
+        read_image_bytes(&read_bounded(&png).unwrap()).unwrap(),
+    );
+    assert_eq!((a.image.data, a.report), (b.image.data, b.report));
+}
