@@ -220,3 +220,47 @@ fn unknown_keys_and_syntax_errors_are_refused_with_a_line() {
         "{e}"
     );
 }
+
+/// `systemd/mammo-edge.service` value of `key` (the last assignment wins, as in systemd).
+fn unit_value(unit: &str, key: &str) -> Option<String> {
+    unit.lines()
+        .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+        .last()
+        .map(|v| v.trim().to_string())
+}
+
+/// Review #17: the unit bounds the daemon's memory, tasks and core dumps, and the memory bound
+/// leaves room for the largest image ingest accepts: at `ingest.pixel_budget` pixels, the stored
+/// samples and the decoded frame (2 bytes each), the grey image and the pipeline's work copy
+/// (4 bytes each), plus 200 MiB for the model, SQLite and the runtime (measured idle RSS 30 MiB,
+/// real 26 MP files 228 MiB: docs/bench-daemon.md).
+#[test]
+fn the_systemd_unit_bounds_memory_tasks_and_core_dumps_above_the_pixel_budget() {
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/mammo-edge.service"),
+    )
+    .unwrap();
+    let bytes = |v: &str| -> u64 {
+        let (num, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len()));
+        let n: u64 = num.parse().unwrap_or_else(|_| panic!("MemoryMax={v}"));
+        n * match unit {
+            "" => 1,
+            "K" => 1 << 10,
+            "M" => 1 << 20,
+            "G" => 1 << 30,
+            other => panic!("MemoryMax unit {other}"),
+        }
+    };
+    let max = bytes(&unit_value(&unit, "MemoryMax").expect("MemoryMax= set"));
+    let need = Config::default().ingest.pixel_budget * 12 + (200 << 20);
+    assert!(
+        max >= need,
+        "MemoryMax {max} B is below the {need} B one image at the pixel budget needs"
+    );
+    assert!(max <= 4 << 30, "MemoryMax {max} B bounds nothing on the appliance");
+    assert_eq!(unit_value(&unit, "LimitCORE").as_deref(), Some("0"));
+    let tasks: u32 = unit_value(&unit, "TasksMax").unwrap().parse().unwrap();
+    assert!((16..=256).contains(&tasks), "TasksMax={tasks}");
+    let oom: i32 = unit_value(&unit, "OOMScoreAdjust").unwrap().parse().unwrap();
+    assert!(oom > 0 && oom < 1000, "OOMScoreAdjust={oom}: the daemon goes first, not alone");
+}
