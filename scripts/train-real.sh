@@ -8,7 +8,8 @@
 #
 # Environment: EPOCHS (default 50), SENSITIVITY (0.8), PATIENCE (early stop after this many epochs without a better
 # validation cancer AUC; default 100 = let the cosine schedule anneal to the end), BIN (default target/release; build it with
-# `cargo build --release --features train,libtorch --bins`), SEED (default 1), PHANTOMS (192).
+# `cargo build --release --features train,libtorch --bins`), SEED (default 1), PHANTOMS (192),
+# STANDARDIZE (0).
 # Steps whose output exists are skipped, and `fit` resumes from its checkpoint, so the same
 # command continues an interrupted run.
 set -euo pipefail
@@ -40,7 +41,11 @@ log() { echo "== $(date +%H:%M:%S) $*"; }
 
 # 256x160: the RSNA crops are at most 256 px tall (median 138x238), so a larger input only
 # upsamples them; docs/training.md has the measurement.
-echo "{\"patience\": $PATIENCE}" > "$W/fit-extra.json"
+# STANDARDIZE=1: per-image intensity standardisation of the breast (src/preprocess.rs), recorded
+# in the model's metadata so the appliance applies it too.
+STANDARDIZE="${STANDARDIZE:-0}"
+std_json=false; [ "$STANDARDIZE" = 1 ] && std_json=true
+echo "{\"patience\": $PATIENCE, \"standardize\": $std_json}" > "$W/fit-extra.json"
 fit_args=(--manifest "$W/all/manifest.csv" --config "$W/fit-extra.json" --epochs "$EPOCHS"
   --height 256 --width 160 --batch-size 32 --lr 1e-3 --seed "$SEED")
 log "fit (multi-task)"
@@ -50,7 +55,7 @@ resume=(); [ -d "$W/fit/checkpoint" ] && resume=(--resume)
 log "export float32 + int8"
 training="RSNA screening crops (8 machines less machine 21, held out), mini-MIAS, DDSM tissue masks, ${PHANTOMS} phantoms; research use only"
 "$BIN/mammo-train" export --run "$W/fit" --manifest "$W/all/manifest.csv" --out "$W/model.onnx" \
-  --name mammo-mtl-demo --version 0.2.0 --training-data "$training" \
+  --name mammo-mtl-demo --version 0.3.0 --training-data "$training" \
   --sensitivity "$SENSITIVITY" 2>&1 | tail -1
 "$BIN/mammo-train" quantize --model "$W/model.onnx" --manifest "$W/all/manifest.csv" --run "$W/fit" \
   --samples 128 --out "$W/model.int8.onnx" 2>&1 | tail -2

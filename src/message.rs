@@ -199,6 +199,7 @@ pub struct ModelInfo {
     pub intended_use: String,
     /// `mammo.cancer_threshold`, 0–1.
     pub cancer_threshold: f32,
+    /// `mammo.ood_threshold` (the `ood_score` feature distance) when the model has it, else
     /// `mammo.recon_error_threshold` (mean squared error in the normalised input space).
     pub ood_threshold: f32,
 }
@@ -212,7 +213,7 @@ impl ModelInfo {
             sha256: sha256.to_ascii_lowercase(),
             intended_use: meta.intended_use.clone(),
             cancer_threshold: meta.cancer_threshold,
-            ood_threshold: meta.recon_error_threshold,
+            ood_threshold: meta.ood_threshold.unwrap_or(meta.recon_error_threshold),
         }
     }
 

@@ -434,7 +434,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     "cancer": o.cancer, "normal": o.normal, "density": o.density,
                     "percent_density": o.percent_density, "vendor": o.vendor, "view": o.view,
                     "dense_mask": o.dense_mask, "reconstruction": o.reconstruction,
-                    "recon_error": o.recon_error,
+                    "recon_error": o.recon_error, "ood_score": o.ood_score,
                 });
                 emit(&raw.to_string());
                 return Ok(ExitCode::SUCCESS);

@@ -476,8 +476,9 @@ fn run(command: Command) -> anyhow::Result<()> {
                 );
             }
             eprintln!(
-                "quantize: {} calibration images; thresholds from tract on {} validation images: cancer {:.4}, recon_error {:.5}; {}",
-                r.calibration_images, r.validation_images, r.cancer_threshold, r.recon_error_threshold, r.script_summary
+                "quantize: {} calibration images; thresholds from tract on {} validation images: cancer {:.4}, recon_error {:.5}, ood_score {}; {}",
+                r.calibration_images, r.validation_images, r.cancer_threshold, r.recon_error_threshold,
+                r.ood_threshold.map_or("-".into(), |t| format!("{t:.3}")), r.script_summary
             );
             Ok(())
         }

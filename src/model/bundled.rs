@@ -1,4 +1,4 @@
-//! The demo model compiled into the binary (`models/mammo-mtl-demo.int8.onnx`, model 0.2.0, see
+//! The demo model compiled into the binary (`models/mammo-mtl-demo.int8.onnx`, model 0.3.0, see
 //! `models/MODEL_CARD.md`): trained on real research mammograms and phantoms — research use, not
 //! for clinical use.
 

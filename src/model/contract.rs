@@ -1,7 +1,7 @@
 //! Model contract: input `image` f32 `[N, 1, H, W]`; outputs (probabilities, not logits)
 //! `cancer [N,1]`, `normal [N,1]`, `density [N,4]` (A..D), `percent_density [N,1]` (0–100 %),
 //! `vendor [N,V]`, `view [N,2]` (CC, MLO), `dense_mask [N,1,h,w]` (0–1), `reconstruction
-//! [N,1,h,w]`, `recon_error [N,1]`; `metadata_props` with keys prefixed `mammo.` (DESIGN.md,
+//! [N,1,h,w]`, `recon_error [N,1]`, optionally `ood_score [N,1]`; `metadata_props` with keys prefixed `mammo.` (DESIGN.md,
 //! "Model contract"). A model exported elsewhere (e.g. PyTorch) that follows it runs here too.
 
 use std::collections::HashMap;
@@ -13,6 +13,10 @@ use crate::preprocess::{PreprocessConfig, PREPROCESS_VERSION};
 
 /// Version of this contract (`mammo.schema_version`).
 pub const SCHEMA_VERSION: u32 = 1;
+
+/// Optional output: `ood_score [N,1]`, the out-of-distribution score (feature-space distance to
+/// the training images; compared with `mammo.ood_threshold`).
+pub const OOD_OUTPUT: &str = "ood_score";
 
 /// Output names, in the order the exporter writes them.
 pub const OUTPUTS: [&str; 9] = [
@@ -53,6 +57,9 @@ pub struct ModelMeta {
     pub mean: f32,
     pub std: f32,
     pub preprocess_version: u32,
+    /// Per-image intensity standardisation of the breast (`mammo.standardize_intensity`,
+    /// `true`/`false`; absent means `false`).
+    pub standardize: bool,
     /// Class names of the density (A–D), vendor and view heads.
     pub density_classes: Vec<String>,
     pub vendor_classes: Vec<String>,
@@ -68,8 +75,11 @@ pub struct ModelMeta {
     /// sensitivity it was chosen for.
     pub cancer_threshold: f32,
     pub cancer_threshold_sensitivity: f32,
-    /// `recon_error` above which an image is out of distribution.
+    /// `recon_error` above which an image is out of distribution (models without `ood_score`).
     pub recon_error_threshold: f32,
+    /// `ood_score` above which an image is out of distribution (`mammo.ood_threshold`); `None`
+    /// for a model without the optional `ood_score` output, whose flag is then `recon_error`'s.
+    pub ood_threshold: Option<f32>,
     /// How the weights are stored: `float32`, or the int8 scheme (`mammo-train quantize`).
     /// Optional key; absent means `float32`.
     pub quantization: String,
@@ -85,6 +95,7 @@ impl ModelMeta {
             width: self.input_width,
             mean: self.mean,
             std: self.std,
+            standardize: self.standardize,
             ..Default::default()
         }
     }
@@ -101,6 +112,7 @@ impl ModelMeta {
             ("mean", self.mean.to_string()),
             ("std", self.std.to_string()),
             ("preprocess_version", self.preprocess_version.to_string()),
+            ("standardize_intensity", self.standardize.to_string()),
             ("classes.density", j(&self.density_classes)),
             ("classes.vendor", j(&self.vendor_classes)),
             ("classes.view", j(&self.view_classes)),
@@ -121,6 +133,10 @@ impl ModelMeta {
             ("quantization", self.quantization.clone()),
         ]
         .into_iter()
+        .chain(
+            self.ood_threshold
+                .map(|t| ("ood_threshold", t.to_string())),
+        )
         .map(|(k, v)| (format!("{P}{k}"), v))
         .collect()
     }
@@ -165,6 +181,15 @@ impl ModelMeta {
             mean: num("mean", get("mean")?)?,
             std: num("std", get("std")?)?,
             preprocess_version,
+            standardize: match get("standardize_intensity").as_deref() {
+                Err(_) | Ok("false") => false,
+                Ok("true") => true,
+                Ok(v) => {
+                    return Err(ContractError::Metadata(format!(
+                        "key {P}standardize_intensity = {v:?} is not true or false"
+                    )))
+                }
+            },
             density_classes: list("classes.density")?,
             vendor_classes: list("classes.vendor")?,
             view_classes: list("classes.view")?,
@@ -179,6 +204,10 @@ impl ModelMeta {
                 .unwrap_or(Ok(f32::NAN))?,
             recon_error_threshold: num("recon_error_threshold", get("recon_error_threshold")?)?,
             quantization: get("quantization").unwrap_or_else(|_| "float32".into()),
+            ood_threshold: get("ood_threshold")
+                .ok()
+                .map(|v| num("ood_threshold", v))
+                .transpose()?,
         };
         if meta.intended_use.trim().is_empty() {
             return Err(ContractError::Metadata(format!(

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use tract_onnx::prelude::*;
 
-use super::contract::{ContractError, ModelMeta, OUTPUTS};
+use super::contract::{ContractError, ModelMeta, OOD_OUTPUT, OUTPUTS};
 
 /// All heads for one image.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +30,19 @@ pub struct ModelOutputs {
     pub reconstruction: Vec<f32>,
     /// Mean squared reconstruction error (computed in the graph).
     pub recon_error: f32,
+    /// The optional `ood_score` output (feature-space distance), when the model has it.
+    pub ood_score: Option<f32>,
+}
+
+impl ModelOutputs {
+    /// The out-of-distribution score and the threshold it is compared with: `ood_score` and
+    /// `mammo.ood_threshold` when the model exports them, else `recon_error` and its threshold.
+    pub fn ood(&self, meta: &ModelMeta) -> (f32, f32) {
+        match (self.ood_score, meta.ood_threshold) {
+            (Some(s), Some(t)) => (s, t),
+            _ => (self.recon_error, meta.recon_error_threshold),
+        }
+    }
 }
 
 /// One node of tract's optimised plan.
@@ -54,6 +67,8 @@ pub struct ModelRunner {
     plan: Plan,
     /// Output index of each name of [`OUTPUTS`].
     index: [usize; 9],
+    /// Output index of [`OOD_OUTPUT`], when the model has it.
+    ood_index: Option<usize>,
 }
 
 fn tract_err(e: impl std::fmt::Display) -> ContractError {
@@ -113,6 +128,14 @@ impl ModelRunner {
                 ContractError::Shape(format!("output {want:?} is missing (outputs: {names:?})"))
             })?;
         }
+        let ood_index = names.iter().position(|n| *n == OOD_OUTPUT);
+        if ood_index.is_some() != meta.ood_threshold.is_some() {
+            return Err(ContractError::Metadata(format!(
+                "output {OOD_OUTPUT:?} and key mammo.ood_threshold come together (output {}, key {})",
+                if ood_index.is_some() { "present" } else { "absent" },
+                if meta.ood_threshold.is_some() { "present" } else { "absent" },
+            )));
+        }
         let (h, w) = (meta.input_height, meta.input_width);
         let plan = onnx
             .model_for_proto_model(&proto)
@@ -123,7 +146,12 @@ impl ModelRunner {
             .map_err(tract_err)?
             .into_runnable()
             .map_err(tract_err)?;
-        let runner = ModelRunner { meta, plan, index };
+        let runner = ModelRunner {
+            meta,
+            plan,
+            index,
+            ood_index,
+        };
         // one pass on a blank image checks every output shape against the contract
         let probe = runner.run(&vec![0.0; h * w])?;
         log::info!(
@@ -216,6 +244,20 @@ impl ModelRunner {
         check(7, &s, &ms)?;
         let (s, recon_error) = get(8)?;
         check(8, &s, &[1, 1])?;
+        let ood_score = match self.ood_index {
+            Some(i) => {
+                let t = &out[i];
+                let view = t.to_plain_array_view::<f32>().map_err(tract_err)?;
+                if view.shape() != [1, 1] {
+                    return Err(ContractError::Shape(format!(
+                        "output {OOD_OUTPUT} has shape {:?}, the contract says [1, 1]",
+                        view.shape()
+                    )));
+                }
+                Some(view.iter().copied().next().unwrap_or(f32::NAN))
+            }
+            None => None,
+        };
         Ok(ModelOutputs {
             cancer: cancer[0],
             normal: normal[0],
@@ -227,6 +269,7 @@ impl ModelRunner {
             mask_size: (ms[2], ms[3]),
             reconstruction,
             recon_error: recon_error[0],
+            ood_score,
         })
     }
 }

@@ -60,6 +60,8 @@ struct Scored {
     view: usize,
     dice: Option<f64>,
     recon_error: f64,
+    /// The model's out-of-distribution flag (`ood_score`, else `recon_error`, over its threshold).
+    ood: bool,
 }
 
 /// Metrics of one group of images (a source, a pooled set, or all).
@@ -221,10 +223,7 @@ fn group(s: &[&Scored], runner: &ModelRunner, seen: &[String]) -> GroupReport {
         .collect();
     let dice: Vec<f64> = s.iter().filter_map(|x| x.dice).collect();
     let mut re: Vec<f64> = s.iter().map(|x| x.recon_error).collect();
-    let ood = re
-        .iter()
-        .filter(|&&e| e > runner.meta.recon_error_threshold as f64)
-        .count();
+    let ood = s.iter().filter(|x| x.ood).count();
     let mut patients: Vec<&str> = s.iter().map(|x| x.row.patient_id.as_str()).collect();
     patients.sort_unstable();
     patients.dedup();
@@ -378,6 +377,10 @@ pub fn evaluate(
             view: argmax(&o.view),
             dice,
             recon_error: o.recon_error as f64,
+            ood: {
+                let (score, thr) = o.ood(&runner.meta);
+                score > thr
+            },
         });
     }
     let split_name = match split {

@@ -4,6 +4,10 @@
 //! folded into the preceding (transposed) convolution: W' = W·γ/√(σ²+ε), b' = β − μ·γ/√(σ²+ε).
 //! Heads end in Sigmoid / Softmax (probabilities); `recon_error` = mean((reconstruction −
 //! AveragePool₄(image))²) is computed in the graph so trainer and daemon cannot drift.
+//! Optionally ([`OodStats`]) the graph also computes `ood_score`: a Mahalanobis distance of the
+//! encoder's channel statistics to those of the training images, summed over three depths
+//! (Lee et al. 2018, "A simple unified framework for detecting out-of-distribution samples",
+//! NeurIPS; here on per-channel mean and standard deviation, with a shrunk covariance).
 
 use std::path::Path;
 
@@ -12,8 +16,8 @@ use prost::Message;
 use thiserror::Error;
 use tract_onnx::pb;
 
-use super::model::{ConvBn, Head, MtlNet, UpBn};
-use crate::model::contract::ModelMeta;
+use super::model::{ConvBn, Head, MtlNet, UpBn, OOD_LAYERS};
+use crate::model::contract::{ModelMeta, OOD_OUTPUT};
 
 /// Errors of export.
 #[derive(Debug, Error)]
@@ -32,6 +36,72 @@ pub enum ExportError {
     Manifest(#[from] crate::manifest::ManifestError),
     #[error(transparent)]
     Samples(#[from] super::data::DataError),
+    /// The training features' covariance could not be inverted.
+    #[error("out-of-distribution statistics: {0}")]
+    Ood(String),
+}
+
+/// One depth of the out-of-distribution score: `scale · mean_j((f − mean) · P)_j (f − mean)_j`
+/// for the `[d]` channel statistics `f` of that encoder layer ([`MtlNet::stage_stats`]).
+#[derive(Debug, Clone)]
+pub struct OodLayer {
+    /// `[d]` mean of the training images' features.
+    pub mean: Vec<f32>,
+    /// `[d · d]` row-major inverse of their shrunk covariance.
+    pub precision: Vec<f32>,
+    /// `1 / (depths · median training distance)`, so a typical training image scores about 1.
+    pub scale: f32,
+}
+
+/// The out-of-distribution score's parameters, one [`OodLayer`] per entry of [`OOD_LAYERS`].
+#[derive(Debug, Clone)]
+pub struct OodStats {
+    pub layers: Vec<OodLayer>,
+}
+
+/// Shrinkage of the covariance towards its mean variance: `C + λ·tr(C)/d · I`.
+pub const OOD_SHRINKAGE: f64 = 1e-3;
+
+/// Fit [`OodStats`] from per-layer features of the training images (`features[l]` = one `[d]`
+/// vector per image, as [`MtlNet::stage_stats`] gives them). Errors when there are fewer than two
+/// images or a covariance is not positive definite even after shrinkage.
+pub fn fit_ood(features: &[Vec<Vec<f32>>]) -> Result<OodStats, ExportError> {
+    use nalgebra::{DMatrix, DVector};
+    let depths = features.len() as f64;
+    let mut layers = Vec::new();
+    for (l, rows) in features.iter().enumerate() {
+        let n = rows.len();
+        if n < 2 {
+            return Err(ExportError::Ood(format!("{n} training images (need 2)")));
+        }
+        let d = rows[0].len();
+        let x = DMatrix::<f64>::from_fn(n, d, |i, j| rows[i][j] as f64);
+        let mean: DVector<f64> = x.row_mean().transpose();
+        let centred = DMatrix::<f64>::from_fn(n, d, |i, j| x[(i, j)] - mean[j]);
+        let mut cov = centred.transpose() * &centred / (n as f64 - 1.0);
+        let ridge = OOD_SHRINKAGE * cov.trace() / d as f64;
+        for j in 0..d {
+            cov[(j, j)] += ridge.max(1e-12);
+        }
+        let precision = cov
+            .cholesky()
+            .ok_or_else(|| ExportError::Ood(format!("layer {l}: covariance not positive definite")))?
+            .inverse();
+        let mut dist: Vec<f64> = (0..n)
+            .map(|i| {
+                let c = centred.row(i).transpose();
+                (c.transpose() * &precision * &c)[(0, 0)] / d as f64
+            })
+            .collect();
+        dist.sort_by(f64::total_cmp);
+        let median = dist[n / 2].max(1e-12);
+        layers.push(OodLayer {
+            mean: mean.iter().map(|&v| v as f32).collect(),
+            precision: precision.transpose().iter().map(|&v| v as f32).collect(),
+            scale: (1.0 / (depths * median)) as f32,
+        });
+    }
+    Ok(OodStats { layers })
 }
 
 struct Graph {
@@ -204,6 +274,41 @@ impl Graph {
         self.linear(&x, &h.out)
     }
 
+    /// One depth of the out-of-distribution score ([`OodLayer`]) on the activation `x`
+    /// `[N, C, h, w]`: mean and standard deviation per channel → `[N, 2C]` → centred → Gemm with
+    /// the precision matrix (Gemm stays float in the int8 export) → mean of the product → × scale.
+    fn ood_depth(&mut self, x: &str, l: &OodLayer) -> Result<String, ExportError> {
+        let d = l.mean.len();
+        if l.precision.len() != d * d {
+            return Err(ExportError::Ood(format!(
+                "precision has {} values for {d} features",
+                l.precision.len()
+            )));
+        }
+        let m = self.node("GlobalAveragePool", &[x], None, vec![]);
+        let xx = self.node("Mul", &[x, x], None, vec![]);
+        let m2 = self.node("GlobalAveragePool", &[&xx], None, vec![]);
+        let mm = self.node("Mul", &[&m, &m], None, vec![]);
+        let var = self.node("Sub", &[&m2, &mm], None, vec![]);
+        let var = self.node("Relu", &[&var], None, vec![]);
+        let sd = self.node("Sqrt", &[&var], None, vec![]);
+        let stats = self.node("Concat", &[&m, &sd], None, vec![attr_int("axis", 1)]);
+        let f = self.node("Flatten", &[&stats], None, vec![attr_int("axis", 1)]);
+        let mean = self.init("ood_mean", &[d], &l.mean);
+        let centred = self.node("Sub", &[&f, &mean], None, vec![]);
+        let p = self.init("ood_precision", &[d, d], &l.precision);
+        let y = self.node("Gemm", &[&centred, &p], None, vec![]);
+        let prod = self.node("Mul", &[&y, &centred], None, vec![]);
+        let avg = self.node(
+            "ReduceMean",
+            &[&prod],
+            None,
+            vec![attr_ints("axes", &[1]), attr_int("keepdims", 1)],
+        );
+        let scale = self.init("ood_scale", &[], &[l.scale]);
+        Ok(self.node("Mul", &[&avg, &scale], None, vec![]))
+    }
+
     fn conv1x1<B: Backend>(
         &mut self,
         x: &str,
@@ -255,7 +360,13 @@ fn value_info(name: &str, dims: &[Option<usize>]) -> pb::ValueInfoProto {
 pub fn to_onnx<B: Backend>(
     net: &MtlNet<B>,
     meta: &ModelMeta,
+    ood: Option<&OodStats>,
 ) -> Result<pb::ModelProto, ExportError> {
+    if ood.is_some() != meta.ood_threshold.is_some() {
+        return Err(ExportError::Ood(
+            "the ood_score output and mammo.ood_threshold come together".into(),
+        ));
+    }
     let mut g = Graph {
         nodes: vec![],
         inits: vec![],
@@ -273,8 +384,22 @@ pub fn to_onnx<B: Backend>(
         ],
     );
     let mut f = g.conv_bn("image", &net.stem)?;
-    for layer in &net.encoder {
+    let mut depth_scores = Vec::new();
+    for (i, layer) in net.encoder.iter().enumerate() {
         f = g.conv_bn(&f, layer)?;
+        if let (Some(o), Some(k)) = (ood, OOD_LAYERS.iter().position(|&l| l == i)) {
+            let l = o.layers.get(k).ok_or_else(|| {
+                ExportError::Ood(format!("{} layers of statistics, need {}", o.layers.len(), OOD_LAYERS.len()))
+            })?;
+            depth_scores.push(g.ood_depth(&f, l)?);
+        }
+    }
+    if ood.is_some() {
+        let mut total = depth_scores[0].clone();
+        for s in &depth_scores[1..] {
+            total = g.node("Add", &[&total, s], None, vec![]);
+        }
+        g.node("Identity", &[&total], Some(OOD_OUTPUT), vec![]);
     }
     let gap = g.node("GlobalAveragePool", &[&f], None, vec![]);
     let pooled = g.node("Flatten", &[&gap], None, vec![attr_int("axis", 1)]);
@@ -316,7 +441,7 @@ pub fn to_onnx<B: Backend>(
     );
 
     let v = meta.vendor_classes.len();
-    let outputs = vec![
+    let mut outputs = vec![
         value_info("cancer", &[None, Some(1)]),
         value_info("normal", &[None, Some(1)]),
         value_info("density", &[None, Some(4)]),
@@ -327,6 +452,9 @@ pub fn to_onnx<B: Backend>(
         value_info("reconstruction", &[None, Some(1), Some(h), Some(w)]),
         value_info("recon_error", &[None, Some(1)]),
     ];
+    if ood.is_some() {
+        outputs.push(value_info(OOD_OUTPUT, &[None, Some(1)]));
+    }
     Ok(pb::ModelProto {
         ir_version: 8,
         opset_import: vec![pb::OperatorSetIdProto {
@@ -356,13 +484,24 @@ pub fn to_onnx<B: Backend>(
     })
 }
 
-/// Export to `path`.
+/// Export to `path` (no `ood_score` output).
 pub fn export<B: Backend>(
     net: &MtlNet<B>,
     meta: &ModelMeta,
     path: &Path,
 ) -> Result<(), ExportError> {
-    let proto = to_onnx(net, meta)?;
+    export_with(net, meta, None, path)
+}
+
+/// Export to `path`, with the `ood_score` output when `ood` is given (`meta.ood_threshold` must
+/// then be set).
+pub fn export_with<B: Backend>(
+    net: &MtlNet<B>,
+    meta: &ModelMeta,
+    ood: Option<&OodStats>,
+    path: &Path,
+) -> Result<(), ExportError> {
+    let proto = to_onnx(net, meta, ood)?;
     std::fs::write(path, proto.encode_to_vec()).map_err(|e| ExportError::Write {
         path: path.display().to_string(),
         detail: e.to_string(),
@@ -391,6 +530,7 @@ pub fn meta_for(
         mean: cfg.mean,
         std: cfg.std,
         preprocess_version: crate::preprocess::PREPROCESS_VERSION,
+        standardize: cfg.standardize,
         density_classes: ["A", "B", "C", "D"].map(String::from).to_vec(),
         vendor_classes: cfg.model.source_classes(),
         view_classes: vec!["CC".into(), "MLO".into()],
@@ -406,6 +546,7 @@ pub fn meta_for(
         cancer_threshold,
         cancer_threshold_sensitivity: sensitivity,
         recon_error_threshold,
+        ood_threshold: None,
         quantization: "float32".into(),
     }
 }
@@ -460,20 +601,46 @@ pub fn write_meta(path: &Path, meta: &ModelMeta) -> Result<(), ExportError> {
         })
 }
 
-/// Set both operating thresholds of the model file at `path` from what tract computes on that
+/// The operating thresholds set from validation images.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thresholds {
+    /// Cancer probability at the chosen sensitivity.
+    pub cancer: f32,
+    /// 99th percentile of `recon_error`.
+    pub recon_error: f32,
+    /// 99th percentile of `ood_score`, when the model has that output.
+    pub ood: Option<f32>,
+}
+
+/// 99th percentile (nearest rank on the sorted values); infinity when empty.
+fn p99(v: &[f64]) -> f32 {
+    let mut e = v.to_vec();
+    e.sort_by(f64::total_cmp);
+    if e.is_empty() {
+        return f32::INFINITY;
+    }
+    e[((0.99 * (e.len() - 1) as f64).round() as usize).min(e.len() - 1)] as f32
+}
+
+/// Set the operating thresholds of the model file at `path` from what tract computes on that
 /// very file (the daemon's runner) for `samples` (validation images): the cancer threshold at
-/// `sensitivity` and the 99th percentile of `recon_error` ([`thresholds`]). Returns them.
+/// `sensitivity`, the 99th percentile of `recon_error` ([`thresholds`]) and, when the model has
+/// the `ood_score` output, its 99th percentile. Returns them.
 pub fn calibrate_thresholds(
     path: &Path,
     samples: &[super::data::Sample],
     sensitivity: f64,
-) -> Result<(f32, f32), ExportError> {
+) -> Result<Thresholds, ExportError> {
     let runner = crate::model::ModelRunner::load(path)?;
     let mut scored = Vec::new();
     let mut recon = Vec::new();
+    let mut ood = Vec::new();
     for s in samples {
         let o = runner.run(&s.input)?;
         recon.push(o.recon_error as f64);
+        if let Some(v) = o.ood_score {
+            ood.push(v as f64);
+        }
         if let Some(l) = s.labels.cancer {
             scored.push((o.cancer as f64, l));
         }
@@ -482,12 +649,47 @@ pub fn calibrate_thresholds(
         log::warn!("no cancer-positive validation image: cancer threshold left at 0.5");
     }
     let (cancer, recon_thr) = thresholds(&scored, &recon, sensitivity);
+    let t = Thresholds {
+        cancer,
+        recon_error: recon_thr,
+        ood: runner.meta.ood_threshold.map(|_| p99(&ood)),
+    };
     let mut meta = runner.meta.clone();
     meta.cancer_threshold = cancer;
     meta.cancer_threshold_sensitivity = sensitivity as f32;
     meta.recon_error_threshold = recon_thr;
+    meta.ood_threshold = t.ood;
     write_meta(path, &meta)?;
-    Ok((cancer, recon_thr))
+    Ok(t)
+}
+
+/// The [`MtlNet::stage_stats`] features of `samples` (no augmentation), per depth one `[d]`
+/// vector per image, computed in batches of 32 on the inference backend.
+pub fn stage_features<B: Backend>(
+    net: &MtlNet<B>,
+    samples: &[super::data::Sample],
+    height: usize,
+    width: usize,
+) -> Result<Vec<Vec<Vec<f32>>>, ExportError> {
+    let device = Default::default();
+    let mut out: Vec<Vec<Vec<f32>>> = vec![Vec::new(); OOD_LAYERS.len()];
+    for chunk in samples.chunks(32) {
+        let mut x = Vec::with_capacity(chunk.len() * height * width);
+        for s in chunk {
+            x.extend_from_slice(&s.input);
+        }
+        let t = Tensor::<B, 1>::from_floats(x.as_slice(), &device).reshape([
+            chunk.len(),
+            1,
+            height,
+            width,
+        ]);
+        for (l, f) in net.stage_stats(t).into_iter().enumerate() {
+            let (dims, v) = floats(f)?;
+            out[l].extend(v.chunks(dims[1]).map(|r| r.to_vec()));
+        }
+    }
+    Ok(out)
 }
 
 /// Names and policy written into an exported model's metadata.
@@ -504,8 +706,9 @@ pub struct ExportOptions {
 }
 
 /// Export the training run in folder `run` (its `fit_config.json` and `best.mpk`) to the ONNX
-/// file `out`, then set both thresholds with tract on that file from the `manifest`'s validation
-/// rows (training rows when there are none). Returns the metadata written.
+/// file `out` with the `ood_score` output fitted on the manifest's training rows, then set the
+/// thresholds with tract on that file from the `manifest`'s validation rows (training rows when
+/// there are none). Returns the metadata written.
 pub fn export_run(
     run: &Path,
     manifest_path: &Path,
@@ -531,14 +734,13 @@ pub fn export_run(
         );
         val = pick(Split::Train);
     }
-    let samples = super::data::load(
-        root,
-        &val,
-        &cfg.preprocess(),
-        Some(&run.join("cache")),
-        cfg.threads,
-    )?;
-    let meta = meta_for(
+    let cache = run.join("cache");
+    let samples = super::data::load(root, &val, &cfg.preprocess(), Some(&cache), cfg.threads)?;
+    let train = pick(Split::Train);
+    let train_samples = super::data::load(root, &train, &cfg.preprocess(), Some(&cache), cfg.threads)?;
+    let features = stage_features(&net, &train_samples, cfg.model.height, cfg.model.width)?;
+    let ood = fit_ood(&features)?;
+    let mut meta = meta_for(
         &cfg,
         &o.name,
         &o.version,
@@ -548,13 +750,18 @@ pub fn export_run(
         o.sensitivity as f32,
         f32::INFINITY,
     );
-    export(&net, &meta, out)?;
-    let (cancer, recon) = calibrate_thresholds(out, &samples, o.sensitivity)?;
+    meta.ood_threshold = Some(f32::INFINITY);
+    export_with(&net, &meta, Some(&ood), out)?;
+    let t = calibrate_thresholds(out, &samples, o.sensitivity)?;
     log::info!(
-        "export {}: cancer threshold {cancer:.4} at sensitivity {} on {} validation images (tract), recon_error threshold {recon:.5}",
+        "export {}: cancer threshold {:.4} at sensitivity {} on {} validation images (tract), recon_error threshold {:.5}, ood_score threshold {:.3} (features of {} training images)",
         out.display(),
+        t.cancer,
         o.sensitivity,
-        samples.len()
+        samples.len(),
+        t.recon_error,
+        t.ood.unwrap_or(f32::NAN),
+        train_samples.len()
     );
     Ok(crate::model::ModelRunner::load(out)?.meta)
 }

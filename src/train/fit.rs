@@ -64,6 +64,8 @@ pub struct FitConfig {
     /// Normalisation of the input (grey levels), part of the preprocessing contract.
     pub mean: f32,
     pub std: f32,
+    /// Per-image intensity standardisation of the breast (`preprocess::standardize`).
+    pub standardize: bool,
     pub epochs: usize,
     pub batch_size: usize,
     /// Peak learning rate of the cosine schedule.
@@ -96,6 +98,7 @@ impl Default for FitConfig {
             model: MtlConfig::new(),
             mean: 0.2,
             std: 0.25,
+            standardize: false,
             epochs: 20,
             batch_size: 16,
             lr: 2e-3,
@@ -123,6 +126,7 @@ impl FitConfig {
             width: self.model.width,
             mean: self.mean,
             std: self.std,
+            standardize: self.standardize,
             ..Default::default()
         }
     }

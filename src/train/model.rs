@@ -267,7 +267,36 @@ impl MtlConfig {
     }
 }
 
+/// Encoder layers (indices into [`MtlNet::encoder`]) whose outputs feed the out-of-distribution
+/// score: the end of each of the three stages, `[N, 2c|4c|8c, H/8|H/16|H/32, …]`.
+pub const OOD_LAYERS: [usize; 3] = [1, 3, 5];
+
+/// Per-channel mean and standard deviation over positions of `[N, C, h, w]` → `[N, 2C]` (means
+/// first).
+fn channel_stats<B: Backend>(f: Tensor<B, 4>) -> Tensor<B, 2> {
+    let [n, c, h, w] = f.dims();
+    let flat = f.reshape([n, c, h * w]);
+    let mean = flat.clone().mean_dim(2);
+    let sq = (flat.clone() * flat).mean_dim(2);
+    let sd = (sq - mean.clone() * mean.clone()).clamp_min(0.0).sqrt();
+    Tensor::cat(vec![mean.reshape([n, c]), sd.reshape([n, c])], 1)
+}
+
 impl<B: Backend> MtlNet<B> {
+    /// Channel statistics ([`channel_stats`]) of the encoder layers of [`OOD_LAYERS`], one
+    /// `[N, 2C]` tensor each: the features of the out-of-distribution score (export mirrors it).
+    pub fn stage_stats(&self, x: Tensor<B, 4>) -> Vec<Tensor<B, 2>> {
+        let mut f = self.stem.forward(x);
+        let mut out = Vec::new();
+        for (i, layer) in self.encoder.iter().enumerate() {
+            f = layer.forward(f);
+            if OOD_LAYERS.contains(&i) {
+                out.push(channel_stats(f.clone()));
+            }
+        }
+        out
+    }
+
     /// One forward pass for all heads. `x`: `[N, 1, H, W]` normalised input.
     pub fn forward(&self, x: Tensor<B, 4>) -> MtlOutput<B> {
         let recon_target = avg_pool2d(x.clone(), [4, 4], [4, 4], [0, 0], true, false);

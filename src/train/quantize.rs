@@ -67,6 +67,8 @@ pub struct QuantizeReport {
     /// New thresholds of the int8 model (probability; recon_error).
     pub cancer_threshold: f32,
     pub recon_error_threshold: f32,
+    /// `ood_score` threshold set again on the int8 file (models with that output).
+    pub ood_threshold: Option<f32>,
     /// Nodes of tract's optimised plan that take 8-bit integer inputs (the int8 kernels).
     pub int8_nodes: Vec<PlanOp>,
     /// The whole plan.
@@ -192,8 +194,7 @@ pub fn quantize(opts: &QuantizeOptions) -> Result<QuantizeReport, QuantizeError>
     } else {
         0.9
     };
-    let (cancer_threshold, recon_error_threshold) =
-        calibrate_thresholds(&opts.out, &val_samples, sensitivity)?;
+    let t = calibrate_thresholds(&opts.out, &val_samples, sensitivity)?;
     let int8 = ModelRunner::load(&opts.out)?;
     let plan = int8.plan_ops();
     let int8_nodes: Vec<PlanOp> = plan.iter().filter(|o| is_int8(o)).cloned().collect();
@@ -203,8 +204,9 @@ pub fn quantize(opts: &QuantizeOptions) -> Result<QuantizeReport, QuantizeError>
     Ok(QuantizeReport {
         calibration_images: calib.len(),
         validation_images: val_samples.len(),
-        cancer_threshold,
-        recon_error_threshold,
+        cancer_threshold: t.cancer,
+        recon_error_threshold: t.recon_error,
+        ood_threshold: t.ood,
         int8_nodes,
         plan,
         script_summary: summary,

@@ -610,3 +610,96 @@ fn the_source_head_learns_the_manifest_sources_and_eval_marks_the_unseen_one() {
     let md = std::fs::read_to_string(d.path().join("eval/report.md")).unwrap();
     assert!(md.contains(&unseen) && md.contains("site seen") && md.contains("biopsied only"));
 }
+
+/// `Σ_depths scale · mean_j(((f − μ)P)_j (f − μ)_j)` of [`OodStats`], from Burn's features of one
+/// `[1, 1, 128, 64]` input, in f64: what the graph's `ood_score` must equal.
+fn ood_by_hand(
+    net: &MtlNet<InferBackend>,
+    ood: &mammo_edge::train::export::OodStats,
+    input: &[f32],
+) -> f64 {
+    let x = Tensor::<InferBackend, 4>::from_data(
+        TensorData::new(input.to_vec(), [1, 1, 128, 64]),
+        &Default::default(),
+    );
+    let mut total = 0.0;
+    for (f, l) in net.stage_stats(x).into_iter().zip(&ood.layers) {
+        let f = f.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+        let d = f.len();
+        let c: Vec<f64> = f.iter().zip(&l.mean).map(|(a, m)| (a - m) as f64).collect();
+        let mut q = 0.0;
+        for i in 0..d {
+            for j in 0..d {
+                q += c[i] * l.precision[i * d + j] as f64 * c[j];
+            }
+        }
+        total += l.scale as f64 * q / d as f64;
+    }
+    total
+}
+
+#[test]
+fn ood_score_in_the_graph_is_the_feature_distance_and_separates_foreign_images() {
+    use mammo_edge::train::export::{export_with, fit_ood, stage_features, write_meta};
+    let (d, cfg) = trained();
+    let net = load_net(&d.path().join("run/best.mpk"), &cfg.model).unwrap();
+    let rows = manifest::read(&d.path().join("manifest.csv")).unwrap();
+    let all: Vec<_> = rows.iter().enumerate().collect();
+    let samples = data::load(d.path(), &all, &cfg.preprocess(), None, 2).unwrap();
+    assert!(samples.len() >= 20, "{} phantoms", samples.len());
+    let features = stage_features(&net, &samples, 128, 64).unwrap();
+    // three depths: channel mean + sd of 2c, 4c, 8c channels (c = 8)
+    assert_eq!(
+        features.iter().map(|f| f[0].len()).collect::<Vec<_>>(),
+        vec![32, 64, 128]
+    );
+    let ood = fit_ood(&features).unwrap();
+    let mut meta = meta_for(
+        &cfg,
+        "test-model",
+        "0.0.1",
+        "research only, not for clinical use",
+        "phantoms",
+        0.5,
+        0.9,
+        1.0,
+    );
+    meta.ood_threshold = Some(2.5);
+    let path = d.path().join("ood.onnx");
+    export_with(&net, &meta, Some(&ood), &path).unwrap();
+    let runner = ModelRunner::load(&path).unwrap();
+    assert_eq!(runner.meta.ood_threshold, Some(2.5));
+
+    // the graph computes the distance of the formula (f32 in tract, f64 here)
+    let mut rng = SplitMix64::new(4);
+    let noise: Vec<f32> = (0..128 * 64).map(|_| rng.normal() as f32).collect();
+    let mut scores = Vec::new();
+    for input in samples.iter().map(|s| &s.input).take(4).chain([&noise]) {
+        let t = runner.run(input).unwrap().ood_score.unwrap();
+        let want = ood_by_hand(&net, &ood, input);
+        assert!(
+            (t as f64 - want).abs() <= 1e-3 * want.max(1.0),
+            "tract {t} vs by hand {want}"
+        );
+        scores.push(t);
+    }
+    // a training image scores about 1 (each depth is divided by its training median); noise,
+    // which no phantom resembles, scores far above every training image and is flagged
+    let mut train: Vec<f32> = samples
+        .iter()
+        .map(|s| runner.run(&s.input).unwrap().ood_score.unwrap())
+        .collect();
+    train.sort_by(f32::total_cmp);
+    let median = train[train.len() / 2];
+    assert!((0.5..=1.5).contains(&median), "training median {median}");
+    let noise_score = scores[4];
+    assert!(noise_score > 3.0 * train[train.len() - 1], "noise {noise_score} vs {train:?}");
+    let o = runner.run(&noise).unwrap();
+    assert_eq!(o.ood(&runner.meta), (noise_score, 2.5));
+
+    // the output without its threshold (or the reverse) is refused by name
+    meta.ood_threshold = None;
+    write_meta(&path, &meta).unwrap();
+    let e = ModelRunner::load(&path).err().unwrap().to_string();
+    assert!(e.contains("ood_threshold") && e.contains("ood_score"), "{e}");
+}

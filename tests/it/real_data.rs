@@ -301,3 +301,62 @@ fn the_shipped_model_gets_view_and_laterality_right_on_the_real_files() {
     );
     assert_eq!(r.payload["image_file"]["inverted"], false);
 }
+
+/// The shipped model's `ood_score` (issue 18): every CR image of `dicom-misc/` forced through it
+/// (`infer --any`) and most other non-mammography images are flagged out of distribution; the
+/// four real mammograms and the RSNA crop are not.
+#[test]
+fn the_shipped_model_flags_other_x_rays_out_of_distribution_and_not_mammograms() {
+    let Some(dir) = data_dir() else { return };
+    let model = mammo_edge::infer::load_model(None).unwrap();
+    assert!(
+        model.runner.meta.ood_threshold.is_some(),
+        "the shipped model has the ood_score output"
+    );
+    let mut any = mammo_edge::infer::Batch::new(&model, IngestOptions::any_image());
+    let mut flagged = Vec::new();
+    let mut scored = 0;
+    for name in [
+        "cr_agfa_16px_cspine_AP_6247.dcm",
+        "cr_fuji_RG3_J2KR.dcm",
+        "cr_fuji_RG3_UNCR.dcm",
+        "ct_small.dcm",
+        "mr_small_RLE.dcm",
+        "mr_small_jp2klossless.dcm",
+        "mr_small_jpeg_ls_lossless.dcm",
+        "nm_JPEG-LL_lossless_sv1_16bit.dcm",
+        "sc_JPEGLSNearLossless_16.dcm",
+    ] {
+        let r = any.file(&file(&dir, "dicom-misc", name));
+        assert!(r.scored, "{name}: {}", r.payload);
+        scored += 1;
+        let p = &r.payload;
+        let (score, thr) = (
+            p["ood_score"].as_f64().unwrap(),
+            p["ood_threshold"].as_f64().unwrap(),
+        );
+        assert_eq!(p["ood"], score > thr, "{name}: {p}");
+        if p["ood"] == true {
+            flagged.push(name);
+        }
+        if name.starts_with("cr_") {
+            assert_eq!(p["ood"], true, "{name}: a CR image passes as a mammogram: {p}");
+        }
+    }
+    assert!(
+        flagged.len() * 10 >= scored * 8,
+        "only {flagged:?} of {scored} flagged"
+    );
+    let mut batch = mammo_edge::infer::Batch::new(&model, IngestOptions::default());
+    for name in [
+        "ge_senographe_R_CC_jpegll.dcm",
+        "ge_senographe_L_CC_jpegll.dcm",
+        "hologic_selenia_L_CC_j2k.dcm",
+        "hologic_selenia_R_MLO_j2k.dcm",
+    ] {
+        let r = batch.file(&file(&dir, "real-mammo", name));
+        assert_eq!(r.payload["ood"], false, "{name}: {}", r.payload);
+    }
+    let crop = file(&dir, "real-labelled/rsna/train_images/10006", "1459541791.png");
+    assert_eq!(batch.file(&crop).payload["ood"], false);
+}

@@ -108,6 +108,7 @@ pub(crate) fn tiny_model(path: &Path) {
         mean: 0.2,
         std: 0.25,
         preprocess_version: PREPROCESS_VERSION,
+        standardize: false,
         density_classes: ["A", "B", "C", "D"].map(String::from).to_vec(),
         vendor_classes: vendors.map(String::from).to_vec(),
         view_classes: ["CC", "MLO"].map(String::from).to_vec(),
@@ -119,6 +120,7 @@ pub(crate) fn tiny_model(path: &Path) {
         cancer_threshold: 0.5,
         cancer_threshold_sensitivity: 0.9,
         recon_error_threshold: 0.1,
+        ood_threshold: None,
         quantization: "float32".into(),
     };
     let nodes = vec![

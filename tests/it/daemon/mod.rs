@@ -60,7 +60,8 @@ fn four_view_exam_gives_four_images_and_one_complete_exam_without_patient_data()
         assert_eq!(m["file_hash"].as_str().unwrap().len(), 64);
         let c = m["cancer_probability"].as_f64().unwrap();
         let score = m["ood_score"].as_f64().unwrap();
-        assert_eq!(m["ood"], score > f64::from(meta.recon_error_threshold));
+        let ood_thr = meta.ood_threshold.unwrap_or(meta.recon_error_threshold);
+        assert_eq!(m["ood"], score > f64::from(ood_thr));
         assert_eq!(m["cancer_flag"], c >= f64::from(meta.cancer_threshold));
         if tiny {
             // cancer = sigmoid(f), normal = sigmoid(-f), percent = 100 sigmoid(f), recon error 0
