@@ -41,7 +41,7 @@ log() { echo "== $(date +%H:%M:%S) $*"; }
 
 # 256x160: the RSNA crops are at most 256 px tall (median 138x238), so a larger input only
 # upsamples them; docs/training.md has the measurement.
-# STANDARDIZE=1: per-image intensity standardisation of the breast (src/preprocess.rs), recorded
+# STANDARDIZE=1: per-image intensity standardisation of the breast (src/ingest/preprocess.rs), recorded
 # in the model's metadata so the appliance applies it too.
 STANDARDIZE="${STANDARDIZE:-0}"
 std_json=false; [ "$STANDARDIZE" = 1 ] && std_json=true

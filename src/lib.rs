@@ -1,31 +1,15 @@
-//! mammo-edge: DICOM mammogram ingest, the shared preprocessing, and (in later modules) the
-//! model runner, exam aggregation and MQTT publishing of the edge appliance.
-//! See docs/ARCHITECTURE.md for the map of modules and the data flow.
+//! mammo-edge: the edge appliance that scores mammograms as a modality exports them, and the
+//! library its host trainer shares. Folders by role (docs/ARCHITECTURE.md has the map):
+//! `ingest` (one image in, one `Mammogram` out; THE preprocessing), `model` (ONNX contract, tract
+//! runner, per-image scoring and result types), `edge` (the daemon: config, watch, store, exam
+//! rule, messages, MQTT), `dataset` (manifests and the research sets' importers), `synth`
+//! (phantoms), `cli` (what the commands print), `train` (feature `train`).
 
-pub mod bench;
-#[cfg(feature = "embedded-broker")]
-pub mod broker;
-pub mod config;
-pub mod daemon;
-pub mod demo;
-pub mod dicom;
-pub mod exam;
-pub mod files;
-pub mod health;
-pub mod image_file;
-pub mod import;
-pub mod infer;
-pub mod inspect;
-pub mod labels;
-pub mod logging;
-pub mod manifest;
-pub mod message;
+pub mod cli;
+pub mod dataset;
+pub mod edge;
+pub mod ingest;
 pub mod model;
-pub mod preprocess;
-pub mod publish;
-pub mod service;
-pub mod store;
 pub mod synth;
 #[cfg(feature = "train")]
 pub mod train;
-pub mod watch;

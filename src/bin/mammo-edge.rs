@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use mammo_edge::dicom::{IngestOptions, Vendor, View};
-use mammo_edge::inspect::{self, Outputs};
-use mammo_edge::preprocess::PreprocessConfig;
+use mammo_edge::cli::inspect::{self, Outputs};
+use mammo_edge::ingest::dicom::{IngestOptions, Vendor, View};
+use mammo_edge::ingest::preprocess::PreprocessConfig;
 use mammo_edge::synth::generator::{generate, image_count, SynthConfig};
 use mammo_edge::synth::style::styled_vendors;
 
@@ -207,7 +207,7 @@ fn main() -> ExitCode {
     let level = match cli.verbose {
         // the demo's output is its messages (the refusals it provokes are not warnings); the
         // daemon's own log only with -v
-        0 if matches!(cli.command, Command::Demo { .. }) => "warn,mammo_edge::daemon=error",
+        0 if matches!(cli.command, Command::Demo { .. }) => "warn,mammo_edge::edge::daemon=error",
         0 => "info",
         1 => "debug",
         _ => "trace",
@@ -218,7 +218,7 @@ fn main() -> ExitCode {
     } else {
         "rumqttd=off"
     };
-    if let Err(e) = mammo_edge::logging::init(&format!("{level},jpeg2k=warn,{broker}")) {
+    if let Err(e) = mammo_edge::edge::logging::init(&format!("{level},jpeg2k=warn,{broker}")) {
         eprintln!("warning: {e}");
     }
     match run(cli.command) {
@@ -269,7 +269,7 @@ fn expand(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     for p in paths {
         if p.is_dir() {
             out.extend(
-                mammo_edge::files::files_under(p)
+                mammo_edge::ingest::files::files_under(p)
                     .with_context(|| format!("reading folder {}", p.display()))?,
             );
         } else {
@@ -295,8 +295,8 @@ fn parse_vendor(v: &str) -> anyhow::Result<Vendor> {
 }
 
 /// Exit status and message of a daemon error.
-fn daemon_failure(e: &mammo_edge::daemon::DaemonError) -> ExitCode {
-    use mammo_edge::daemon::DaemonError as D;
+fn daemon_failure(e: &mammo_edge::edge::daemon::DaemonError) -> ExitCode {
+    use mammo_edge::edge::daemon::DaemonError as D;
     eprintln!("error: {e}");
     ExitCode::from(match e {
         D::Model { .. } => EXIT_MODEL,
@@ -307,8 +307,8 @@ fn daemon_failure(e: &mammo_edge::daemon::DaemonError) -> ExitCode {
     })
 }
 
-fn load_config(path: &std::path::Path) -> Result<mammo_edge::config::Config, ExitCode> {
-    mammo_edge::config::Config::load(path).map_err(|e| {
+fn load_config(path: &std::path::Path) -> Result<mammo_edge::edge::config::Config, ExitCode> {
+    mammo_edge::edge::config::Config::load(path).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(EXIT_CONFIG)
     })
@@ -330,17 +330,17 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Err(code) => return Ok(code),
             };
             let rt = runtime()?;
-            match rt.block_on(mammo_edge::daemon::run_with(
+            match rt.block_on(mammo_edge::edge::daemon::run_with(
                 config,
                 Some(path),
-                mammo_edge::daemon::shutdown_signal(),
+                mammo_edge::edge::daemon::shutdown_signal(),
             )) {
                 Ok(_) => Ok(ExitCode::SUCCESS),
                 Err(e) => Ok(daemon_failure(&e)),
             }
         }
         Command::PrintDefaultConfig => {
-            print!("{}", mammo_edge::config::Config::default_toml());
+            print!("{}", mammo_edge::edge::config::Config::default_toml());
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config, no_broker } => {
@@ -349,7 +349,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Err(code) => return Ok(code),
             };
             let rt = runtime()?;
-            match rt.block_on(mammo_edge::daemon::check(
+            match rt.block_on(mammo_edge::edge::daemon::check(
                 &config,
                 !no_broker,
                 std::time::Duration::from_secs(10),
@@ -406,8 +406,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Bench { models, runs, json } => {
-            let t = mammo_edge::bench::bench(&models, runs)?;
-            print!("{}", mammo_edge::bench::markdown(&t));
+            let t = mammo_edge::cli::bench::bench(&models, runs)?;
+            print!("{}", mammo_edge::cli::bench::markdown(&t));
             if let Some(j) = json {
                 std::fs::write(&j, serde_json::to_string_pretty(&t)?)
                     .with_context(|| format!("--json {}", j.display()))?;
@@ -421,7 +421,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             tensor,
             files,
         } => {
-            let model = mammo_edge::infer::load_model(model.as_deref())?;
+            let model = mammo_edge::model::score::load_model(model.as_deref())?;
             if let Some(t) = tensor {
                 let bytes =
                     std::fs::read(&t).with_context(|| format!("--tensor {}", t.display()))?;
@@ -443,7 +443,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 if json {
                     emit(&v.to_string());
                 } else {
-                    emit(&mammo_edge::message::summary(v));
+                    emit(&mammo_edge::edge::message::summary(v));
                 }
             };
             let opts = if any {
@@ -451,7 +451,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 IngestOptions::default()
             };
-            let mut batch = mammo_edge::infer::Batch::new(&model, opts);
+            let mut batch = mammo_edge::cli::infer::Batch::new(&model, opts);
             let mut rejected = 0;
             for f in expand(&files)? {
                 let r = batch.file(&f);
@@ -569,7 +569,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             keep,
             timeout,
         } => {
-            let opts = mammo_edge::demo::DemoOptions {
+            let opts = mammo_edge::cli::demo::DemoOptions {
                 model,
                 broker,
                 keep,
@@ -578,11 +578,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             };
             let rt = runtime()?;
             let d = rt
-                .block_on(mammo_edge::demo::run(&opts, |m| {
+                .block_on(mammo_edge::cli::demo::run(&opts, |m| {
                     if json {
                         emit(m.payload);
                     } else {
-                        emit(&mammo_edge::message::summary(m.json));
+                        emit(&mammo_edge::edge::message::summary(m.json));
                     }
                 }))
                 .context("demo failed")?;

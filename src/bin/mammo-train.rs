@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use mammo_edge::dicom::{read_mammogram, IngestOptions};
-use mammo_edge::preprocess::{preprocess, PreprocessConfig, PREPROCESS_VERSION};
+use mammo_edge::ingest::dicom::{read_mammogram, IngestOptions};
+use mammo_edge::ingest::preprocess::{preprocess, PreprocessConfig, PREPROCESS_VERSION};
 use mammo_edge::train::backend::{BackendKind, Device, Precision};
 use mammo_edge::train::bench::{bench_step, StepBench};
 use mammo_edge::train::export::{export_run, ExportOptions};
@@ -27,11 +27,11 @@ fn out_dir(out: &std::path::Path) -> anyhow::Result<&std::path::Path> {
 /// Write a manifest and say how many rows went to each split.
 fn write_manifest(
     out: &std::path::Path,
-    rows: &[mammo_edge::manifest::ManifestRow],
+    rows: &[mammo_edge::dataset::manifest::ManifestRow],
     what: &str,
 ) -> anyhow::Result<()> {
-    use mammo_edge::labels::Split;
-    mammo_edge::manifest::write(out, rows)?;
+    use mammo_edge::model::labels::Split;
+    mammo_edge::dataset::manifest::write(out, rows)?;
     let count = |s: Split| rows.iter().filter(|r| r.split == s).count();
     eprintln!(
         "{what}: {} images ({} train, {} val, {} test) -> {}",
@@ -491,7 +491,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             run,
             stop_after,
         } => {
-            use mammo_edge::labels::Split;
+            use mammo_edge::model::labels::Split;
             use mammo_edge::train::ablation::{self as abl, AblationOptions};
             let sp = match split.as_str() {
                 "train" => Split::Train,
@@ -519,7 +519,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             root,
             out,
         } => {
-            use mammo_edge::import::{import, Format};
+            use mammo_edge::dataset::import::{import, Format};
             let f = match format.as_str() {
                 "rsna" => Format::Rsna,
                 "vindr" => Format::Vindr,
@@ -548,7 +548,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 None => None,
             };
             let dir = out_dir(&out)?;
-            let rows = mammo_edge::manifest::merge(&manifests, dir, hold)?;
+            let rows = mammo_edge::dataset::manifest::merge(&manifests, dir, hold)?;
             write_manifest(&out, &rows, "merge")
         }
         Command::Preprocess { files } => {

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::preprocess::{PreprocessConfig, PREPROCESS_VERSION};
+use crate::ingest::preprocess::{PreprocessConfig, PREPROCESS_VERSION};
 
 /// Version of this contract (`mammo.schema_version`).
 pub const SCHEMA_VERSION: u32 = 1;
@@ -133,10 +133,7 @@ impl ModelMeta {
             ("quantization", self.quantization.clone()),
         ]
         .into_iter()
-        .chain(
-            self.ood_threshold
-                .map(|t| ("ood_threshold", t.to_string())),
-        )
+        .chain(self.ood_threshold.map(|t| ("ood_threshold", t.to_string())))
         .map(|(k, v)| (format!("{P}{k}"), v))
         .collect()
     }

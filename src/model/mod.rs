@@ -3,7 +3,9 @@
 
 pub mod bundled;
 pub mod contract;
+pub mod labels;
 pub mod runner;
+pub mod score;
 
 pub use contract::{ContractError, ModelMeta, OUTPUTS};
 pub use runner::{ModelOutputs, ModelRunner, PlanOp};

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::noise::{power_law_field, sample};
 use super::SplitMix64;
-use crate::dicom::View;
+use crate::ingest::dicom::View;
 
 /// Kinds of finding. The first three are malignant (`cancer = 1`), the last two benign.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -13,10 +13,10 @@ use super::anatomy::{self, BreastParams, Lesion, LesionKind};
 use super::style::{self, Compression, VendorStyle};
 use super::writer::DicomSpec;
 use super::{uid, SplitMix64, SynthError};
-use crate::dicom::{Laterality, Vendor, View};
-use crate::labels::{Density, Split};
-use crate::manifest::{self, ManifestRow};
-use crate::preprocess::{expected_chest_wall, Side};
+use crate::dataset::manifest::{self, ManifestRow};
+use crate::ingest::dicom::{Laterality, Vendor, View};
+use crate::ingest::preprocess::{expected_chest_wall, Side};
+use crate::model::labels::{Density, Split};
 
 /// Options of a synthetic data set.
 #[derive(Debug, Clone, PartialEq)]

@@ -12,8 +12,9 @@ pub mod writer;
 
 use thiserror::Error;
 
-use crate::dicom::Laterality;
-use crate::preprocess::Side;
+pub use crate::dataset::rng::SplitMix64;
+use crate::ingest::dicom::Laterality;
+use crate::ingest::preprocess::Side;
 pub use writer::{write_object, DicomSpec, LutItem};
 
 /// Errors of the phantom generator and the DICOM writer.
@@ -34,51 +35,13 @@ pub enum SynthError {
         detail: String,
     },
     #[error(transparent)]
-    Manifest(#[from] crate::manifest::ManifestError),
+    Manifest(#[from] crate::dataset::manifest::ManifestError),
     #[error("{path}: {error}")]
     Io { path: String, error: std::io::Error },
     #[error(
         "output folder {0} already holds images/ or manifest.csv; choose an empty or new folder"
     )]
     OutputNotEmpty(String),
-}
-
-/// Deterministic pseudo-random numbers (SplitMix64, Steele et al., OOPSLA 2014): same seed, same bytes.
-#[derive(Debug, Clone)]
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        SplitMix64(seed)
-    }
-    /// The internal state (to persist a stream and continue it with [`SplitMix64::from_state`]).
-    pub fn state(&self) -> u64 {
-        self.0
-    }
-
-    /// Continue a stream from a saved [`SplitMix64::state`].
-    pub fn from_state(state: u64) -> Self {
-        SplitMix64(state)
-    }
-
-    /// Next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    /// Standard normal (Box–Muller).
-    pub fn normal(&mut self) -> f64 {
-        let u1 = self.uniform().max(1e-300);
-        let u2 = self.uniform();
-        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-    }
 }
 
 /// A UID under the 2.25 root (PS3.5 B.2: UUID-derived), deterministic in `seed` and `kind`.
@@ -116,7 +79,7 @@ impl GeometricPhantom {
         GeometricPhantom {
             rows,
             columns,
-            chest_wall: crate::preprocess::expected_chest_wall(laterality),
+            chest_wall: crate::ingest::preprocess::expected_chest_wall(laterality),
             background: 0.0,
             background_noise: 0.0,
             label_block: false,

@@ -8,7 +8,7 @@ use image::{imageops, ImageBuffer, Luma};
 use super::font;
 use super::generator::Generated;
 use super::SynthError;
-use crate::dicom::{read_mammogram, IngestOptions};
+use crate::ingest::dicom::{read_mammogram, IngestOptions};
 
 const TILE_W: u32 = 200;
 const TILE_H: u32 = 250;

@@ -6,8 +6,8 @@
 //! GE Senographe 2294 × 1914 at 0.094 mm, Siemens Mammomat 4084 × 3328 at 0.085 mm, Fujifilm Amulet
 //! 5928 × 4728 at 0.05 mm, IMS Giotto 3528 × 2816 at 0.085 mm, Planmed Clarity 3584 × 2816 at 0.085 mm).
 
-use crate::dicom::{Laterality, Vendor, View};
-use crate::preprocess::Side;
+use crate::ingest::dicom::{Laterality, Vendor, View};
+use crate::ingest::preprocess::Side;
 
 use super::font;
 use super::writer::{DicomSpec, LutItem};

@@ -12,7 +12,7 @@ use dicom_object::mem::InMemElement;
 use dicom_object::{DefaultDicomObject, FileMetaTableBuilder, InMemDicomObject};
 
 use super::{uid, SynthError};
-use crate::dicom::sop;
+use crate::ingest::dicom::sop;
 
 /// One VOI LUT Sequence item: LUTDescriptor `[data.len(), first, bits]`, LUTData, LUTExplanation.
 #[derive(Debug, Clone, PartialEq)]

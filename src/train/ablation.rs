@@ -14,7 +14,7 @@ use super::eval::{self, EvalError, Report};
 use super::export::{export_run, ExportError, ExportOptions};
 use super::fit::{self, FitError};
 use super::loss::LossWeights;
-use crate::labels::Split;
+use crate::model::labels::Split;
 
 /// Errors of the ablation.
 #[derive(Debug, Error)]

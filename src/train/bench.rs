@@ -14,8 +14,8 @@ use super::backend::{dispatch, BackendError, BackendKind, Device, OnBackend, Pre
 use super::data::{self, Labels, Sample};
 use super::loss::{self, LossWeights};
 use super::model::MtlConfig;
-use crate::dicom::Vendor;
-use crate::labels::Density;
+use crate::ingest::dicom::Vendor;
+use crate::model::labels::Density;
 use crate::synth::SplitMix64;
 
 /// What one benchmark measures.

@@ -11,11 +11,11 @@ use thiserror::Error;
 
 use super::loss::Targets;
 use super::model::MtlConfig;
-use crate::dicom::{read_mammogram, IngestOptions, Vendor, View};
-use crate::image_file::{is_image_file, read_image_file};
-use crate::labels::Density;
-use crate::manifest::ManifestRow;
-use crate::preprocess::{preprocess_image, warp, PreprocessConfig, PREPROCESS_VERSION};
+use crate::dataset::manifest::ManifestRow;
+use crate::ingest::dicom::{read_mammogram, IngestOptions, Vendor, View};
+use crate::ingest::image_file::{is_image_file, read_image_file};
+use crate::ingest::preprocess::{preprocess_image, warp, PreprocessConfig, PREPROCESS_VERSION};
+use crate::model::labels::Density;
 use crate::synth::SplitMix64;
 
 /// Errors of data loading that stop training (a single unreadable image is skipped, not an error).
@@ -137,9 +137,9 @@ pub fn load_one(
     let image_file = is_image_file(&path);
     // the DICOM vendor needs the header only: a cache hit never decodes pixels
     let dicom_vendor = (!image_file)
-        .then(|| crate::dicom::open_header(&path).ok())
+        .then(|| crate::ingest::dicom::open_header(&path).ok())
         .flatten()
-        .and_then(|h| crate::dicom::MammoMeta::from_object(&h).ok())
+        .and_then(|h| crate::ingest::dicom::MammoMeta::from_object(&h).ok())
         .map(|m| m.vendor)
         .unwrap_or(Vendor::Other);
     let mut lab = labels(row);

@@ -25,13 +25,13 @@ use serde::Serialize;
 use thiserror::Error;
 
 use super::metrics;
-use crate::dicom::grey::GreyImage;
-use crate::dicom::{read_mammogram, IngestOptions, Laterality, Vendor};
-use crate::image_file::{is_image_file, read_image_file};
-use crate::labels::Split;
-use crate::manifest::{self, ManifestRow};
+use crate::dataset::manifest::{self, ManifestRow};
+use crate::ingest::dicom::grey::GreyImage;
+use crate::ingest::dicom::{read_mammogram, IngestOptions, Laterality, Vendor};
+use crate::ingest::image_file::{is_image_file, read_image_file};
+use crate::ingest::preprocess::{preprocess_image, warp};
+use crate::model::labels::Split;
 use crate::model::{ContractError, ModelRunner};
-use crate::preprocess::{preprocess_image, warp};
 
 /// Errors of evaluation.
 #[derive(Debug, Error)]
@@ -216,8 +216,8 @@ fn group(s: &[&Scored], runner: &ModelRunner, seen: &[String]) -> GroupReport {
     let views: Vec<bool> = s
         .iter()
         .filter_map(|x| match x.row.view {
-            Some(crate::dicom::View::CC) => Some(x.view == 0),
-            Some(crate::dicom::View::MLO) => Some(x.view == 1),
+            Some(crate::ingest::dicom::View::CC) => Some(x.view == 0),
+            Some(crate::ingest::dicom::View::MLO) => Some(x.view == 1),
             _ => None,
         })
         .collect();

@@ -33,7 +33,7 @@ pub enum ExportError {
     #[error(transparent)]
     Fit(#[from] super::fit::FitError),
     #[error(transparent)]
-    Manifest(#[from] crate::manifest::ManifestError),
+    Manifest(#[from] crate::dataset::manifest::ManifestError),
     #[error(transparent)]
     Samples(#[from] super::data::DataError),
     /// The training features' covariance could not be inverted.
@@ -85,7 +85,9 @@ pub fn fit_ood(features: &[Vec<Vec<f32>>]) -> Result<OodStats, ExportError> {
         }
         let precision = cov
             .cholesky()
-            .ok_or_else(|| ExportError::Ood(format!("layer {l}: covariance not positive definite")))?
+            .ok_or_else(|| {
+                ExportError::Ood(format!("layer {l}: covariance not positive definite"))
+            })?
             .inverse();
         let mut dist: Vec<f64> = (0..n)
             .map(|i| {
@@ -389,7 +391,11 @@ pub fn to_onnx<B: Backend>(
         f = g.conv_bn(&f, layer)?;
         if let (Some(o), Some(k)) = (ood, OOD_LAYERS.iter().position(|&l| l == i)) {
             let l = o.layers.get(k).ok_or_else(|| {
-                ExportError::Ood(format!("{} layers of statistics, need {}", o.layers.len(), OOD_LAYERS.len()))
+                ExportError::Ood(format!(
+                    "{} layers of statistics, need {}",
+                    o.layers.len(),
+                    OOD_LAYERS.len()
+                ))
             })?;
             depth_scores.push(g.ood_depth(&f, l)?);
         }
@@ -529,7 +535,7 @@ pub fn meta_for(
         input_width: cfg.model.width,
         mean: cfg.mean,
         std: cfg.std,
-        preprocess_version: crate::preprocess::PREPROCESS_VERSION,
+        preprocess_version: crate::ingest::preprocess::PREPROCESS_VERSION,
         standardize: cfg.standardize,
         density_classes: ["A", "B", "C", "D"].map(String::from).to_vec(),
         vendor_classes: cfg.model.source_classes(),
@@ -715,10 +721,10 @@ pub fn export_run(
     out: &Path,
     o: &ExportOptions,
 ) -> Result<ModelMeta, ExportError> {
-    use crate::labels::Split;
+    use crate::model::labels::Split;
     let cfg = super::fit::read_config(run)?;
     let net = super::fit::load_net(&run.join("best.mpk"), &cfg.model)?;
-    let rows = crate::manifest::read(manifest_path)?;
+    let rows = crate::dataset::manifest::read(manifest_path)?;
     let root = manifest_path.parent().unwrap_or(Path::new("."));
     let pick = |split| -> Vec<_> {
         rows.iter()
@@ -737,7 +743,8 @@ pub fn export_run(
     let cache = run.join("cache");
     let samples = super::data::load(root, &val, &cfg.preprocess(), Some(&cache), cfg.threads)?;
     let train = pick(Split::Train);
-    let train_samples = super::data::load(root, &train, &cfg.preprocess(), Some(&cache), cfg.threads)?;
+    let train_samples =
+        super::data::load(root, &train, &cfg.preprocess(), Some(&cache), cfg.threads)?;
     let features = stage_features(&net, &train_samples, cfg.model.height, cfg.model.width)?;
     let ood = fit_ood(&features)?;
     let mut meta = meta_for(

@@ -24,9 +24,9 @@ use super::loss::{self, LossWeights, TASKS};
 use super::metrics;
 use super::model::{MtlConfig, MtlNet};
 use super::parallel::{self, train_step, ParallelError, Replicas};
-use crate::labels::Split;
-use crate::manifest;
-use crate::preprocess::PreprocessConfig;
+use crate::dataset::manifest;
+use crate::ingest::preprocess::PreprocessConfig;
+use crate::model::labels::Split;
 use crate::synth::SplitMix64;
 
 use super::backend::{dispatch, OnBackend};

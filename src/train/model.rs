@@ -178,11 +178,11 @@ impl MtlConfig {
         if self.base == 0 || self.vendors < 2 {
             return Err("base must be > 0 and vendors at least 2".into());
         }
-        if self.sources.is_empty() && self.vendors > crate::dicom::Vendor::ALL.len() {
+        if self.sources.is_empty() && self.vendors > crate::ingest::dicom::Vendor::ALL.len() {
             return Err(format!(
                 "vendors = {} without source names: at most the {} DICOM vendors",
                 self.vendors,
-                crate::dicom::Vendor::ALL.len()
+                crate::ingest::dicom::Vendor::ALL.len()
             ));
         }
         if !self.sources.is_empty() && self.sources.len() != self.vendors {
@@ -199,7 +199,7 @@ impl MtlConfig {
     /// vendor names when it is empty.
     pub fn source_classes(&self) -> Vec<String> {
         if self.sources.is_empty() {
-            crate::dicom::Vendor::ALL
+            crate::ingest::dicom::Vendor::ALL
                 .iter()
                 .take(self.vendors)
                 .map(|v| v.as_str().to_string())

@@ -11,8 +11,8 @@ use thiserror::Error;
 
 use super::data::{self, DataError};
 use super::export::{calibrate_thresholds, ExportError};
-use crate::labels::Split;
-use crate::manifest::{self, ManifestError};
+use crate::dataset::manifest::{self, ManifestError};
+use crate::model::labels::Split;
 use crate::model::{ContractError, ModelRunner, PlanOp};
 
 /// The quantisation script, embedded so the binary works from any folder.

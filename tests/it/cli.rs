@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use mammo_edge::dicom::Laterality;
+use mammo_edge::ingest::dicom::Laterality;
 use serde_json::Value;
 
 use crate::util::*;
@@ -144,7 +144,7 @@ fn demo_json_prints_the_payloads_the_daemon_published() {
         std::fs::read(k.join("model/mammo-mtl-demo.int8.onnx")).unwrap(),
         mammo_edge::model::bundled::DEMO_MODEL_INT8
     );
-    assert!(mammo_edge::config::Config::load(&k.join("config.toml")).is_ok());
+    assert!(mammo_edge::edge::config::Config::load(&k.join("config.toml")).is_ok());
     // a folder that is not an earlier demo's is refused
     let other = tmp();
     std::fs::write(other.path().join("mine.txt"), "x").unwrap();

@@ -2,7 +2,7 @@
 //! the uncompressed twin (exactly for lossless codecs, within tolerance for lossy ones).
 
 use crate::util::*;
-use mammo_edge::dicom::{ts, Laterality};
+use mammo_edge::ingest::dicom::{ts, Laterality};
 
 fn twin(codec: Codec) -> (f32, f32, String) {
     let dir = tmp();

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use mammo_edge::config::{Broker, Config, ConfigError, FilesAfter, UidMode};
+use mammo_edge::edge::config::{Broker, Config, ConfigError, FilesAfter, UidMode};
 
 use crate::util::tmp;
 
@@ -257,10 +257,19 @@ fn the_systemd_unit_bounds_memory_tasks_and_core_dumps_above_the_pixel_budget() 
         max >= need,
         "MemoryMax {max} B is below the {need} B one image at the pixel budget needs"
     );
-    assert!(max <= 4 << 30, "MemoryMax {max} B bounds nothing on the appliance");
+    assert!(
+        max <= 4 << 30,
+        "MemoryMax {max} B bounds nothing on the appliance"
+    );
     assert_eq!(unit_value(&unit, "LimitCORE").as_deref(), Some("0"));
     let tasks: u32 = unit_value(&unit, "TasksMax").unwrap().parse().unwrap();
     assert!((16..=256).contains(&tasks), "TasksMax={tasks}");
-    let oom: i32 = unit_value(&unit, "OOMScoreAdjust").unwrap().parse().unwrap();
-    assert!(oom > 0 && oom < 1000, "OOMScoreAdjust={oom}: the daemon goes first, not alone");
+    let oom: i32 = unit_value(&unit, "OOMScoreAdjust")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        oom > 0 && oom < 1000,
+        "OOMScoreAdjust={oom}: the daemon goes first, not alone"
+    );
 }

@@ -3,10 +3,12 @@
 
 use std::time::Duration;
 
-use mammo_edge::dicom::{Laterality, View};
-use mammo_edge::exam::{aggregate, next_revision, publish_due, ExamError, ImageScore, Triage};
-use mammo_edge::labels::Density;
-use mammo_edge::store::Store;
+use mammo_edge::edge::exam::{
+    aggregate, next_revision, publish_due, ExamError, ImageScore, Triage,
+};
+use mammo_edge::edge::store::Store;
+use mammo_edge::ingest::dicom::{Laterality, View};
+use mammo_edge::model::labels::Density;
 use serde_json::json;
 
 use crate::util::tmp;

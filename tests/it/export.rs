@@ -3,7 +3,7 @@
 
 use burn::prelude::*;
 use burn::tensor::activation::{sigmoid, softmax};
-use mammo_edge::manifest;
+use mammo_edge::dataset::manifest;
 use mammo_edge::model::contract::ModelMeta;
 use mammo_edge::model::ModelRunner;
 use mammo_edge::synth::generator::{generate, SynthConfig};
@@ -277,7 +277,7 @@ fn infer_scores_dicom_files_with_the_exported_model_and_leaks_no_patient_data() 
 
 #[test]
 fn eval_reports_per_vendor_with_the_unseen_vendor_marked() {
-    use mammo_edge::labels::Split;
+    use mammo_edge::model::labels::Split;
     let (d, cfg) = trained();
     let (_, _, model) = exported(d.path(), &cfg, 1.0);
     // hold one vendor out: all its rows become the test split, the others train
@@ -444,7 +444,7 @@ fn quantize_writes_an_int8_model_that_tract_runs_with_integer_kernels() {
 
 #[test]
 fn ablation_trains_the_cancer_only_baseline_with_the_same_config_and_compares_per_vendor() {
-    use mammo_edge::labels::Split;
+    use mammo_edge::model::labels::Split;
     use mammo_edge::train::ablation::{ablation, AblationOptions};
     use mammo_edge::train::fit::read_config;
     let (d, cfg) = trained();
@@ -511,7 +511,7 @@ fn ablation_trains_the_cancer_only_baseline_with_the_same_config_and_compares_pe
 /// tissue columns.
 #[test]
 fn the_source_head_learns_the_manifest_sources_and_eval_marks_the_unseen_one() {
-    use mammo_edge::labels::{Density, Split};
+    use mammo_edge::model::labels::{Density, Split};
     use mammo_edge::train::fit::read_config;
     let d = tmp();
     generate(
@@ -693,7 +693,10 @@ fn ood_score_in_the_graph_is_the_feature_distance_and_separates_foreign_images()
     let median = train[train.len() / 2];
     assert!((0.5..=1.5).contains(&median), "training median {median}");
     let noise_score = scores[4];
-    assert!(noise_score > 3.0 * train[train.len() - 1], "noise {noise_score} vs {train:?}");
+    assert!(
+        noise_score > 3.0 * train[train.len() - 1],
+        "noise {noise_score} vs {train:?}"
+    );
     let o = runner.run(&noise).unwrap();
     assert_eq!(o.ood(&runner.meta), (noise_score, 2.5));
 
@@ -701,5 +704,8 @@ fn ood_score_in_the_graph_is_the_feature_distance_and_separates_foreign_images()
     meta.ood_threshold = None;
     write_meta(&path, &meta).unwrap();
     let e = ModelRunner::load(&path).err().unwrap().to_string();
-    assert!(e.contains("ood_threshold") && e.contains("ood_score"), "{e}");
+    assert!(
+        e.contains("ood_threshold") && e.contains("ood_score"),
+        "{e}"
+    );
 }

@@ -6,7 +6,7 @@ use dicom_core::{Length, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::mem::InMemElement;
 use dicom_object::{open_file, InMemDicomObject};
-use mammo_edge::dicom::{read_mammogram, IngestOptions, Laterality};
+use mammo_edge::ingest::dicom::{read_mammogram, IngestOptions, Laterality};
 use mammo_edge::synth::{write_object, DicomSpec, LutItem};
 
 use crate::util::*;

@@ -5,7 +5,9 @@
 
 use std::path::Path;
 
-use mammo_edge::image_file::{is_image_file, looks_inverted, read_image_file, ImageFileError};
+use mammo_edge::ingest::image_file::{
+    is_image_file, looks_inverted, read_image_file, ImageFileError,
+};
 
 use crate::util::*;
 
@@ -183,7 +185,7 @@ fn real_research_set_images_read_in_display_polarity() {
 /// code the DICOM ingest uses; the in-memory reader gives what the file reader gives.
 #[test]
 fn an_oversized_file_is_refused_before_reading_and_bytes_read_like_the_file() {
-    use mammo_edge::image_file::{read_bounded, read_image_bytes, MAX_FILE_BYTES};
+    use mammo_edge::ingest::image_file::{read_bounded, read_image_bytes, MAX_FILE_BYTES};
     let d = tmp();
     let big = d.path().join("big.png");
     std::fs::File::create(&big)

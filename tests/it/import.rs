@@ -3,10 +3,10 @@
 
 use std::path::Path;
 
-use mammo_edge::dicom::{Laterality, Vendor, View};
-use mammo_edge::import::{import, Format};
-use mammo_edge::labels::{Density, Split};
-use mammo_edge::manifest::{self, ManifestRow};
+use mammo_edge::dataset::import::{import, Format};
+use mammo_edge::dataset::manifest::{self, ManifestRow};
+use mammo_edge::ingest::dicom::{Laterality, Vendor, View};
+use mammo_edge::model::labels::{Density, Split};
 
 use crate::util::*;
 
@@ -431,7 +431,8 @@ fn merged_manifests_rebase_paths_unify_extra_columns_and_hold_out_a_machine() {
     let out = d.path().join("all");
     std::fs::create_dir_all(&out).unwrap();
     let rows =
-        mammo_edge::manifest::merge(&[phantoms, rsna], &out, Some(("source", "rsna-m21"))).unwrap();
+        mammo_edge::dataset::manifest::merge(&[phantoms, rsna], &out, Some(("source", "rsna-m21")))
+            .unwrap();
     let rows = roundtrip(&rows, &out);
     assert_eq!(rows.len(), 3);
     assert_eq!(rows[0].path, "../synth/images/a.dcm");

@@ -4,9 +4,11 @@
 use std::path::{Path, PathBuf};
 
 use dicom_dictionary_std::tags;
-use mammo_edge::dicom::grey::{window, VoiLutFunction};
-use mammo_edge::dicom::{read_mammogram, Category, IngestOptions, Laterality, Vendor, View};
-use mammo_edge::preprocess::{preprocess, PreprocessConfig, Side};
+use mammo_edge::ingest::dicom::grey::{window, VoiLutFunction};
+use mammo_edge::ingest::dicom::{
+    read_mammogram, Category, IngestOptions, Laterality, Vendor, View,
+};
+use mammo_edge::ingest::preprocess::{preprocess, PreprocessConfig, Side};
 
 use crate::util::*;
 
@@ -108,8 +110,8 @@ fn hologic_right_mlo_jp2_wrapped() {
 fn hologic_quirks_are_reported() {
     let Some(dir) = data_dir() else { return };
     let p = file(&dir, "real-mammo", "hologic_selenia_L_CC_j2k.dcm");
-    let obj = mammo_edge::dicom::open_header(&p).unwrap();
-    let meta = mammo_edge::dicom::MammoMeta::from_object(&obj).unwrap();
+    let obj = mammo_edge::ingest::dicom::open_header(&p).unwrap();
+    let meta = mammo_edge::ingest::dicom::MammoMeta::from_object(&obj).unwrap();
     assert_eq!(meta.modality, None);
     assert_eq!(meta.presentation_intent, None);
     assert_eq!(meta.pixel_spacing, None);
@@ -248,7 +250,7 @@ fn broken_and_unscorable_files_are_rejected_with_their_reason() {
 #[test]
 fn the_shipped_model_gets_view_and_laterality_right_on_the_real_files() {
     let Some(dir) = data_dir() else { return };
-    let model = mammo_edge::infer::load_model(None).unwrap();
+    let model = mammo_edge::model::score::load_model(None).unwrap();
     let meta = &model.runner.meta;
     assert!(
         meta.intended_use.contains("research only"),
@@ -262,7 +264,7 @@ fn the_shipped_model_gets_view_and_laterality_right_on_the_real_files() {
         "source classes {:?}: trained on RSNA and MIAS, machine 21 held out",
         meta.vendor_classes
     );
-    let mut batch = mammo_edge::infer::Batch::new(&model, IngestOptions::default());
+    let mut batch = mammo_edge::cli::infer::Batch::new(&model, IngestOptions::default());
     for (name, lat, view) in [
         ("ge_senographe_R_CC_jpegll.dcm", "R", "CC"),
         ("ge_senographe_L_CC_jpegll.dcm", "L", "CC"),
@@ -308,12 +310,12 @@ fn the_shipped_model_gets_view_and_laterality_right_on_the_real_files() {
 #[test]
 fn the_shipped_model_flags_other_x_rays_out_of_distribution_and_not_mammograms() {
     let Some(dir) = data_dir() else { return };
-    let model = mammo_edge::infer::load_model(None).unwrap();
+    let model = mammo_edge::model::score::load_model(None).unwrap();
     assert!(
         model.runner.meta.ood_threshold.is_some(),
         "the shipped model has the ood_score output"
     );
-    let mut any = mammo_edge::infer::Batch::new(&model, IngestOptions::any_image());
+    let mut any = mammo_edge::cli::infer::Batch::new(&model, IngestOptions::any_image());
     let mut flagged = Vec::new();
     let mut scored = 0;
     for name in [
@@ -340,14 +342,17 @@ fn the_shipped_model_flags_other_x_rays_out_of_distribution_and_not_mammograms()
             flagged.push(name);
         }
         if name.starts_with("cr_") {
-            assert_eq!(p["ood"], true, "{name}: a CR image passes as a mammogram: {p}");
+            assert_eq!(
+                p["ood"], true,
+                "{name}: a CR image passes as a mammogram: {p}"
+            );
         }
     }
     assert!(
         flagged.len() * 10 >= scored * 8,
         "only {flagged:?} of {scored} flagged"
     );
-    let mut batch = mammo_edge::infer::Batch::new(&model, IngestOptions::default());
+    let mut batch = mammo_edge::cli::infer::Batch::new(&model, IngestOptions::default());
     for name in [
         "ge_senographe_R_CC_jpegll.dcm",
         "ge_senographe_L_CC_jpegll.dcm",
@@ -357,6 +362,10 @@ fn the_shipped_model_flags_other_x_rays_out_of_distribution_and_not_mammograms()
         let r = batch.file(&file(&dir, "real-mammo", name));
         assert_eq!(r.payload["ood"], false, "{name}: {}", r.payload);
     }
-    let crop = file(&dir, "real-labelled/rsna/train_images/10006", "1459541791.png");
+    let crop = file(
+        &dir,
+        "real-labelled/rsna/train_images/10006",
+        "1459541791.png",
+    );
     assert_eq!(batch.file(&crop).payload["ood"], false);
 }

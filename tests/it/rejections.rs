@@ -9,7 +9,7 @@ use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::mem::InMemElement;
 use dicom_object::{open_file, DefaultDicomObject, InMemDicomObject};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-use mammo_edge::dicom::{sop, ts, Category, IngestError, IngestOptions, Laterality};
+use mammo_edge::ingest::dicom::{sop, ts, Category, IngestError, IngestOptions, Laterality};
 use mammo_edge::synth::write_object;
 
 use crate::util::*;
@@ -173,7 +173,7 @@ fn for_processing_is_skipped_by_default_and_accepted_by_config() {
         accept_for_processing: true,
         ..Default::default()
     };
-    let m = mammo_edge::dicom::read_mammogram(&p, &opts).unwrap();
+    let m = mammo_edge::ingest::dicom::read_mammogram(&p, &opts).unwrap();
     assert!(m.grey.voi.contains("percentiles"), "{}", m.grey.voi);
     let s = m.image.stats();
     assert!(s.min >= 0.0 && s.max <= 1.0 && s.max > 0.9, "{s:?}");

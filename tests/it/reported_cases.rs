@@ -1,8 +1,8 @@
 //! Cases from public bug reports of DICOM viewers and mammography pipelines, each built here.
 
 use crate::util::*;
-use mammo_edge::dicom::{read_mammogram, IngestOptions, Laterality, View};
-use mammo_edge::preprocess::{preprocess, PreprocessConfig, Side};
+use mammo_edge::ingest::dicom::{read_mammogram, IngestOptions, Laterality, View};
+use mammo_edge::ingest::preprocess::{preprocess, PreprocessConfig, Side};
 use mammo_edge::synth::{DicomSpec, GeometricPhantom};
 
 /// A 64 × 64 12-bit ramp: pixel i holds stored value i (0 … 4095).

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use mammo_edge::store::{
+use mammo_edge::edge::store::{
     result_id, Claim, Committed, ImageKey, OutboxMessage, Status, Store, StoreError, Ticket,
     DB_FILE, SCHEMA_VERSION,
 };

@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
-use mammo_edge::dicom::{read_mammogram, IngestOptions, Laterality, View};
-use mammo_edge::labels::Density;
-use mammo_edge::manifest;
+use mammo_edge::dataset::manifest;
+use mammo_edge::ingest::dicom::{read_mammogram, IngestOptions, Laterality, View};
+use mammo_edge::model::labels::Density;
 use mammo_edge::synth::anatomy::{self, BreastParams, Lesion, LesionKind};
 use mammo_edge::synth::generator::{generate, SynthConfig, MASK_BREAST, MASK_DENSE};
 use mammo_edge::synth::style::styled_vendors;
@@ -254,7 +254,7 @@ fn every_vendor_style_decodes_through_our_ingest_plain_and_compressed() {
 }
 
 /// (mean, standard deviation, mean |Laplacian|) of the grey levels: tone, contrast, sharpness/noise.
-fn signature(m: &mammo_edge::dicom::Mammogram) -> [f64; 3] {
+fn signature(m: &mammo_edge::ingest::dicom::Mammogram) -> [f64; 3] {
     let (w, h, d) = (m.image.width, m.image.height, &m.image.data);
     let n = d.len() as f64;
     let mean = d.iter().map(|&v| v as f64).sum::<f64>() / n;
@@ -378,7 +378,7 @@ fn a_500_image_set_follows_its_configuration() {
 
 #[test]
 fn preprocessing_crop_keeps_the_whole_breast_for_every_vendor_and_view() {
-    use mammo_edge::preprocess::{preprocess, PreprocessConfig};
+    use mammo_edge::ingest::preprocess::{preprocess, PreprocessConfig};
     for vendor in styled_vendors() {
         let d = tmp();
         let cfg = SynthConfig {
@@ -431,11 +431,11 @@ fn preprocessing_crop_keeps_the_whole_breast_for_every_vendor_and_view() {
 
 #[test]
 fn masks_follow_their_image_through_preprocessing() {
-    use mammo_edge::preprocess::{preprocess, warp, PreprocessConfig};
+    use mammo_edge::ingest::preprocess::{preprocess, warp, PreprocessConfig};
     // Dense tissue is brighter than fat: in model space the mask must sit on the bright tissue.
     let d = tmp();
     let cfg = SynthConfig {
-        vendors: vec![mammo_edge::dicom::Vendor::Ge],
+        vendors: vec![mammo_edge::ingest::dicom::Vendor::Ge],
         density_weights: [0.0, 1.0, 0.0, 0.0],
         ..small(4, 8)
     };
@@ -486,7 +486,7 @@ fn sets_never_share_identifiers_and_never_overwrite() {
     let gb = generate(&small(8, 2), b.path()).unwrap();
     let gc = generate(
         &SynthConfig {
-            vendors: vec![mammo_edge::dicom::Vendor::Ge],
+            vendors: vec![mammo_edge::ingest::dicom::Vendor::Ge],
             ..small(8, 1)
         },
         c.path(),
@@ -533,8 +533,8 @@ fn sets_never_share_identifiers_and_never_overwrite() {
 
 #[test]
 fn a_held_out_vendor_is_only_in_the_test_split() {
-    use mammo_edge::dicom::Vendor;
-    use mammo_edge::labels::Split;
+    use mammo_edge::ingest::dicom::Vendor;
+    use mammo_edge::model::labels::Split;
     let d = tmp();
     let cfg = SynthConfig {
         count: 80,

@@ -1,8 +1,8 @@
 //! The trainer (feature `train`): the data path equals the daemon's, masked losses ignore missing
 //! labels, a tiny model's loss falls on phantoms, checkpoints resume.
 
-use mammo_edge::manifest;
-use mammo_edge::preprocess::preprocess;
+use mammo_edge::dataset::manifest;
+use mammo_edge::ingest::preprocess::preprocess;
 use mammo_edge::synth::generator::{generate, SynthConfig};
 use mammo_edge::train::data;
 use mammo_edge::train::fit::{fit, FitConfig, InferBackend};

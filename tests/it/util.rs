@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use mammo_edge::dicom::{read_mammogram, IngestError, IngestOptions, Laterality, Mammogram};
+use mammo_edge::ingest::dicom::{
+    read_mammogram, IngestError, IngestOptions, Laterality, Mammogram,
+};
 use mammo_edge::synth::{DicomSpec, GeometricPhantom};
 
 pub fn tmp() -> tempfile::TempDir {

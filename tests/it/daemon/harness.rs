@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use mammo_edge::ingest::preprocess::PREPROCESS_VERSION;
 use mammo_edge::model::contract::ModelMeta;
-use mammo_edge::preprocess::PREPROCESS_VERSION;
 use mammo_edge::synth::generator::{generate, SynthConfig};
 use prost::Message;
 use serde_json::Value;

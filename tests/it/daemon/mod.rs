@@ -384,7 +384,7 @@ fn hashed_uids_and_moved_files() {
     assert_eq!(m["uid_mode"], "hashed");
     let want = format!(
         "hmac-sha256:{}",
-        mammo_edge::message::hmac_hex(b"0123456789abcdef0123456789abcdef", sop.as_bytes())
+        mammo_edge::edge::message::hmac_hex(b"0123456789abcdef0123456789abcdef", sop.as_bytes())
     );
     assert_eq!(m["sop_instance_uid"], want.as_str());
     assert!(!sub.all().iter().any(|r| r.payload.contains(&sop)));
@@ -467,8 +467,8 @@ fn check_exit_codes_name_what_failed() {
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(
-        mammo_edge::config::Config::parse(&text, "(default)").unwrap(),
-        mammo_edge::config::Config::default()
+        mammo_edge::edge::config::Config::parse(&text, "(default)").unwrap(),
+        mammo_edge::edge::config::Config::default()
     );
 }
 

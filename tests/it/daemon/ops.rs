@@ -66,7 +66,7 @@ fn last_health(sub: &Subscriber) -> Option<Value> {
 }
 
 fn sha256_file(p: &Path) -> String {
-    mammo_edge::message::sha256_hex(&std::fs::read(p).unwrap())
+    mammo_edge::ingest::files::sha256_hex(&std::fs::read(p).unwrap())
 }
 
 /// Copy an ONNX model with `mammo.model_version` set to `version` (a different file, hence a
@@ -719,7 +719,7 @@ fn a_file_that_kills_the_daemon_is_quarantined_after_max_attempts_and_reported_o
 
 #[test]
 fn a_result_not_committed_on_a_full_disk_is_released_without_counting_the_attempt() {
-    use mammo_edge::store::{Claim, ImageKey, OutboxMessage, Status, Store};
+    use mammo_edge::edge::store::{Claim, ImageKey, OutboxMessage, Status, Store};
     let Some(fs) = Tmpfs::mount("4m") else {
         return;
     };

@@ -8,11 +8,11 @@ use image::{ImageBuffer, Luma};
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::dicom::grey::{GreyImage, Stats};
-use crate::dicom::{
+use crate::ingest::dicom::grey::{GreyImage, Stats};
+use crate::ingest::dicom::{
     self, Category, IngestError, IngestOptions, Laterality, MammoMeta, Vendor, View,
 };
-use crate::preprocess::{self, CropBox, PreprocessConfig, Preprocessed, Side};
+use crate::ingest::preprocess::{self, CropBox, PreprocessConfig, Preprocessed, Side};
 
 /// Errors of writing inspection artefacts (PNG files).
 #[derive(Debug, Error)]

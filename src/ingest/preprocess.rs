@@ -17,8 +17,8 @@ use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::dicom::grey::GreyImage;
-use crate::dicom::{Laterality, Mammogram};
+use crate::ingest::dicom::grey::GreyImage;
+use crate::ingest::dicom::{Laterality, Mammogram};
 
 /// Version of the preprocessing contract, stored in the model metadata (`mammo.preprocess_version`);
 /// bump it whenever the output for the same input changes. 2: the chest-wall side falls back to

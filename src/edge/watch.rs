@@ -46,7 +46,7 @@ pub fn is_candidate(path: &Path) -> bool {
 pub fn scan(dirs: &[PathBuf]) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for d in dirs {
-        match crate::files::files_under(d) {
+        match crate::ingest::files::files_under(d) {
             Ok(files) => out.extend(files.into_iter().filter(|p| {
                 is_candidate(p)
                     && !p

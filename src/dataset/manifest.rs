@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::dicom::{Laterality, Vendor, View};
-use crate::labels::{Density, Split};
+use crate::ingest::dicom::{Laterality, Vendor, View};
+use crate::model::labels::{Density, Split};
 
 /// The standard columns, in order.
 pub const COLUMNS: [&str; 12] = [

@@ -5,7 +5,7 @@
 //! publishes `exam` messages. [`run`] takes its shutdown as a future; [`run_with`] also
 //! reloads the configuration file and the model on SIGHUP. Intake pauses while the state folder
 //! is short of space or the state database cannot be written, and the retained `health`
-//! snapshot says so ([`crate::health`]). [`check`] backs `mammo-edge check`. Main items:
+//! snapshot says so ([`crate::edge::health`]). [`check`] backs `mammo-edge check`. Main items:
 //! [`run`], [`run_with`], [`check`], [`DaemonError`], [`RunStats`].
 
 use std::collections::{HashMap, VecDeque};
@@ -18,17 +18,20 @@ use std::time::{Duration, Instant, SystemTime};
 use thiserror::Error;
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::config::{Config, FilesAfter};
-use crate::dicom::{Category, IngestOptions, MammoMeta};
-use crate::exam::{aggregate, next_revision};
-use crate::health::{free_bytes, Counters, Health, HealthModel, Intake, PauseCode, StateSpace};
-use crate::infer::{infer_file_detailed, Scored};
-use crate::message::{sha256_hex, Messages, ModelInfo, Privacy, StoredScore};
+use crate::edge::config::{Config, FilesAfter};
+use crate::edge::exam::{aggregate, next_revision};
+use crate::edge::health::{
+    free_bytes, Counters, Health, HealthModel, Intake, PauseCode, StateSpace,
+};
+use crate::edge::message::{Messages, ModelInfo, Privacy, StoredScore};
+use crate::edge::publish::{probe, PublishError, Publisher, Retained, Topics};
+use crate::edge::service::{Liveness, Notifier};
+use crate::edge::store::{Claim, Committed, ImageKey, Status, Store, StoreError, Ticket};
+use crate::edge::watch::{scan, FsEvents, Stability, WatchError};
+use crate::ingest::dicom::{Category, IngestOptions, MammoMeta};
+use crate::ingest::files::sha256_hex;
+use crate::model::score::{infer_file_detailed, Scored};
 use crate::model::{ContractError, ModelRunner};
-use crate::publish::{probe, PublishError, Publisher, Retained, Topics};
-use crate::service::{Liveness, Notifier};
-use crate::store::{Claim, Committed, ImageKey, Status, Store, StoreError, Ticket};
-use crate::watch::{scan, FsEvents, Stability, WatchError};
 
 /// How often stability is checked, ms.
 const STABILITY_TICK: Duration = Duration::from_millis(250);
@@ -60,7 +63,7 @@ pub enum DaemonError {
     Watch(#[from] WatchError),
     /// `privacy.key_file` unusable.
     #[error(transparent)]
-    Privacy(#[from] crate::message::MessageError),
+    Privacy(#[from] crate::edge::message::MessageError),
     /// Broker settings unusable, or (in `check`) the broker unreachable.
     #[error(transparent)]
     Publish(#[from] PublishError),
@@ -154,7 +157,7 @@ pub async fn check(
 ) -> Result<CheckReport, DaemonError> {
     let model = load_model(config)?;
     Privacy::from_config(config)?;
-    crate::publish::mqtt_options(&config.mqtt)?;
+    crate::edge::publish::mqtt_options(&config.mqtt)?;
     Store::open(&config.state.dir, config.ingest.max_attempts)?;
     if broker {
         probe(&config.mqtt, broker_timeout).await?;
@@ -256,7 +259,7 @@ fn spawn_worker(
 
 /// Header first (a re-exported SOPInstanceUID is not decoded again), then the whole pipeline.
 fn work(runner: &ModelRunner, opts: &IngestOptions, store: &Store, path: &Path) -> Outcome {
-    if let Ok(obj) = crate::dicom::open_header(path) {
+    if let Ok(obj) = crate::ingest::dicom::open_header(path) {
         if let Ok(meta) = MammoMeta::from_object(&obj) {
             if !meta.sop_instance_uid.is_empty() {
                 match store.seen_sop(&meta.sop_instance_uid) {
@@ -375,7 +378,7 @@ struct Pipeline {
     reloading: bool,
     reload_pending: Option<Reloaded>,
     reload_again: bool,
-    last_reload: Option<crate::health::Reload>,
+    last_reload: Option<crate::edge::health::Reload>,
     /// The tick periods changed (reload): the loop rebuilds its intervals.
     ticks_changed: bool,
 }
@@ -383,7 +386,7 @@ struct Pipeline {
 /// Run the daemon until `shutdown` resolves: recover the ledger, start the publisher, watch,
 /// score, publish. Returns the counters of the run. Under systemd (`NOTIFY_SOCKET`), sends
 /// `READY=1` once the model is loaded and the watcher, worker and publisher are started,
-/// `WATCHDOG=1` while the loops make progress ([`crate::service`]), and `STOPPING=1` when
+/// `WATCHDOG=1` while the loops make progress ([`crate::edge::service`]), and `STOPPING=1` when
 /// `shutdown` resolves. SIGHUP is not handled (see [`run_with`]).
 ///
 /// Errors (all at start-up; later failures of one file or of the broker are logged and the
@@ -427,7 +430,7 @@ pub async fn run_with(
         .map_err(|e| DaemonError::Runtime(e.to_string()))??;
     let privacy = Privacy::from_config(&config)?;
     // read the TLS / credential files now: a bad path stops the start, not the first connection
-    crate::publish::mqtt_options(&config.mqtt)?;
+    crate::edge::publish::mqtt_options(&config.mqtt)?;
     let mut store = Store::open(&config.state.dir, config.ingest.max_attempts)?;
     let recovered = store.recover()?;
     if recovered > 0 {
@@ -761,7 +764,7 @@ impl Pipeline {
         let now = SystemTime::now();
         let s = self.stats;
         let h = Health {
-            schema: crate::health::SCHEMA,
+            schema: crate::edge::health::SCHEMA,
             produced_at: rfc3339(now),
             started_at: rfc3339(self.started),
             uptime_s: now
@@ -835,7 +838,7 @@ impl Pipeline {
                     self.msgs.model.version,
                     self.msgs.model.sha256
                 );
-                crate::health::Reload {
+                crate::edge::health::Reload {
                     at,
                     ok: false,
                     message: why,
@@ -860,7 +863,7 @@ impl Pipeline {
         model: Option<LoadedModel>,
         privacy: Privacy,
         at: String,
-    ) -> crate::health::Reload {
+    ) -> crate::edge::health::Reload {
         let (new, restart) = self.config.reloaded(new);
         let mut done = Vec::new();
         if let Some(m) = model {
@@ -912,7 +915,7 @@ impl Pipeline {
             );
         }
         log::info!("reload {message}");
-        crate::health::Reload {
+        crate::edge::health::Reload {
             at,
             ok: true,
             message,

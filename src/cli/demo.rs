@@ -1,6 +1,6 @@
 //! `mammo-edge demo`: the daemon end to end on inputs the program makes itself. Starts an MQTT
-//! broker on loopback (the embedded rumqttd of [`crate::broker`], or `--broker URL`), runs the
-//! daemon ([`crate::daemon::run`], in this process) on a fresh export folder and state folder
+//! broker on loopback (the embedded rumqttd of [`crate::cli::broker`], or `--broker URL`), runs the
+//! daemon ([`crate::edge::daemon::run`], in this process) on a fresh export folder and state folder
 //! with the bundled model (or `--model`), subscribes to its topics, drops in a four-view phantom
 //! exam and a few files it must refuse (not DICOM, truncated, CT, For Processing), hands each
 //! message that arrives to the caller, and stops the daemon once the exam and every refusal
@@ -13,10 +13,10 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::config::{Config, ConfigError};
-use crate::daemon::{DaemonError, RunStats};
-use crate::dicom::sop;
-use crate::dicom::Laterality;
+use crate::edge::config::{Config, ConfigError};
+use crate::edge::daemon::{DaemonError, RunStats};
+use crate::ingest::dicom::sop;
+use crate::ingest::dicom::Laterality;
 use crate::model::bundled;
 use crate::synth::generator::{generate, SynthConfig};
 use crate::synth::{DicomSpec, GeometricPhantom, SynthError};
@@ -55,7 +55,7 @@ pub enum DemoError {
     /// The embedded broker did not start.
     #[cfg(feature = "embedded-broker")]
     #[error(transparent)]
-    Broker(#[from] crate::broker::BrokerError),
+    Broker(#[from] crate::cli::broker::BrokerError),
     /// The daemon configuration the demo built was refused (`--broker` URL, usually).
     #[error("--broker: {0}")]
     Config(#[from] ConfigError),
@@ -406,7 +406,7 @@ pub async fn run(
 
     // ---- the daemon, in this process
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut daemon = tokio::spawn(crate::daemon::run(config.clone(), async move {
+    let mut daemon = tokio::spawn(crate::edge::daemon::run(config.clone(), async move {
         let _ = stop_rx.await;
     }));
     let mut model_line = String::new();
@@ -558,7 +558,7 @@ pub async fn run(
 
 #[cfg(feature = "embedded-broker")]
 fn start_embedded() -> Result<String, DemoError> {
-    Ok(crate::broker::EmbeddedBroker::start()?.url())
+    Ok(crate::cli::broker::EmbeddedBroker::start()?.url())
 }
 
 #[cfg(not(feature = "embedded-broker"))]

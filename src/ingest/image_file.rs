@@ -9,7 +9,7 @@ use std::path::Path;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::dicom::grey::GreyImage;
+use crate::ingest::dicom::grey::GreyImage;
 
 /// File name extensions read as image files (case-insensitive).
 pub const EXTENSIONS: [&str; 7] = ["png", "jpg", "jpeg", "pgm", "pnm", "ppm", "pbm"];

@@ -1,6 +1,17 @@
-//! Listing input files: folders searched recursively, in name order (so runs are reproducible).
+//! Input files: folders listed recursively, in name order (so runs are reproducible), and the
+//! SHA-256 that identifies a file's bytes (ledger, model identity).
 
 use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// SHA-256 of `data`, lower-case hex (64 characters).
+pub fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 /// Every file under `dir`, recursively, sorted by path. Errors only when `dir` itself cannot be
 /// read; unreadable subfolders are skipped with a warning.

@@ -14,11 +14,11 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::dicom::{open_header, Laterality, MammoMeta, Vendor, View};
-use crate::files::files_under;
-use crate::labels::{Density, Split};
-use crate::manifest::ManifestRow;
-use crate::synth::SplitMix64;
+use crate::dataset::manifest::ManifestRow;
+use crate::dataset::rng::SplitMix64;
+use crate::ingest::dicom::{open_header, Laterality, MammoMeta, Vendor, View};
+use crate::ingest::files::files_under;
+use crate::model::labels::{Density, Split};
 
 /// Errors of an import; messages name the file, line and column.
 #[derive(Debug, Error)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::dicom::IngestOptions;
+use crate::ingest::dicom::IngestOptions;
 
 /// Why a configuration is refused. Every message starts with the key it is about (or the file).
 #[derive(Debug, Error)]

@@ -7,9 +7,9 @@ use std::time::Duration;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::dicom::{Laterality, View};
-use crate::infer::ImageResult;
-use crate::labels::Density;
+use crate::ingest::dicom::{Laterality, View};
+use crate::model::labels::Density;
+use crate::model::score::ImageResult;
 
 /// Why an exam cannot be aggregated.
 #[derive(Debug, Error, PartialEq)]

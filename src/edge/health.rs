@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::message::ModelInfo;
+use crate::edge::message::ModelInfo;
 
 /// `schema` of the health message.
 pub const SCHEMA: &str = "mammo-edge.health/1";

@@ -14,13 +14,14 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::config::{Config, UidMode};
-use crate::dicom::{Laterality, MammoMeta, View};
-use crate::exam::{ExamResult, ImageScore};
-use crate::infer::ImageResult;
+use crate::edge::config::{Config, UidMode};
+use crate::edge::exam::{ExamResult, ImageScore};
+use crate::edge::publish::Topics;
+use crate::edge::store::{result_id, OutboxMessage};
+use crate::ingest::dicom::{Laterality, MammoMeta, View};
+use crate::ingest::files::sha256_hex;
+use crate::model::score::ImageResult;
 use crate::model::ModelMeta;
-use crate::publish::Topics;
-use crate::store::{result_id, OutboxMessage};
 
 /// Schema names (`schema` field), one per topic.
 pub mod schema {
@@ -46,11 +47,6 @@ pub fn hmac_hex(key: &[u8], data: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
     mac.update(data);
     hex(&mac.finalize().into_bytes())
-}
-
-/// SHA-256 of `data`, lower-case hex.
-pub fn sha256_hex(data: &[u8]) -> String {
-    hex(&Sha256::digest(data))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -331,7 +327,7 @@ impl Messages {
         &self,
         path: &Path,
         file_sha256: &str,
-        report: &crate::image_file::ImageFileReport,
+        report: &crate::ingest::image_file::ImageFileReport,
         r: &ImageResult,
     ) -> OutboxMessage {
         let id = result_id(&format!("sha256:{file_sha256}"), &self.model.sha256).to_string();

@@ -22,9 +22,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use thiserror::Error;
 use tokio::sync::{watch, Notify};
 
-use crate::config::{Broker, ConfigError, MqttConfig};
-use crate::service::Liveness;
-use crate::store::{Store, StoreError};
+use crate::edge::config::{Broker, ConfigError, MqttConfig};
+use crate::edge::service::Liveness;
+use crate::edge::store::{Store, StoreError};
 
 /// Outbox rows handed to the client before their PUBACKs (publication order is kept: the broker
 /// forwards QoS 1 messages of one connection in order).

@@ -1,0 +1,14 @@
+//! The appliance: configuration, the daemon loop and its folder watch, the SQLite ledger and
+//! outbox, the exam rule, the messages and their MQTT publisher, health, systemd integration
+//! and logging.
+
+pub mod config;
+pub mod daemon;
+pub mod exam;
+pub mod health;
+pub mod logging;
+pub mod message;
+pub mod publish;
+pub mod service;
+pub mod store;
+pub mod watch;
