@@ -9,7 +9,7 @@
 # Environment: EPOCHS (default 50), SENSITIVITY (0.8), PATIENCE (early stop after this many epochs without a better
 # validation cancer AUC; default 100 = let the cosine schedule anneal to the end), BIN (default target/release; build it with
 # `cargo build --release --features train,libtorch --bins`), SEED (default 1), PHANTOMS (192),
-# STANDARDIZE (0).
+# STANDARDIZE (0, 1 or window).
 # Steps whose output exists are skipped, and `fit` resumes from its checkpoint, so the same
 # command continues an interrupted run.
 set -euo pipefail
@@ -41,10 +41,16 @@ log() { echo "== $(date +%H:%M:%S) $*"; }
 
 # 256x160: the RSNA crops are at most 256 px tall (median 138x238), so a larger input only
 # upsamples them; docs/training.md has the measurement.
-# STANDARDIZE=1: per-image intensity standardisation of the breast (src/ingest/preprocess.rs), recorded
+# STANDARDIZE=1 (window + gamma) or window: per-image intensity standardisation of the breast
+# (src/ingest/preprocess.rs), recorded
 # in the model's metadata so the appliance applies it too.
 STANDARDIZE="${STANDARDIZE:-0}"
-std_json=false; [ "$STANDARDIZE" = 1 ] && std_json=true
+case "$STANDARDIZE" in
+  0) std_json=false ;;
+  1) std_json=true ;;   # window, then gamma to a breast median of 0.5
+  window) std_json='"window"' ;;   # window only: keeps the breast's brightness (density)
+  *) echo "STANDARDIZE is 0, 1 or window" >&2; exit 2 ;;
+esac
 echo "{\"patience\": $PATIENCE, \"standardize\": $std_json}" > "$W/fit-extra.json"
 fit_args=(--manifest "$W/all/manifest.csv" --config "$W/fit-extra.json" --epochs "$EPOCHS"
   --height 256 --width 160 --batch-size 32 --lr 1e-3 --seed "$SEED")

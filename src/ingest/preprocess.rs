@@ -9,7 +9,7 @@
 //! touches; else, since version 2, the half holding more of the breast), else from laterality →
 //! area resize of the crop (fast_image_resize, box filter) to fit
 //! H × W keeping aspect → optionally ([`PreprocessConfig::standardize`]) the breast's grey levels
-//! windowed and gamma-corrected to one look ([`standardize`]) → chest wall on the left,
+//! windowed, and gamma-corrected, to one look ([`standardize`]) → chest wall on the left,
 //! vertically centred, zero padding → `(x − mean) / std`. The source image is never copied: the resize reads the crop in place.
 
 use fast_image_resize::images::{Image, ImageRef};
@@ -60,7 +60,78 @@ pub struct PreprocessConfig {
     /// Per-image intensity standardisation of the breast ([`standardize`]): off for models whose
     /// metadata does not ask for it (`mammo.standardize_intensity`), so older models see exactly
     /// what they were trained on.
-    pub standardize: bool,
+    pub standardize: Standardize,
+}
+
+/// Which per-image intensity standardisation of the breast ([`standardize`]) the preprocessing
+/// applies. Written as `mammo.standardize_intensity` = `false` / `window` / `true` (window and
+/// gamma: the first kind, so models exported with `true` keep their meaning); a training config
+/// takes `false`, `true`, `"off"`, `"window"` or `"window_gamma"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "StandardizeRepr", into = "StandardizeRepr")]
+pub enum Standardize {
+    /// Grey levels as the grey pipeline gives them.
+    #[default]
+    Off,
+    /// Window from the breast threshold to the breast's 99th percentile → [0, 1]: removes each
+    /// machine's offset and contrast, keeps how bright the breast is within it (density).
+    Window,
+    /// The window, then the gamma that puts the breast's median at 0.5: one look for every
+    /// machine, at the cost of the brightness that carries density.
+    WindowGamma,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum StandardizeRepr {
+    Flag(bool),
+    Name(String),
+}
+
+impl Standardize {
+    /// The metadata value (`false`, `window`, `true`).
+    pub fn as_meta(self) -> &'static str {
+        match self {
+            Standardize::Off => "false",
+            Standardize::Window => "window",
+            Standardize::WindowGamma => "true",
+        }
+    }
+
+    /// From a metadata or config value; `None` for anything else.
+    pub fn from_meta(v: &str) -> Option<Standardize> {
+        match v {
+            "false" | "off" => Some(Standardize::Off),
+            "window" => Some(Standardize::Window),
+            "true" | "window_gamma" => Some(Standardize::WindowGamma),
+            _ => None,
+        }
+    }
+}
+
+impl TryFrom<StandardizeRepr> for Standardize {
+    type Error = String;
+    fn try_from(r: StandardizeRepr) -> Result<Self, String> {
+        match r {
+            StandardizeRepr::Flag(false) => Ok(Standardize::Off),
+            StandardizeRepr::Flag(true) => Ok(Standardize::WindowGamma),
+            StandardizeRepr::Name(n) => Standardize::from_meta(&n).ok_or_else(|| {
+                format!(
+                    "standardize {n:?}: use false, true, \"off\", \"window\" or \"window_gamma\""
+                )
+            }),
+        }
+    }
+}
+
+impl From<Standardize> for StandardizeRepr {
+    fn from(s: Standardize) -> Self {
+        match s {
+            Standardize::Off => StandardizeRepr::Flag(false),
+            Standardize::WindowGamma => StandardizeRepr::Flag(true),
+            Standardize::Window => StandardizeRepr::Name("window".into()),
+        }
+    }
 }
 
 impl Default for PreprocessConfig {
@@ -72,7 +143,7 @@ impl Default for PreprocessConfig {
             std: 0.25,
             margin: 0.01,
             seg_size: 256,
-            standardize: false,
+            standardize: Standardize::Off,
         }
     }
 }
@@ -276,8 +347,12 @@ pub fn preprocess_image(
         .resize(&src, &mut resized, &opts)
         .map_err(|e| PreprocessError::Resize(e.to_string()))?;
     let mut resized: Vec<f32> = bytemuck::cast_slice::<u8, f32>(resized.buffer()).to_vec();
-    if cfg.standardize {
-        standardize(&mut resized, seg.threshold);
+    if cfg.standardize != Standardize::Off {
+        standardize(
+            &mut resized,
+            seg.threshold,
+            cfg.standardize == Standardize::WindowGamma,
+        );
     }
     let oy = (h - rh) / 2;
     let pad = (0.0 - cfg.mean) / cfg.std;
@@ -370,12 +445,13 @@ struct Segmentation {
 }
 
 /// Per-image intensity standardisation, in place on grey levels [0, 1]: the window from the
-/// breast threshold `t` (background → 0) to the 99th percentile of the breast pixels (→ 1), then
-/// the gamma that puts the breast's median at 0.5. Both steps are monotonic, so tissue contrast
-/// is kept while each machine's windowing and tone curve (the research crops' means range from
-/// 0.30 to 0.65 by machine) are brought to one look. Left unchanged when fewer than 64 pixels are
-/// above `t` or their 1st to 99th percentiles span under 0.02 (no tissue contrast to stretch).
-pub fn standardize(v: &mut [f32], t: f32) {
+/// breast threshold `t` (background → 0) to the 99th percentile of the breast pixels (→ 1), then,
+/// with `gamma`, the gamma that puts the breast's median at 0.5. Both steps are monotonic, so
+/// tissue contrast is kept while each machine's windowing (and with `gamma` its tone curve: the
+/// research crops' means range from 0.30 to 0.65 by machine) are brought to one look. Left
+/// unchanged when fewer than 64 pixels are above `t` or their 1st to 99th percentiles span under
+/// 0.02 (no tissue contrast to stretch).
+pub fn standardize(v: &mut [f32], t: f32, gamma: bool) {
     let mut breast: Vec<f32> = v.iter().copied().filter(|&x| x > t).collect();
     if breast.len() < 64 {
         return;
@@ -390,7 +466,7 @@ pub fn standardize(v: &mut [f32], t: f32) {
     let window = |x: f32| ((x - t) / (hi - t)).clamp(0.0, 1.0);
     let mid = breast.len() / 2;
     let median = window(*breast.select_nth_unstable_by(mid, f32::total_cmp).1);
-    let gamma = if (0.02..0.98).contains(&median) {
+    let gamma = if gamma && (0.02..0.98).contains(&median) {
         0.5f32.ln() / median.ln()
     } else {
         1.0
@@ -673,7 +749,7 @@ mod tests {
         // the same breast under two tone curves (gamma 0.6 and 1.6: means about 0.6 and 0.3)
         let bright = breast(|g| g.powf(0.6));
         let dark = breast(|g| g.powf(1.6));
-        let input = |img: &GreyImage, standardize: bool| {
+        let input = |img: &GreyImage, standardize: Standardize| {
             let cfg = PreprocessConfig {
                 height: 64,
                 width: 48,
@@ -686,12 +762,24 @@ mod tests {
         let mean_diff = |a: &[f32], b: &[f32]| {
             a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32
         };
-        let before = mean_diff(&input(&bright, false), &input(&dark, false));
-        let after = mean_diff(&input(&bright, true), &input(&dark, true));
+        let before = mean_diff(
+            &input(&bright, Standardize::Off),
+            &input(&dark, Standardize::Off),
+        );
+        let after = mean_diff(
+            &input(&bright, Standardize::WindowGamma),
+            &input(&dark, Standardize::WindowGamma),
+        );
+        let window = mean_diff(
+            &input(&bright, Standardize::Window),
+            &input(&dark, Standardize::Window),
+        );
         assert!(before > 0.15, "the looks differ by {before} without it");
         assert!(after < 0.03, "and by {after} with it");
+        // the window alone removes offset and contrast, not the tone curve: in between
+        assert!(window < before && window > after, "window only: {window}");
         // the breast's median lands at 0.5, the background stays black
-        let g = input(&dark, true);
+        let g = input(&dark, Standardize::WindowGamma);
         let mut breast: Vec<f32> = g.iter().copied().filter(|&v| v > 0.02).collect();
         breast.sort_by(f32::total_cmp);
         let median = breast[breast.len() / 2];
@@ -702,12 +790,12 @@ mod tests {
     #[test]
     fn standardisation_leaves_a_flat_or_empty_image_alone() {
         let mut flat = vec![0.3f32; 1000];
-        standardize(&mut flat, 0.1);
+        standardize(&mut flat, 0.1, true);
         assert!(flat.iter().all(|&v| v == 0.3));
         let mut few = vec![0.0f32; 1000];
         few[..10].iter_mut().for_each(|v| *v = 0.9);
         let copy = few.clone();
-        standardize(&mut few, 0.1);
+        standardize(&mut few, 0.1, true);
         assert_eq!(few, copy);
     }
 

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::ingest::preprocess::{PreprocessConfig, PREPROCESS_VERSION};
+use crate::ingest::preprocess::{PreprocessConfig, Standardize, PREPROCESS_VERSION};
 
 /// Version of this contract (`mammo.schema_version`).
 pub const SCHEMA_VERSION: u32 = 1;
@@ -42,6 +42,10 @@ pub enum ContractError {
     Shape(String),
     #[error("tract: {0}")]
     Tract(String),
+    /// An output holds NaN or ±infinity: the model gives no usable result for this input (a NaN
+    /// compares false with every threshold, so it must never reach a flag).
+    #[error("output {output} is not finite (NaN or infinite): no result for this input")]
+    NonFinite { output: &'static str },
 }
 
 /// The `mammo.*` metadata of a model.
@@ -57,9 +61,9 @@ pub struct ModelMeta {
     pub mean: f32,
     pub std: f32,
     pub preprocess_version: u32,
-    /// Per-image intensity standardisation of the breast (`mammo.standardize_intensity`,
-    /// `true`/`false`; absent means `false`).
-    pub standardize: bool,
+    /// Per-image intensity standardisation of the breast (`mammo.standardize_intensity`:
+    /// `false`, `window` or `true` = window and gamma; absent means `false`).
+    pub standardize: Standardize,
     /// Class names of the density (A–D), vendor and view heads.
     pub density_classes: Vec<String>,
     pub vendor_classes: Vec<String>,
@@ -112,7 +116,10 @@ impl ModelMeta {
             ("mean", self.mean.to_string()),
             ("std", self.std.to_string()),
             ("preprocess_version", self.preprocess_version.to_string()),
-            ("standardize_intensity", self.standardize.to_string()),
+            (
+                "standardize_intensity",
+                self.standardize.as_meta().to_string(),
+            ),
             ("classes.density", j(&self.density_classes)),
             ("classes.vendor", j(&self.vendor_classes)),
             ("classes.view", j(&self.view_classes)),
@@ -179,13 +186,19 @@ impl ModelMeta {
             std: num("std", get("std")?)?,
             preprocess_version,
             standardize: match get("standardize_intensity").as_deref() {
-                Err(_) | Ok("false") => false,
-                Ok("true") => true,
-                Ok(v) => {
-                    return Err(ContractError::Metadata(format!(
-                        "key {P}standardize_intensity = {v:?} is not true or false"
-                    )))
-                }
+                Err(_) => Standardize::Off,
+                Ok(v) => [
+                    Standardize::Off,
+                    Standardize::Window,
+                    Standardize::WindowGamma,
+                ]
+                .into_iter()
+                .find(|s| s.as_meta() == v)
+                .ok_or_else(|| {
+                    ContractError::Metadata(format!(
+                        "key {P}standardize_intensity = {v:?} is not false, window or true"
+                    ))
+                })?,
             },
             density_classes: list("classes.density")?,
             vendor_classes: list("classes.vendor")?,

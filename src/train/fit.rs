@@ -25,7 +25,7 @@ use super::metrics;
 use super::model::{MtlConfig, MtlNet};
 use super::parallel::{self, train_step, ParallelError, Replicas};
 use crate::dataset::manifest;
-use crate::ingest::preprocess::PreprocessConfig;
+use crate::ingest::preprocess::{PreprocessConfig, Standardize};
 use crate::model::labels::Split;
 use crate::synth::SplitMix64;
 
@@ -64,8 +64,9 @@ pub struct FitConfig {
     /// Normalisation of the input (grey levels), part of the preprocessing contract.
     pub mean: f32,
     pub std: f32,
-    /// Per-image intensity standardisation of the breast (`preprocess::standardize`).
-    pub standardize: bool,
+    /// Per-image intensity standardisation of the breast (`preprocess::standardize`): `false`,
+    /// `true` (window and gamma) or `"window"`.
+    pub standardize: Standardize,
     pub epochs: usize,
     pub batch_size: usize,
     /// Peak learning rate of the cosine schedule.
@@ -98,7 +99,7 @@ impl Default for FitConfig {
             model: MtlConfig::new(),
             mean: 0.2,
             std: 0.25,
-            standardize: false,
+            standardize: Standardize::Off,
             epochs: 20,
             batch_size: 16,
             lr: 2e-3,
