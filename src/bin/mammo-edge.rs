@@ -204,6 +204,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Run { .. }) {
+        // before logging, the configuration and the runtime: SIGHUP must not kill a starting daemon
+        if let Err(e) = mammo_edge::edge::service::catch_sighup_early() {
+            eprintln!("warning: SIGHUP handler not installed at start-up: {e}");
+        }
+    }
     let level = match cli.verbose {
         // the demo's output is its messages (the refusals it provokes are not warnings); the
         // daemon's own log only with -v

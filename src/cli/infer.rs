@@ -6,9 +6,9 @@ use std::path::Path;
 use crate::edge::exam::{aggregate, ExamError};
 use crate::edge::message::{Messages, ModelInfo, Privacy, StoredScore};
 use crate::edge::publish::Topics;
-use crate::ingest::dicom::IngestOptions;
+use crate::ingest::dicom::{Category, IngestOptions, MammoMeta};
 use crate::ingest::image_file::is_image_file;
-use crate::model::score::{infer_file, infer_image_file, InferError, Model};
+use crate::model::score::{infer_file_detailed, infer_image_file, InferError, Model};
 use crate::model::ModelRunner;
 
 /// What [`Batch::file`] made of one file.

@@ -137,6 +137,9 @@ impl StateConfig {
     }
 }
 
+/// Upper bound of `model.threads`.
+pub const MAX_MODEL_THREADS: u32 = 16;
+
 /// `[model]`: the ONNX model (DESIGN.md, "Model contract").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -144,7 +147,9 @@ pub struct ModelConfig {
     /// ONNX file following docs/model-contract.md.
     /// Default `/usr/share/mammo-edge/models/mammo-mtl-demo.int8.onnx`.
     pub path: PathBuf,
-    /// Inference threads. Default 1.
+    /// Threads of tract's matrix products (`ModelRunner::with_threads`): 1 runs them on the
+    /// worker thread, N > 1 on a pool of N. 1–16 (the unit's `TasksMax=64` counts them).
+    /// Default 1.
     pub threads: u32,
 }
 
@@ -451,7 +456,7 @@ min_free_mb = 256
 [model]
 # ONNX model following docs/model-contract.md.
 path = "/usr/share/mammo-edge/models/mammo-mtl-demo.int8.onnx"
-# Inference threads.
+# Threads of the model's matrix products: 1 = on the worker thread, N = a pool of N (1-16).
 threads = 1
 
 [ingest]
@@ -561,6 +566,12 @@ impl Config {
             if v == 0 {
                 return Err(invalid(key, "must be greater than 0"));
             }
+        }
+        if self.model.threads > MAX_MODEL_THREADS {
+            return Err(invalid(
+                "model.threads",
+                format!("must be at most {MAX_MODEL_THREADS}"),
+            ));
         }
         if self.watch.dirs.is_empty() {
             return Err(invalid("watch.dirs", "at least one folder is needed"));

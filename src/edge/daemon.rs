@@ -26,7 +26,9 @@ use crate::edge::health::{
 use crate::edge::message::{Messages, ModelInfo, Privacy, StoredScore};
 use crate::edge::publish::{probe, PublishError, Publisher, Retained, Topics};
 use crate::edge::service::{Liveness, Notifier};
-use crate::edge::store::{Claim, Committed, ImageKey, Status, Store, StoreError, Ticket};
+use crate::edge::store::{
+    Claim, Committed, ImageKey, StateLock, Status, Store, StoreError, Ticket, IO_REASON,
+};
 use crate::edge::watch::{scan, FsEvents, Stability, WatchError};
 use crate::ingest::dicom::{Category, IngestOptions, MammoMeta};
 use crate::ingest::files::sha256_hex;
@@ -97,23 +99,27 @@ pub struct LoadedModel {
 pub fn load_model(config: &Config) -> Result<LoadedModel, DaemonError> {
     let path = &config.model.path;
     let (bytes, sha256) = read_model(path)?;
-    let runner =
-        ModelRunner::from_bytes(&bytes, &path.display().to_string()).map_err(model_err(path))?;
+    let runner = ModelRunner::from_bytes(&bytes, &path.display().to_string())
+        .map_err(model_err(path))?
+        .with_threads(config.model.threads as usize);
     Ok(LoadedModel { runner, sha256 })
 }
 
-/// Read `path` and, unless its sha256 is `unchanged_sha256`, check it as a model (contract and
-/// warm-up pass). `Ok(None)`: the same model file as the running one. Errors: `Model`.
+/// Read `path` and, unless its sha256 is `running.0` and `threads` is `running.1`, check it as
+/// a model (contract and warm-up pass) on `threads` inference threads. `Ok(None)`: the same
+/// model file and threads as the running one. Errors: `Model`.
 fn load_model_if_changed(
     path: &Path,
-    unchanged_sha256: &str,
+    threads: usize,
+    running: (&str, usize),
 ) -> Result<Option<LoadedModel>, DaemonError> {
     let (bytes, sha256) = read_model(path)?;
-    if sha256 == unchanged_sha256 {
+    if sha256 == running.0 && threads.max(1) == running.1 {
         return Ok(None);
     }
-    let runner =
-        ModelRunner::from_bytes(&bytes, &path.display().to_string()).map_err(model_err(path))?;
+    let runner = ModelRunner::from_bytes(&bytes, &path.display().to_string())
+        .map_err(model_err(path))?
+        .with_threads(threads);
     Ok(Some(LoadedModel { runner, sha256 }))
 }
 
@@ -158,6 +164,7 @@ pub async fn check(
     let model = load_model(config)?;
     Privacy::from_config(config)?;
     crate::edge::publish::mqtt_options(&config.mqtt)?;
+    crate::edge::watch::check_dirs(&config.watch.dirs)?;
     Store::open(&config.state.dir, config.ingest.max_attempts)?;
     if broker {
         probe(&config.mqtt, broker_timeout).await?;
@@ -307,14 +314,15 @@ struct Reloaded {
     result: Result<(Config, Option<LoadedModel>, Privacy), String>,
 }
 
-/// Read the configuration file and, if its file changed, the model (SIGHUP). The running
-/// model's sha256 is `running_sha256`.
-fn load_for_reload(path: &Path, running_sha256: &str) -> Reloaded {
+/// Read the configuration file and, if its file or `model.threads` changed, the model
+/// (SIGHUP). `running`: the running model's sha256 and threads.
+fn load_for_reload(path: &Path, running: (&str, usize)) -> Reloaded {
     let result = (|| {
         let config = Config::load(path).map_err(|e| format!("configuration refused: {e}"))?;
         let privacy = Privacy::from_config(&config).map_err(|e| e.to_string())?;
-        let model = load_model_if_changed(&config.model.path, running_sha256)
-            .map_err(|e| format!("model refused: {e}"))?;
+        let model =
+            load_model_if_changed(&config.model.path, config.model.threads as usize, running)
+                .map_err(|e| format!("model refused: {e}"))?;
         Ok((config, model, privacy))
     })();
     Reloaded { result }
@@ -423,6 +431,11 @@ pub async fn run_with(
         },
         None => None,
     };
+    if crate::edge::service::early_sighup_seen() {
+        log::info!(
+            "SIGHUP during start-up: the configuration and model being loaded now are the ones in use"
+        );
+    }
     let started = SystemTime::now();
     let cfg = config.clone();
     let model = tokio::task::spawn_blocking(move || load_model(&cfg))
@@ -431,6 +444,8 @@ pub async fn run_with(
     let privacy = Privacy::from_config(&config)?;
     // read the TLS / credential files now: a bad path stops the start, not the first connection
     crate::edge::publish::mqtt_options(&config.mqtt)?;
+    // one daemon per state folder, before recovery touches another one's claims (review #21)
+    let _state_lock = StateLock::acquire(&config.state.dir)?;
     let mut store = Store::open(&config.state.dir, config.ingest.max_attempts)?;
     let recovered = store.recover()?;
     if recovered > 0 {
@@ -813,12 +828,11 @@ impl Pipeline {
         self.notifier
             .reloading("reloading the configuration and the model");
         let (tx, sha) = (self.reload_tx.clone(), self.msgs.model.sha256.clone());
+        let threads = self.runner.threads();
         tokio::task::spawn_blocking(move || {
-            let r =
-                std::panic::catch_unwind(|| load_for_reload(&path, &sha)).unwrap_or_else(|_| {
-                    Reloaded {
-                        result: Err("model refused: loading it panicked".into()),
-                    }
+            let r = std::panic::catch_unwind(|| load_for_reload(&path, (&sha, threads)))
+                .unwrap_or_else(|_| Reloaded {
+                    result: Err("model refused: loading it panicked".into()),
                 });
             let _ = tx.send(r);
         });
@@ -992,6 +1006,7 @@ impl Pipeline {
                 Claim::Quarantine(ticket) => self.quarantine(&path, ticket),
                 Claim::Finished(status) => self.after(&path, status),
                 Claim::Busy => log::debug!("{}: in progress elsewhere", self.label(&path)),
+                Claim::Later => self.stability.forget(&path),
             }
         }
     }
@@ -1106,7 +1121,13 @@ impl Pipeline {
                     .map(|m| m.study_instance_uid.as_str())
                     .filter(|s| !s.is_empty());
                 let scrubbed = self.msgs.privacy.scrub(&reason, &path);
-                let r = if skipped {
+                let transient = !skipped && code == IO_REASON;
+                let r = if transient && ticket.io_retry {
+                    log::debug!("{label}: still unreadable ({code}): {scrubbed}");
+                    self.store
+                        .commit_error_again(&ticket, code)
+                        .map(|_| Status::Error)
+                } else if skipped {
                     log::info!("{label}: skipped ({code}): {scrubbed}");
                     self.store
                         .commit_skip(&ticket, sop, study, code, &msg)
@@ -1119,10 +1140,18 @@ impl Pipeline {
                 };
                 match r {
                     Ok(Status::Skipped) => self.stats.skipped += 1,
+                    Ok(_) if ticket.io_retry && transient => {}
                     Ok(_) => self.stats.errors += 1,
                     Err(_) => {}
                 }
                 self.waker.notify_one();
+                if transient && r.is_ok() {
+                    // a read error may pass (permissions fixed, NFS back): the file stays in
+                    // place and a later rescan claims it again after the back-off (review #8)
+                    self.db_ok();
+                    self.stability.forget(&path);
+                    return;
+                }
                 r
             }
             Outcome::Panicked(what) => {
@@ -1284,7 +1313,15 @@ impl Pipeline {
         match move_file(&self.config.watch.dirs, path, sub) {
             Ok(Some(_)) => log::debug!("{} moved to {sub}/", self.label(path)),
             Ok(None) => {}
-            Err(e) => log::warn!("{}: not moved to {sub}/: {e}", self.label(path)),
+            Err(e) => {
+                // left where it is and not handed on again until it changes: the next rescan
+                // would otherwise try (and, before review #5, copy) it again every time
+                log::warn!(
+                    "{}: not moved to {sub}/: {e}; left in place",
+                    self.label(path)
+                );
+                return;
+            }
         }
         self.stability.forget(path);
     }
@@ -1329,9 +1366,29 @@ fn move_file(dirs: &[PathBuf], path: &Path, sub: &str) -> std::io::Result<Option
         to = base.join(rel).with_file_name(name);
         n += 1;
     }
-    if std::fs::rename(path, &to).is_err() {
-        std::fs::copy(path, &to)?;
-        std::fs::remove_file(path)?;
+    match std::fs::rename(path, &to) {
+        Ok(()) => {}
+        // another file system: copy under a temporary name, then into place, then remove the
+        // source; if the source cannot be removed the copy goes again, so a retry never adds a
+        // second copy (review #5) and no partial copy carries the final name (review #30)
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => {
+            let mut tmp_name = std::ffi::OsString::from(".");
+            tmp_name.push(to.file_name().unwrap_or_default());
+            tmp_name.push(".partial");
+            let tmp = to.with_file_name(tmp_name);
+            let copied = std::fs::copy(path, &tmp).and_then(|_| std::fs::rename(&tmp, &to));
+            if let Err(e) = copied {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+            if let Err(e) = std::fs::remove_file(path) {
+                let _ = std::fs::remove_file(&to);
+                return Err(e);
+            }
+        }
+        // the same file system refused (e.g. no write permission on the export folder): a
+        // copy could not be followed by a removal either
+        Err(e) => return Err(e),
     }
     Ok(Some(to))
 }

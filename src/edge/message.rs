@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use thiserror::Error;
 
 use crate::edge::config::{Config, UidMode};
@@ -250,6 +250,10 @@ impl StoredScore {
     }
 }
 
+/// Largest topic + JSON payload of one message, bytes: the client's packet limit
+/// (`publish::MAX_PACKET`, 256 KiB) less room for the MQTT fixed and variable headers.
+pub const MAX_MESSAGE_BYTES: usize = crate::edge::publish::MAX_PACKET - 1024;
+
 /// Builds the outbox messages of one appliance: topics, model fields, identifier policy.
 #[derive(Debug, Clone)]
 pub struct Messages {
@@ -295,6 +299,44 @@ impl Messages {
         }
     }
 
+    /// `msg` itself when its topic and JSON fit in [`MAX_MESSAGE_BYTES`], else an `error`
+    /// message `payload_too_large` in its place (same topic family, no field of the original but
+    /// its kind and size): one oversized row would otherwise be refused by the client on every
+    /// reconnection and hold back the whole outbox (review #1).
+    fn bounded(&self, msg: OutboxMessage) -> OutboxMessage {
+        let size = msg.topic.len() + msg.payload.to_string().len();
+        if size <= MAX_MESSAGE_BYTES {
+            return msg;
+        }
+        let kind = msg.payload["schema"]
+            .as_str()
+            .unwrap_or("message")
+            .to_string();
+        let original = msg.payload["result_id"].as_str().unwrap_or("").to_string();
+        log::error!("a {kind} message of {size} bytes replaced by payload_too_large");
+        let id = result_id(
+            &format!("error:payload_too_large:{original}"),
+            &self.model.sha256,
+        )
+        .to_string();
+        let mut m = self.base(schema::ERROR, &id);
+        m.insert("uid_mode".into(), self.privacy.uid_mode().into());
+        m.insert("reason_code".into(), "payload_too_large".into());
+        m.insert(
+            "reason".into(),
+            format!(
+                "the {kind} message would be {size} bytes, over the {MAX_MESSAGE_BYTES} bytes \
+                 an MQTT packet of this appliance may carry; not published"
+            )
+            .into(),
+        );
+        OutboxMessage {
+            topic: self.topics.topic("error"),
+            payload: Value::Object(m),
+            retain: false,
+        }
+    }
+
     /// `<prefix>/image` (`mammo-edge.image/1`) for a scored image; `result_id` from
     /// `store::result_id` (SOPInstanceUID + model sha256). The payload is also the stored
     /// result (`StoredScore` reads it back).
@@ -311,11 +353,11 @@ impl Messages {
         m.insert("vendor".into(), json!(r.vendor));
         m.insert("manufacturer".into(), json!(meta.manufacturer));
         self.result_fields(&mut m, r);
-        OutboxMessage {
+        self.bounded(OutboxMessage {
             topic: self.topics.topic("image"),
             payload: Value::Object(m),
             retain: false,
-        }
+        })
     }
 
     /// The `mammo-edge.image/1` payload of an image file (PNG, JPEG, PGM/PNM; `mammo-edge
@@ -335,11 +377,11 @@ impl Messages {
         self.privacy.file_fields(path, &mut m);
         m.insert("image_file".into(), json!(report));
         self.result_fields(&mut m, r);
-        OutboxMessage {
+        self.bounded(OutboxMessage {
             topic: self.topics.topic("image"),
             payload: Value::Object(m),
             retain: false,
-        }
+        })
     }
 
     /// The fields of a result, DICOM or image file.
@@ -390,17 +432,19 @@ impl Messages {
             m.extend(e);
         }
         m.insert("image_result_ids".into(), json!(image_result_ids));
-        OutboxMessage {
+        self.bounded(OutboxMessage {
             topic: self.topics.topic("exam"),
             payload: Value::Object(m),
             retain: false,
-        }
+        })
     }
 
     /// `<prefix>/skipped` or `<prefix>/error` (`mammo-edge.skipped/1` / `.error/1`): an input
     /// not scored, with the stable `reason_code` and the `reason` text (path scrubbed unless file
-    /// names may be published). `result_id`: from the SOPInstanceUID when the header was read,
-    /// else from the path, size and mtime (stable across retries of the same file).
+    /// names may be published). `result_id`: UUIDv5 of `<skipped|error>:<reason_code>:` and the
+    /// SOPInstanceUID when the header was read, else the path, size and mtime: stable across
+    /// retries of the same rejection, and never the `result_id` of the image's own result
+    /// (review #2: a file rejected while half written and scored later has both messages).
     pub fn rejected(
         &self,
         skipped: bool,
@@ -415,16 +459,11 @@ impl Messages {
         } else {
             (schema::ERROR, "error")
         };
-        let id = match meta {
-            Some(mm) if !mm.sop_instance_uid.is_empty() => {
-                result_id(&mm.sop_instance_uid, &self.model.sha256)
-            }
-            _ => result_id(
-                &format!("file:{}", sha256_hex(file_key.as_bytes())),
-                &self.model.sha256,
-            ),
-        }
-        .to_string();
+        let subject = match meta {
+            Some(mm) if !mm.sop_instance_uid.is_empty() => mm.sop_instance_uid.clone(),
+            _ => format!("file:{}", sha256_hex(file_key.as_bytes())),
+        };
+        let id = result_id(&format!("{leaf}:{code}:{subject}"), &self.model.sha256).to_string();
         let mut m = self.base(schema, &id);
         m.insert("reason_code".into(), code.into());
         m.insert("reason".into(), self.privacy.scrub(reason, path).into());
@@ -452,11 +491,11 @@ impl Messages {
             }
         }
         self.privacy.file_fields(path, &mut m);
-        OutboxMessage {
+        self.bounded(OutboxMessage {
             topic: self.topics.topic(leaf),
             payload: Value::Object(m),
             retain: false,
-        }
+        })
     }
 }
 
@@ -598,6 +637,49 @@ mod tests {
             hmac_hex(b"Jefe", b"what do ya want for nothing?"),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    fn messages() -> Messages {
+        Messages {
+            topics: Topics::new("mammo/t/d"),
+            model: ModelInfo {
+                name: "m".into(),
+                version: "1".into(),
+                sha256: "ab".repeat(32),
+                intended_use: "research only".into(),
+                cancer_threshold: 0.5,
+                ood_threshold: 1.0,
+            },
+            privacy: Privacy::local(),
+        }
+    }
+
+    /// Review #1: a message over the packet limit is replaced by a small `error`
+    /// `payload_too_large`; one under it is left alone.
+    #[test]
+    fn an_oversized_message_is_replaced_by_payload_too_large() {
+        let m = messages();
+        let path = Path::new("/srv/export/x.dcm");
+        let huge = m.rejected(
+            true,
+            path,
+            "k",
+            None,
+            "not_mammogram",
+            &"\u{1}".repeat(65_000),
+        );
+        let text = huge.payload.to_string();
+        assert!(text.len() < 2048, "{} bytes", text.len());
+        assert_eq!(huge.payload["reason_code"], "payload_too_large");
+        assert_eq!(huge.payload["schema"], schema::ERROR);
+        assert_eq!(huge.topic, "mammo/t/d/error");
+        assert!(huge.payload["reason"]
+            .as_str()
+            .unwrap()
+            .contains("mammo-edge.skipped/1"));
+        let small = m.rejected(true, path, "k", None, "not_mammogram", "CT");
+        assert_eq!(small.payload["reason_code"], "not_mammogram");
+        assert_ne!(small.payload["result_id"], huge.payload["result_id"]);
     }
 
     #[test]

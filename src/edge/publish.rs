@@ -36,7 +36,7 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// MQTT keep-alive, s.
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// Largest MQTT packet sent or received, bytes (exam messages are a few KiB).
-const MAX_PACKET: usize = 256 * 1024;
+pub const MAX_PACKET: usize = 256 * 1024;
 
 /// Why publishing (or a broker check) failed.
 #[derive(Debug, Error)]

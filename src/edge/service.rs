@@ -3,14 +3,35 @@
 //! reload begins (then `READY=1` again), `STOPPING=1` on shutdown, and `WATCHDOG=1` pings at
 //! half of `WATCHDOG_USEC` sent only while the pipeline shows progress ([`Liveness`]), so a hung
 //! loop or a stuck worker lets systemd's watchdog restart the service. Everything is a no-op
-//! when `NOTIFY_SOCKET` is unset (not started by systemd with Type=notify). Main items:
-//! [`Notifier`], [`Liveness`].
+//! when `NOTIFY_SOCKET` is unset (not started by systemd with Type=notify). Also
+//! [`catch_sighup_early`]: SIGHUP's default action (terminate, which systemd does not restart)
+//! is replaced from the first lines of `run`. Main items: [`Notifier`], [`Liveness`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
+
+/// Set by the start-up SIGHUP handler of [`catch_sighup_early`].
+static EARLY_SIGHUP: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+/// Catch SIGHUP from now on (review #25): until the daemon installs its reload handler, a SIGHUP
+/// (a configuration-management run, `systemctl reload` right after a start) would otherwise
+/// terminate the process by default, and systemd counts that as a clean exit. The handler only
+/// records the signal ([`early_sighup_seen`]); it stays installed beside the daemon's own.
+/// Errors: the handler could not be installed (the default action stays).
+pub fn catch_sighup_early() -> std::io::Result<()> {
+    let flag = EARLY_SIGHUP.get_or_init(Arc::default).clone();
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, flag).map(|_| ())
+}
+
+/// Whether a SIGHUP arrived since [`catch_sighup_early`] (cleared by this call).
+pub fn early_sighup_seen() -> bool {
+    EARLY_SIGHUP
+        .get()
+        .is_some_and(|f| f.swap(false, Ordering::SeqCst))
+}
 
 /// Shortest progress window: a loop may be quiet this long (the publisher's reconnection
 /// backoff is up to 10 s) and still count as alive, whatever `WATCHDOG_USEC` is.

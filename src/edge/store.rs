@@ -107,6 +107,12 @@ pub enum StoreError {
     /// A value in the database this build does not understand.
     #[error("state database: unexpected {what} {value:?}")]
     Corrupt { what: &'static str, value: String },
+    /// Another process holds the state folder's lock ([`StateLock`]).
+    #[error(
+        "state.dir {path} is in use by another mammo-edge ({holder}); stop it first \
+         (two daemons on one state folder publish twice and undo each other's claims)"
+    )]
+    InUse { path: PathBuf, holder: String },
 }
 
 impl StoreError {
@@ -193,6 +199,22 @@ pub struct Ticket {
     pub path: String,
     /// Attempts made so far, this one included (1 for a first try).
     pub attempts: u32,
+    /// This claim retries a file whose last attempt hit a transient read error ([`IO_REASON`]):
+    /// the error was reported then, so the same error again is recorded without a message
+    /// ([`Store::commit_error_again`]).
+    pub io_retry: bool,
+}
+
+/// Reason code of a read error that may pass (permissions fixed later, NFS `ESTALE`, a
+/// remount): such a row is claimed again after a back-off ([`io_retry_due`]) instead of being
+/// final (review #8).
+pub const IO_REASON: &str = "io";
+
+/// Whether a row that failed with [`IO_REASON`] `attempts` times, last at `updated_ms`, may
+/// be tried again at `now_ms`: after 1 s, then 2, 4 … doubling, at most 1 h.
+pub fn io_retry_due(attempts: u32, updated_ms: i64, now_ms: i64) -> bool {
+    let wait = 1000i64.saturating_mul(1i64 << attempts.saturating_sub(1).min(12));
+    now_ms - updated_ms >= wait.min(3_600_000)
 }
 
 /// What `Store::claim` decided.
@@ -208,6 +230,9 @@ pub enum Claim {
     Quarantine(Ticket),
     /// Another worker holds it (`in_progress` without a crash in between): leave it.
     Busy,
+    /// Its last attempt hit a transient read error and the back-off has not passed: leave it
+    /// where it is and look again at a later rescan.
+    Later,
 }
 
 /// An MQTT message to put in the outbox.
@@ -300,6 +325,60 @@ pub struct ExamState {
 pub struct Purged {
     pub outbox: usize,
     pub ledger: usize,
+}
+
+/// Exclusive ownership of a state folder by one daemon: an advisory `flock` on
+/// `<state.dir>/lock`, which holds the owner's pid as text. Taken before recovery and held until
+/// dropped; the kernel releases it when the process ends, however it ends (no stale lock after
+/// a crash or kill -9). Readers (`check`, the tests' queries) do not take it.
+#[derive(Debug)]
+pub struct StateLock {
+    _file: std::fs::File,
+}
+
+/// Name of the lock file in the state folder.
+pub const LOCK_FILE: &str = "lock";
+
+impl StateLock {
+    /// Lock `dir` (created if needed) for this process, or [`StoreError::InUse`] naming the
+    /// holder's pid when another process holds it; [`StoreError::Dir`] when the folder or the
+    /// lock file cannot be made.
+    pub fn acquire(dir: &Path) -> Result<StateLock, StoreError> {
+        use std::io::{Read, Seek, Write};
+        let dir_err = |source| StoreError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(dir_err)?;
+        let path = dir.join(LOCK_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(dir_err)?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                let holder = match pid.trim() {
+                    "" => "pid unknown".to_string(),
+                    p => format!("pid {p}"),
+                };
+                return Err(StoreError::InUse {
+                    path: dir.to_path_buf(),
+                    holder,
+                });
+            }
+            Err(e) => return Err(dir_err(e.into())),
+        }
+        file.set_len(0).map_err(dir_err)?;
+        file.rewind().map_err(dir_err)?;
+        writeln!(file, "{}", std::process::id()).map_err(dir_err)?;
+        Ok(StateLock { _file: file })
+    }
 }
 
 /// `result_id`: UUIDv5 in the OID namespace of `"<SOPInstanceUID>/<model sha256, lower-case hex>"`,
@@ -437,11 +516,23 @@ impl Store {
         let max_attempts = self.max_attempts;
         let now = now_ms();
         let tx = self.write_tx()?;
-        let row: Option<(i64, i64, i64, String, u32)> = tx
+        type Row = (i64, i64, i64, String, u32, Option<String>, i64);
+        let row: Option<Row> = tx
             .query_row(
-                "SELECT id, size, mtime_ns, status, attempts FROM ledger WHERE path = ?1",
+                "SELECT id, size, mtime_ns, status, attempts, reason, updated_at
+                 FROM ledger WHERE path = ?1",
                 [path],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                    ))
+                },
             )
             .optional()?;
         let claim = match row {
@@ -455,15 +546,18 @@ impl Store {
                     ledger_id: tx.last_insert_rowid(),
                     path: path.into(),
                     attempts: 1,
+                    io_retry: false,
                 })
             }
-            Some((id, old_size, old_mtime, status, attempts)) => {
+            Some((id, old_size, old_mtime, status, attempts, reason, updated_at)) => {
                 let status = Status::parse(&status)?;
                 let ticket = |attempts| Ticket {
                     ledger_id: id,
                     path: path.into(),
                     attempts,
+                    io_retry: false,
                 };
+                let transient = status == Status::Error && reason.as_deref() == Some(IO_REASON);
                 if status == Status::InProgress {
                     Claim::Busy
                 } else if old_size != size || old_mtime != mtime_ns {
@@ -474,6 +568,18 @@ impl Store {
                         params![id, size, mtime_ns, now],
                     )?;
                     Claim::Process(ticket(1))
+                } else if transient && io_retry_due(attempts, updated_at, now) {
+                    tx.execute(
+                        "UPDATE ledger SET status = 'in_progress', attempts = attempts + 1,
+                         updated_at = ?2 WHERE id = ?1",
+                        params![id, now],
+                    )?;
+                    Claim::Process(Ticket {
+                        io_retry: true,
+                        ..ticket(attempts + 1)
+                    })
+                } else if transient {
+                    Claim::Later
                 } else if status != Status::New {
                     Claim::Finished(status)
                 } else if attempts >= max_attempts {
@@ -603,6 +709,13 @@ impl Store {
             reason,
             std::slice::from_ref(message),
         )
+    }
+
+    /// Finish a retry ([`Ticket::io_retry`]) that failed with the same transient error as
+    /// before: ledger row `error` with `reason`, no message (it was reported the first time).
+    /// Errors: `StaleTicket`, `Sqlite`.
+    pub fn commit_error_again(&mut self, ticket: &Ticket, reason: &str) -> Result<(), StoreError> {
+        self.finish_with(ticket, Status::Error, None, None, reason, &[])
     }
 
     /// Finish a `Claim::Quarantine`: ledger row `quarantined` with `reason`, plus its (error)

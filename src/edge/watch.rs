@@ -26,6 +26,52 @@ pub enum WatchError {
     /// The watcher itself could not be created.
     #[error("file-system watcher: {0}")]
     Init(notify::Error),
+    /// A `watch.dirs` entry is missing, not a folder, or cannot be listed.
+    #[error("watch.dirs {path}: {source}")]
+    Folder {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Check that every `watch.dirs` entry is a folder this process can list (what `run` needs
+/// before it starts, and what `check` reports). Errors: [`WatchError::Folder`].
+pub fn check_dirs(dirs: &[PathBuf]) -> Result<(), WatchError> {
+    for d in dirs {
+        let folder = |source| WatchError::Folder {
+            path: d.clone(),
+            source,
+        };
+        if !std::fs::metadata(d).map_err(folder)?.is_dir() {
+            return Err(folder(std::io::Error::new(
+                std::io::ErrorKind::NotADirectory,
+                "not a folder",
+            )));
+        }
+        std::fs::read_dir(d).map_err(folder)?;
+    }
+    Ok(())
+}
+
+/// Real sub-folders of `dir` (links not followed, dot-folders and unreadable ones left out),
+/// `dir` first.
+fn folders_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        if let Ok(rd) = std::fs::read_dir(&out[i]) {
+            let mut subs: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .map(|e| e.path())
+                .collect();
+            subs.sort();
+            out.extend(subs);
+        }
+        i += 1;
+    }
+    out
 }
 
 /// True for a name the watcher may hand on: not a dot-file, not `*.tmp` / `*.part` (any case),
@@ -41,12 +87,13 @@ pub fn is_candidate(path: &Path) -> bool {
         || lower == "dicomdir")
 }
 
-/// Every candidate file under `dirs` (recursively; dot-folders are not entered), in name order.
+/// Every candidate file under `dirs` (recursively; dot-folders are not entered, symbolic links
+/// neither listed nor followed), in name order.
 /// A folder that cannot be read is logged and skipped, so one bad mount does not stop the others.
 pub fn scan(dirs: &[PathBuf]) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for d in dirs {
-        match crate::ingest::files::files_under(d) {
+        match crate::ingest::files::files_under_with(d, crate::ingest::files::Links::Skip) {
             Ok(files) => out.extend(files.into_iter().filter(|p| {
                 is_candidate(p)
                     && !p
@@ -73,7 +120,7 @@ impl FsEvents {
         dirs: &[PathBuf],
     ) -> Result<(FsEvents, mpsc::UnboundedReceiver<PathBuf>), WatchError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let handler = move |res: notify::Result<notify::Event>| {
             match res {
                 Ok(ev) => {
                     let wanted = matches!(
@@ -93,15 +140,49 @@ impl FsEvents {
                 }
                 Err(e) => log::warn!("file-system watcher: {e}"),
             }
-        })
+        };
+        // links are not followed into other trees (review #6)
+        let mut watcher = RecommendedWatcher::new(
+            handler,
+            notify::Config::default().with_follow_symlinks(false),
+        )
         .map_err(WatchError::Init)?;
+        check_dirs(dirs)?;
         for d in dirs {
-            watcher
-                .watch(d, RecursiveMode::Recursive)
-                .map_err(|source| WatchError::Watch {
-                    path: d.clone(),
-                    source,
-                })?;
+            if let Err(e) = watcher.watch(d, RecursiveMode::Recursive) {
+                // one unreadable sub-folder (lost+found) or the inotify watch limit must not
+                // stop the appliance (review #4): watch folder by folder what can be watched;
+                // the rescan finds files in the rest
+                log::warn!(
+                    "a watched folder cannot be watched as a whole ({e}); watching its \
+                     sub-folders one by one, the rescan covers the others"
+                );
+                let _ = watcher.unwatch(d);
+                let (mut watched, mut refused) = (0usize, 0usize);
+                for f in folders_under(d) {
+                    match watcher.watch(&f, RecursiveMode::NonRecursive) {
+                        Ok(()) => watched += 1,
+                        Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
+                            log::warn!(
+                                "inotify watch limit reached after {watched} folders \
+                                 (fs.inotify.max_user_watches): the rest is found by the rescan"
+                            );
+                            break;
+                        }
+                        Err(e) => {
+                            refused += 1;
+                            log::debug!("{}: not watched: {e}", f.display());
+                        }
+                    }
+                }
+                if watched == 0 {
+                    return Err(WatchError::Watch {
+                        path: d.clone(),
+                        source: e,
+                    });
+                }
+                log::warn!("{watched} folder(s) watched one by one, {refused} refused");
+            }
         }
         Ok((FsEvents { _watcher: watcher }, rx))
     }
@@ -123,8 +204,10 @@ pub struct Stability {
     handed: HashMap<PathBuf, Seen>,
 }
 
+/// Size and mtime of a regular file; `None` for anything else, a symbolic link included (never
+/// followed: it could lead out of the watched tree, review #6).
 fn stat(path: &Path) -> Option<Seen> {
-    let m = std::fs::metadata(path).ok()?;
+    let m = std::fs::symlink_metadata(path).ok()?;
     m.is_file().then(|| (m.len(), m.modified().ok()))
 }
 
@@ -228,6 +311,39 @@ mod tests {
         for name in ["a.dcm", "IM0001", "x.tmp.dcm"] {
             assert!(is_candidate(Path::new(name)), "{name}");
         }
+    }
+
+    /// Review #6 (issue 13): links are not followed by the rescan: two links to the folder
+    /// itself made the walk exponential (the rescan never ended), and a link out of the tree
+    /// made the daemon read and move another application's files. The walk returns at once
+    /// and lists each real file once; a linked file or folder is not listed; a symlink is never
+    /// handed on by the stability rule.
+    #[test]
+    fn the_rescan_does_not_follow_links_in_or_out_of_the_tree() {
+        use std::os::unix::fs::symlink;
+        let root = std::env::temp_dir().join(format!("mammo-links-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let (watched, outside) = (root.join("export"), root.join("outside"));
+        std::fs::create_dir_all(watched.join("sub")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(watched.join("sub/x.dcm"), b"x").unwrap();
+        std::fs::write(outside.join("y.dcm"), b"y").unwrap();
+        symlink(".", watched.join("sub/a")).unwrap();
+        symlink(".", watched.join("sub/b")).unwrap();
+        symlink(&outside, watched.join("ext")).unwrap();
+        symlink(outside.join("y.dcm"), watched.join("z.dcm")).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let w = watched.clone();
+        std::thread::spawn(move || tx.send(scan(&[w])).unwrap());
+        let found = rx
+            .recv_timeout(Duration::from_secs(2))
+            .expect("the rescan must return within 2 s");
+        assert_eq!(found, vec![watched.join("sub/x.dcm")]);
+        let mut s = Stability::new(Duration::ZERO);
+        let t0 = Instant::now();
+        s.observe(watched.join("z.dcm"), t0);
+        assert!(s.ready(t0 + Duration::from_secs(1)).is_empty());
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

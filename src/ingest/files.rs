@@ -13,30 +13,77 @@ pub fn sha256_hex(data: &[u8]) -> String {
         .collect()
 }
 
-/// Every file under `dir`, recursively, sorted by path. Errors only when `dir` itself cannot be
-/// read; unreadable subfolders are skipped with a warning.
+/// Symbolic links met while listing a folder ([`files_under_with`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Links {
+    /// Followed, each real folder entered once (a link back to an ancestor or a sibling adds
+    /// nothing): for folders a user names on the command line or a data set's tree.
+    Follow,
+    /// Neither listed nor entered: the daemon's export folder, which other systems may write
+    /// to, never leads it out of the tree or around in it (review #6).
+    Skip,
+}
+
+/// Every file under `dir`, recursively, sorted by path, links followed ([`Links::Follow`]).
+/// Errors only when `dir` itself cannot be read; unreadable subfolders are skipped with a
+/// warning.
 pub fn files_under(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    fn walk(d: &Path, out: &mut Vec<PathBuf>, top: bool) -> std::io::Result<()> {
+    files_under_with(dir, Links::Follow)
+}
+
+/// [`files_under`] with a choice of what links do. With [`Links::Follow`] each folder is
+/// entered once by its device and inode, so link loops end; with [`Links::Skip`] only regular
+/// files and real folders are seen.
+pub fn files_under_with(dir: &Path, links: Links) -> std::io::Result<Vec<PathBuf>> {
+    use std::collections::HashSet;
+    use std::os::unix::fs::MetadataExt;
+    fn walk(
+        d: &Path,
+        out: &mut Vec<PathBuf>,
+        top: bool,
+        links: Links,
+        seen: &mut HashSet<(u64, u64)>,
+    ) -> std::io::Result<()> {
+        if let Ok(m) = std::fs::metadata(d) {
+            if !seen.insert((m.dev(), m.ino())) {
+                return Ok(());
+            }
+        }
         let entries = match std::fs::read_dir(d) {
             Ok(r) => r,
             Err(e) if top => return Err(e),
             Err(e) => {
-                log::warn!("{}: {e}; skipped", d.display());
+                log::warn!("a subfolder cannot be read ({e}); skipped");
+                log::debug!("unreadable folder: {}", d.display());
                 return Ok(());
             }
         };
-        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        paths.sort();
-        for p in paths {
-            if p.is_dir() {
-                walk(&p, out, false)?;
+        let mut paths: Vec<(PathBuf, std::fs::FileType)> = entries
+            .filter_map(|e| e.ok().and_then(|e| Some((e.path(), e.file_type().ok()?))))
+            .collect();
+        paths.sort_by(|a, b| a.0.cmp(&b.0));
+        for (p, ft) in paths {
+            let (is_dir, is_file) = if ft.is_symlink() {
+                if links == Links::Skip {
+                    log::debug!("{}: a symbolic link, not followed", p.display());
+                    continue;
+                }
+                match std::fs::metadata(&p) {
+                    Ok(m) => (m.is_dir(), m.is_file()),
+                    Err(_) => continue,
+                }
             } else {
+                (ft.is_dir(), ft.is_file())
+            };
+            if is_dir {
+                walk(&p, out, false, links, seen)?;
+            } else if is_file {
                 out.push(p);
             }
         }
         Ok(())
     }
     let mut out = Vec::new();
-    walk(dir, &mut out, true)?;
+    walk(dir, &mut out, true, links, &mut HashSet::new())?;
     Ok(out)
 }

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::prelude::*;
 
 use super::contract::{ContractError, ModelMeta, OOD_OUTPUT, OUTPUTS};
@@ -69,6 +70,9 @@ pub struct ModelRunner {
     index: [usize; 9],
     /// Output index of [`OOD_OUTPUT`], when the model has it.
     ood_index: Option<usize>,
+    /// Tract's executor for matrix products: single-threaded, or a pool of `threads`.
+    executor: Executor,
+    threads: usize,
 }
 
 fn tract_err(e: impl std::fmt::Display) -> ContractError {
@@ -151,6 +155,8 @@ impl ModelRunner {
             plan,
             index,
             ood_index,
+            executor: Executor::SingleThread,
+            threads: 1,
         };
         // one pass on a blank image checks every output shape against the contract
         let probe = runner.run(&vec![0.0; h * w])?;
@@ -193,8 +199,49 @@ impl ModelRunner {
             .collect()
     }
 
-    /// One forward pass. `input`: the preprocessed, normalised `[H · W]` tensor.
+    /// Run tract's matrix products on `threads` threads (`model.threads`): a pool of that many
+    /// threads named `mammo-infer-N`, owned by this runner; 1 (or 0) runs them on the calling
+    /// thread. Outputs do not depend on it (tract splits work on whole rows and panels).
+    pub fn with_threads(mut self, threads: usize) -> ModelRunner {
+        self.threads = threads.max(1);
+        self.executor = if self.threads > 1 {
+            Executor::multithread_with_name(self.threads, "mammo-infer")
+        } else {
+            Executor::SingleThread
+        };
+        self
+    }
+
+    /// Threads of tract's matrix products ([`ModelRunner::with_threads`]).
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// One forward pass. `input`: the preprocessed, normalised `[H · W]` tensor. Errors: a
+    /// wrong input length or output shape, tract's own errors, and [`ContractError::NonFinite`]
+    /// when any output holds NaN or ±infinity.
     pub fn run(&self, input: &[f32]) -> Result<ModelOutputs, ContractError> {
+        let o = multithread_tract_scope(self.executor.clone(), || self.run_plan(input))?;
+        let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
+        let heads: [(&'static str, bool); 10] = [
+            (OUTPUTS[0], o.cancer.is_finite()),
+            (OUTPUTS[1], o.normal.is_finite()),
+            (OUTPUTS[2], finite(&o.density)),
+            (OUTPUTS[3], o.percent_density.is_finite()),
+            (OUTPUTS[4], finite(&o.vendor)),
+            (OUTPUTS[5], finite(&o.view)),
+            (OUTPUTS[6], finite(&o.dense_mask)),
+            (OUTPUTS[7], finite(&o.reconstruction)),
+            (OUTPUTS[8], o.recon_error.is_finite()),
+            (OOD_OUTPUT, o.ood_score.is_none_or(f32::is_finite)),
+        ];
+        match heads.iter().find(|(_, ok)| !ok) {
+            Some(&(output, _)) => Err(ContractError::NonFinite { output }),
+            None => Ok(o),
+        }
+    }
+
+    fn run_plan(&self, input: &[f32]) -> Result<ModelOutputs, ContractError> {
         let (h, w) = (self.meta.input_height, self.meta.input_width);
         if input.len() != h * w {
             return Err(ContractError::Shape(format!(

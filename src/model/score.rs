@@ -43,12 +43,14 @@ impl InferError {
     }
 
     /// Stable machine code of the reason: the ingest codes (`truncated`, `not_mammogram` …),
-    /// the image-file codes (`undecodable`, `not_grey` …), `preprocess` or `model`.
+    /// the image-file codes (`undecodable`, `not_grey` …), `preprocess`, `non_finite_output` (a
+    /// model output NaN or infinite) or `model`.
     pub fn code(&self) -> &'static str {
         match self {
             InferError::Ingest(e) => e.code(),
             InferError::ImageFile(e) => e.code(),
             InferError::Preprocess(_) => "preprocess",
+            InferError::Model(ContractError::NonFinite { .. }) => "non_finite_output",
             InferError::Model(_) => "model",
         }
     }

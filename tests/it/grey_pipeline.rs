@@ -54,6 +54,35 @@ fn voi_lut_sequence_values_and_precedence_over_windows() {
     );
 }
 
+/// Issue 13: a VOI LUT Sequence whose descriptor declares 16 bits per entry while its entries
+/// only use 12 (seen in real GE files) is scaled by the bits the entries use, as DCMTK does when
+/// it checks the table (dcmimgle's `checkBits`: the depth from the largest entry, 8–16); scaled by
+/// 2^16 − 1 the image came out at most 6 % bright.
+#[test]
+fn a_16_bit_lut_descriptor_with_12_bit_entries_spans_the_full_grey_range() {
+    let mut spec = ramp();
+    spec.voi_luts = vec![LutItem {
+        first: 0,
+        bits: 16,
+        data: (0..4096u16).collect(),
+        explanation: "GE 16/12".into(),
+    }];
+    let g = grey(&spec);
+    assert_eq!(g[0], 0.0);
+    assert!((g[4095] - 1.0).abs() < 1e-6, "white end at {}", g[4095]);
+    assert!((g[2048] - 2048.0 / 4095.0).abs() < 1e-6, "{}", g[2048]);
+    // a table that uses its 16 bits keeps the declared scale
+    let mut wide = ramp();
+    wide.voi_luts = vec![LutItem {
+        first: 0,
+        bits: 16,
+        data: (0..4096u32).map(|i| (i * 16) as u16).collect(),
+        explanation: "full 16".into(),
+    }];
+    let g = grey(&wide);
+    assert!((g[4095] - 65520.0 / 65535.0).abs() < 1e-6, "{}", g[4095]);
+}
+
 #[test]
 fn lut_descriptor_zero_means_65536_entries() {
     let mut spec = DicomSpec::mammogram(256, 256, (0..=65535u16).collect());

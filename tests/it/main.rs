@@ -11,6 +11,7 @@ mod export;
 mod grey_pipeline;
 mod image_file;
 mod import;
+mod model;
 mod real_data;
 mod rejections;
 mod reported_cases;

@@ -300,6 +300,58 @@ fn absent_or_blank_uids() {
     }
 }
 
+fn header(p: &Path) -> mammo_edge::ingest::dicom::MammoMeta {
+    let o = mammo_edge::ingest::dicom::open_header(p).unwrap();
+    mammo_edge::ingest::dicom::MammoMeta::from_object(&o).unwrap()
+}
+
+/// Review #1 (issue 13): a UID longer than UI's 64 bytes is refused as an inconsistent header
+/// (it would otherwise be published and stored as is), and a string past its VR's length is
+/// cut to 64 characters with its control characters removed before anything quotes it.
+#[test]
+fn oversized_uids_are_refused_and_long_strings_bounded() {
+    let d = tmp();
+    let long_uid = format!("1.2.826.0.1.3680043.9.{}", "7".repeat(300));
+    for (tag, name) in [
+        (tags::SOP_INSTANCE_UID, "SOPInstanceUID"),
+        (tags::STUDY_INSTANCE_UID, "StudyInstanceUID"),
+        (tags::SERIES_INSTANCE_UID, "SeriesInstanceUID"),
+    ] {
+        let mut o = obj();
+        put_str(&mut o, tag, VR::UI, &long_uid);
+        let p = save(&o, d.path(), &format!("{name}.dcm"));
+        let e = reject(&p);
+        assert_reason(&e, "inconsistent_header", Category::Error, name);
+        assert!(e.to_string().len() < 200, "{e}");
+        let meta = header(&p);
+        assert!(meta.sop_instance_uid.len() <= 64 && meta.study_instance_uid.len() <= 64);
+    }
+    let mut o = obj();
+    put_str(
+        &mut o,
+        tags::MANUFACTURER,
+        VR::LO,
+        &"\u{1}GE ".repeat(15_000),
+    );
+    put_str(
+        &mut o,
+        tags::MANUFACTURER_MODEL_NAME,
+        VR::LO,
+        &"x".repeat(5_000),
+    );
+    let p = save(&o, d.path(), "long-strings.dcm");
+    let meta = header(&p);
+    assert_eq!(
+        meta.manufacturer.chars().count(),
+        64,
+        "{:?}",
+        meta.manufacturer
+    );
+    assert!(!meta.manufacturer.chars().any(char::is_control));
+    assert!(meta.manufacturer.starts_with("GE GE"));
+    assert_eq!(meta.model_name.chars().count(), 64);
+}
+
 #[test]
 fn colour_image() {
     let d = tmp();

@@ -425,3 +425,58 @@ fn exam_revisions_are_stored_in_sequence() {
     assert_eq!(s.exam_state("1.2.3").unwrap().unwrap().revision, 2);
     assert_eq!(s.undelivered_count().unwrap(), 2);
 }
+
+/// Review #8 (issue 13): a read error (`io`: permissions fixed later, NFS `ESTALE`) is not
+/// final. The same path, size and mtime is claimed again once its back-off has passed (1 s,
+/// then 2 s …), marked as a retry so the same error again is recorded without a second
+/// message; any other error stays final.
+#[test]
+fn a_transient_read_error_is_retried_after_a_back_off_and_reported_once() {
+    let dir = tmp();
+    let mut s = Store::open(dir.path(), 3).unwrap();
+    let f = PathBuf::from("/srv/dicom-export/io.dcm");
+    let t = process(s.claim(&f, 10, mtime(0)).unwrap());
+    assert!(!t.io_retry);
+    s.commit_error(&t, None, None, "io", &msg("p/error", 1))
+        .unwrap();
+    assert_eq!(s.claim(&f, 10, mtime(0)).unwrap(), Claim::Later);
+    std::thread::sleep(Duration::from_millis(1100));
+    let t2 = process(s.claim(&f, 10, mtime(0)).unwrap());
+    assert!(t2.io_retry);
+    s.commit_error_again(&t2, "io").unwrap();
+    // the back-off doubled: not yet after 1.1 s, due after 2 s
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(s.claim(&f, 10, mtime(0)).unwrap(), Claim::Later);
+    std::thread::sleep(Duration::from_millis(1000));
+    let t3 = process(s.claim(&f, 10, mtime(0)).unwrap());
+    s.commit_skip(
+        &t3,
+        Some("7.7"),
+        Some("1.2.3"),
+        "not_mammogram",
+        &msg("p/skipped", 2),
+    )
+    .unwrap();
+    assert_eq!(status(&s, &f), Status::Skipped);
+    let sent: Vec<String> = s
+        .next_undelivered(10)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.topic)
+        .collect();
+    assert_eq!(
+        sent,
+        ["p/error", "p/skipped"],
+        "one error message, not three"
+    );
+    // a decoding error is final
+    let g = PathBuf::from("/srv/dicom-export/bad.dcm");
+    let t = process(s.claim(&g, 10, mtime(0)).unwrap());
+    s.commit_error(&t, None, None, "truncated", &msg("p/error", 3))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(
+        s.claim(&g, 10, mtime(0)).unwrap(),
+        Claim::Finished(Status::Error)
+    );
+}

@@ -118,13 +118,20 @@ impl Lut {
         self.data[i as usize] as f64
     }
 
-    /// The output's full scale: 2^bits − 1, or the largest entry when the data exceed the
-    /// declared bits (a broken descriptor).
+    /// The output's full scale, 2^n − 1. n is the declared bits per entry, except that a
+    /// table declared 16 bits whose entries use fewer (real GE files: 16 declared, entries 0 …
+    /// 4095) is scaled by the bits its largest entry needs, at least 8, as DCMTK checks a table
+    /// (dcmimgle `DiLookupTable::checkBits`; PS3.3 C.11.2.1.1 notes 8-bit entries stored in 16
+    /// bits). The largest entry itself when the data exceed the declared bits (a broken
+    /// descriptor).
     pub fn full_scale(&self) -> f64 {
         let declared = ((1u64 << self.bits.min(16)) - 1) as f64;
-        let max = self.data.iter().copied().max().unwrap_or(0) as f64;
-        if max > declared {
-            max
+        let max = self.data.iter().copied().max().unwrap_or(0);
+        let used = (u16::BITS - max.leading_zeros()).max(8) as u16;
+        if f64::from(max) > declared {
+            f64::from(max)
+        } else if self.bits == 16 && used < 16 {
+            ((1u64 << used) - 1) as f64
         } else {
             declared
         }

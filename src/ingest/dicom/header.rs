@@ -32,6 +32,10 @@ pub struct MammoMeta {
     pub sop_instance_uid: String,
     pub study_instance_uid: String,
     pub series_instance_uid: String,
+    /// The first of the UIDs above that is longer than UI's 64 bytes (kept cut to 64 here);
+    /// such a file is refused as `inconsistent_header`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oversized_uid: Option<&'static str>,
     /// Modality (0008,0060); may be absent (the SOP class alone can identify a mammogram).
     pub modality: Option<String>,
     /// PresentationIntentType (0008,0068): `FOR PRESENTATION` / `FOR PROCESSING`.
@@ -88,11 +92,45 @@ fn elem(obj: &InMemDicomObject, tag: Tag) -> Option<&InMemElement> {
     obj.element_opt(tag).ok().flatten()
 }
 
-/// Trimmed, non-empty string value.
+/// Longest header string kept, in characters: LO's limit (PS3.5 6.2), which also bounds every
+/// shorter VR the appliance reads. A file may declare any length; what is kept, logged and
+/// published is cut here (review #1: one 65 kB Manufacturer blocked the outbox).
+pub const MAX_STRING_CHARS: usize = 64;
+/// Longest UID, bytes (UI, PS3.5 6.2): a longer one is refused, not cut.
+pub const MAX_UID_BYTES: usize = 64;
+/// Most values kept of a multi-valued string attribute.
+const MAX_VALUES: usize = 16;
+
+/// A header string as kept: control characters removed, trimmed, at most
+/// [`MAX_STRING_CHARS`] characters.
+fn bound(s: &str) -> String {
+    let kept: String = s.chars().filter(|c| !c.is_control()).collect();
+    let cut: String = kept.trim().chars().take(MAX_STRING_CHARS).collect();
+    cut.trim_end().to_string()
+}
+
+/// Trimmed, non-empty, bounded ([`bound`]) string value.
 fn string(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
-    let s = elem(obj, tag)?.to_str().ok()?;
-    let s = s.trim_matches(|c: char| c.is_whitespace() || c == '\0');
-    (!s.is_empty()).then(|| s.to_string())
+    let s = bound(&elem(obj, tag)?.to_str().ok()?);
+    (!s.is_empty()).then_some(s)
+}
+
+/// A UID value, trimmed; one longer than [`MAX_UID_BYTES`] is kept cut and named in
+/// `oversized` (the first such attribute), so acceptance refuses the file.
+fn uid(
+    obj: &InMemDicomObject,
+    tag: Tag,
+    name: &'static str,
+    oversized: &mut Option<&'static str>,
+) -> String {
+    let Some(raw) = elem(obj, tag).and_then(|e| e.to_str().ok()) else {
+        return String::new();
+    };
+    let raw = raw.trim_matches(|c: char| c.is_whitespace() || c == '\0');
+    if raw.len() > MAX_UID_BYTES && oversized.is_none() {
+        *oversized = Some(name);
+    }
+    bound(raw)
 }
 
 fn strings(obj: &InMemDicomObject, tag: Tag) -> Vec<String> {
@@ -100,7 +138,8 @@ fn strings(obj: &InMemDicomObject, tag: Tag) -> Vec<String> {
         Some(Value::Primitive(p)) => p
             .to_multi_str()
             .iter()
-            .map(|s| s.trim().to_string())
+            .take(MAX_VALUES)
+            .map(|s| bound(s))
             .collect(),
         _ => Vec::new(),
     }
@@ -138,16 +177,9 @@ impl MammoMeta {
     pub fn from_object(obj: &DefaultDicomObject) -> Result<MammoMeta, IngestError> {
         let file_meta = obj.meta();
         let ds: &InMemDicomObject = obj;
-        let sop_class_uid = string(ds, tags::SOP_CLASS_UID).unwrap_or_else(|| {
-            file_meta
-                .media_storage_sop_class_uid()
-                .trim_end_matches('\0')
-                .to_string()
-        });
-        let ts_uid = file_meta
-            .transfer_syntax()
-            .trim_end_matches('\0')
-            .to_string();
+        let sop_class_uid = string(ds, tags::SOP_CLASS_UID)
+            .unwrap_or_else(|| bound(file_meta.media_storage_sop_class_uid()));
+        let ts_uid = bound(file_meta.transfer_syntax());
         let transfer_syntax_name = TransferSyntaxRegistry
             .get(&ts_uid)
             .map(|t| t.name().to_string())
@@ -237,11 +269,31 @@ impl MammoMeta {
             None => 1,
         };
         let manufacturer = string(ds, tags::MANUFACTURER).unwrap_or_default();
+        let mut oversized_uid = None;
+        let sop_instance_uid = uid(
+            ds,
+            tags::SOP_INSTANCE_UID,
+            "SOPInstanceUID",
+            &mut oversized_uid,
+        );
+        let study_instance_uid = uid(
+            ds,
+            tags::STUDY_INSTANCE_UID,
+            "StudyInstanceUID",
+            &mut oversized_uid,
+        );
+        let series_instance_uid = uid(
+            ds,
+            tags::SERIES_INSTANCE_UID,
+            "SeriesInstanceUID",
+            &mut oversized_uid,
+        );
         Ok(MammoMeta {
             sop_class_uid,
-            sop_instance_uid: string(ds, tags::SOP_INSTANCE_UID).unwrap_or_default(),
-            study_instance_uid: string(ds, tags::STUDY_INSTANCE_UID).unwrap_or_default(),
-            series_instance_uid: string(ds, tags::SERIES_INSTANCE_UID).unwrap_or_default(),
+            sop_instance_uid,
+            study_instance_uid,
+            series_instance_uid,
+            oversized_uid,
             modality: string(ds, tags::MODALITY).map(|s| s.to_ascii_uppercase()),
             presentation_intent: string(ds, tags::PRESENTATION_INTENT_TYPE)
                 .map(|s| s.to_ascii_uppercase()),

@@ -462,6 +462,12 @@ pub fn check_image_header(meta: &MammoMeta, opts: &IngestOptions) -> Result<(), 
             return Err(IngestError::MissingAttribute(name));
         }
     }
+    if let Some(name) = meta.oversized_uid {
+        return Err(IngestError::Inconsistent(format!(
+            "{name} is longer than the {} bytes a UID may have",
+            header::MAX_UID_BYTES
+        )));
+    }
     if opts.require_uids {
         for (v, name) in [
             (&meta.sop_instance_uid, "SOPInstanceUID"),
@@ -588,6 +594,71 @@ fn check_codestream(fragment: &[u8], meta: &MammoMeta) -> Result<(), IngestError
     Ok(())
 }
 
+/// The decoded samples of the (single) frame as little-endian bytes of `BitsAllocated`: JPEG-LS
+/// through pure_jpegls (pure Rust, so the appliance builds without CharLS's cmake), everything
+/// else through dicom-pixeldata.
+fn decode_pixels<'a>(
+    obj: &'a DefaultDicomObject,
+    meta: &MammoMeta,
+) -> Result<Decoded<'a>, IngestError> {
+    match meta.transfer_syntax.as_str() {
+        ts::JPEG_LS_LOSSLESS | ts::JPEG_LS_NEAR_LOSSLESS => {
+            decode_jpeg_ls(obj, meta).map(Decoded::Samples)
+        }
+        _ => obj
+            .decode_pixel_data()
+            .map(Decoded::Pixeldata)
+            .map_err(|e| IngestError::Undecodable(error_chain(&e))),
+    }
+}
+
+/// Decoded pixel data from either decoder.
+enum Decoded<'a> {
+    Pixeldata(dicom_pixeldata::DecodedPixelData<'a>),
+    Samples(Vec<u8>),
+}
+
+impl std::ops::Deref for Decoded<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Decoded::Pixeldata(d) => d.data(),
+            Decoded::Samples(v) => v,
+        }
+    }
+}
+
+/// JPEG-LS (ITU-T T.87) of one single-component frame: the fragments joined into one
+/// codestream and decoded at the header's Columns × Rows (the decoder checks them against its
+/// SOF55 marker), samples written as `BitsAllocated` little-endian words.
+fn decode_jpeg_ls(obj: &DefaultDicomObject, meta: &MammoMeta) -> Result<Vec<u8>, IngestError> {
+    let fragments = obj
+        .element_opt(tags::PIXEL_DATA)
+        .ok()
+        .flatten()
+        .and_then(|px| px.fragments())
+        .ok_or_else(|| {
+            IngestError::Inconsistent(
+                "JPEG-LS transfer syntax without encapsulated pixel data".into(),
+            )
+        })?;
+    let stream: Vec<u8> = fragments.iter().flat_map(|f| f.iter().copied()).collect();
+    let (samples, w, h) = jpegls::decode(&stream, meta.columns, meta.rows)
+        .map_err(|e| IngestError::Undecodable(format!("JPEG-LS: {e}")))?;
+    if (w, h) != (meta.columns, meta.rows) || samples.len() < w as usize * h as usize {
+        return Err(IngestError::Inconsistent(format!(
+            "JPEG-LS codestream is {w}x{h} but Columns x Rows is {}x{}",
+            meta.columns, meta.rows
+        )));
+    }
+    let bytes: Vec<u8> = if meta.bits_allocated == 8 {
+        samples.iter().map(|&v| v as u8).collect()
+    } else {
+        samples.iter().flat_map(|v| v.to_le_bytes()).collect()
+    };
+    Ok(bytes)
+}
+
 /// Decompress and run the grey-level pipeline.
 fn decode(obj: &DefaultDicomObject, meta: MammoMeta) -> Result<Mammogram, IngestError> {
     check_pixel_data(obj, &meta)?;
@@ -600,7 +671,7 @@ fn decode(obj: &DefaultDicomObject, meta: MammoMeta) -> Result<Mammogram, Ingest
     format.validate()?;
     let t0 = Instant::now();
     let decoded =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| obj.decode_pixel_data()))
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode_pixels(obj, &meta)))
             .map_err(|p| {
                 let msg = p
                     .downcast_ref::<String>()
@@ -608,10 +679,9 @@ fn decode(obj: &DefaultDicomObject, meta: MammoMeta) -> Result<Mammogram, Ingest
                     .or_else(|| p.downcast_ref::<&str>().copied())
                     .unwrap_or("decoder panicked");
                 IngestError::Undecodable(format!("decoder panicked: {msg}"))
-            })?
-            .map_err(|e| IngestError::Undecodable(error_chain(&e)))?;
+            })??;
     let decode_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let data = decoded.data();
+    let data: &[u8] = &decoded;
     let n = meta.rows as usize * meta.columns as usize;
     let expected = n * (meta.bits_allocated as usize / 8);
     if data.len() < expected {

@@ -97,6 +97,22 @@ pub(crate) const TEST_INTENDED_USE: &str = "test model: research only, not for c
 /// the image mean (f), `dense_mask` = Sigmoid(AveragePool₄), `reconstruction` = AveragePool₄ so
 /// `recon_error` = 0; cancer threshold 0.5, OOD threshold 0.1.
 pub(crate) fn tiny_model(path: &Path) {
+    tiny_model_variant(path, Tiny::Plain)
+}
+
+/// Variants of the tiny model for the finiteness checks (review #24, issue 13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tiny {
+    Plain,
+    /// `cancer` = Sigmoid(mean) + 10⁻³⁰ · √(0.01 − (max − mean)): finite on the blank
+    /// load-time probe, NaN on any image with contrast.
+    NanOnImages,
+    /// `cancer` = Sigmoid(f) + √−1: NaN on every input, the load-time probe included.
+    NanAlways,
+}
+
+/// [`tiny_model`] with the `cancer` head of `variant`.
+pub(crate) fn tiny_model_variant(path: &Path, variant: Tiny) {
     let (h, w) = (128usize, 80usize);
     let vendors = ["hologic", "ge", "siemens", "other"];
     let meta = ModelMeta {
@@ -108,7 +124,7 @@ pub(crate) fn tiny_model(path: &Path) {
         mean: 0.2,
         std: 0.25,
         preprocess_version: PREPROCESS_VERSION,
-        standardize: false,
+        standardize: mammo_edge::ingest::preprocess::Standardize::Off,
         density_classes: ["A", "B", "C", "D"].map(String::from).to_vec(),
         vendor_classes: vendors.map(String::from).to_vec(),
         view_classes: ["CC", "MLO"].map(String::from).to_vec(),
@@ -123,10 +139,32 @@ pub(crate) fn tiny_model(path: &Path) {
         ood_threshold: None,
         quantization: "float32".into(),
     };
-    let nodes = vec![
+    let cancer = match variant {
+        Tiny::Plain => vec![node("Sigmoid", &["f"], "cancer", vec![])],
+        Tiny::NanOnImages => vec![
+            node("GlobalMaxPool", &["image"], "gmp", vec![]),
+            node("Flatten", &["gmp"], "mx", vec![attr_int("axis", 1)]),
+            node("Sub", &["mx", "f"], "spread", vec![]),
+            node("Sub", &["c001", "spread"], "slack", vec![]),
+            node("Sqrt", &["slack"], "root", vec![]),
+            // tract's Sigmoid clamps its input, which turns NaN into a number: NaN · 1e-30
+            // added after it keeps the NaN (a product with 0 tract would fold away)
+            node("Mul", &["root", "tiny"], "zroot", vec![]),
+            node("Sigmoid", &["f"], "cs", vec![]),
+            node("Add", &["cs", "zroot"], "cancer", vec![]),
+        ],
+        Tiny::NanAlways => vec![
+            node("Sqrt", &["minus_one"], "nan", vec![]),
+            node("Sigmoid", &["f"], "cs", vec![]),
+            node("Add", &["cs", "nan"], "cancer", vec![]),
+        ],
+    };
+    let mut nodes = vec![
         node("GlobalAveragePool", &["image"], "gap", vec![]),
         node("Flatten", &["gap"], "f", vec![attr_int("axis", 1)]),
-        node("Sigmoid", &["f"], "cancer", vec![]),
+    ];
+    nodes.extend(cancer);
+    nodes.extend([
         node("Neg", &["f"], "negf", vec![]),
         node("Sigmoid", &["negf"], "normal", vec![]),
         node("MatMul", &["f", "wd"], "dl", vec![]),
@@ -162,7 +200,7 @@ pub(crate) fn tiny_model(path: &Path) {
             "recon_error",
             vec![attr_int("axis", 1)],
         ),
-    ];
+    ]);
     let (mh, mw) = (Some((h / 4) as i64), Some((w / 4) as i64));
     let graph = pb::GraphProto {
         name: "tiny".into(),
@@ -172,6 +210,9 @@ pub(crate) fn tiny_model(path: &Path) {
             tensor("wv", &[1, 4], &[1.0, 0.5, 0.0, -1.0]),
             tensor("ww", &[1, 2], &[0.5, -0.5]),
             tensor("hundred", &[], &[100.0]),
+            tensor("c001", &[], &[0.01]),
+            tensor("tiny", &[], &[1e-30]),
+            tensor("minus_one", &[], &[-1.0]),
         ],
         input: vec![value_info(
             "image",
@@ -226,6 +267,13 @@ pub(crate) fn test_model(dir: &Path) -> PathBuf {
 }
 
 // ---------------------------------------------------------------- broker and subscriber
+
+/// True when the tests run as root (CI): permission tests then run the daemon as `nobody`.
+pub(crate) fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
 
 pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -472,6 +520,63 @@ impl Setup {
 
     pub(crate) fn start(&self) -> Daemon {
         self.start_with(&[])
+    }
+
+    /// Start the daemon as an unprivileged user, so file permissions apply to it: as root
+    /// (CI) as `nobody` (65534) under `setpriv`, after [`Setup::hand_over`]; as any other user,
+    /// as that user.
+    pub(crate) fn start_unprivileged(&self) -> Daemon {
+        if !is_root() {
+            return self.start();
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        // the all-features binary links LibTorch from root's Python, which nobody may not read:
+        // the default-features build of the same source (scripts/test.sh makes it)
+        let bin = std::env::var("MAMMO_EDGE_DEFAULT_BIN").unwrap_or_else(|_| {
+            panic!(
+                "as root the permission tests run the daemon as nobody and need \
+                 MAMMO_EDGE_DEFAULT_BIN = a default-features build of mammo-edge \
+                 (scripts/test.sh sets it)"
+            )
+        });
+        let child = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", &bin])
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "debug")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("setpriv (util-linux) runs the daemon as nobody");
+        Daemon { child: Some(child) }
+    }
+
+    /// Before [`Setup::start_unprivileged`] as root: hand the setup's folders and files to
+    /// `nobody`; a no-op for any other user.
+    pub(crate) fn hand_over(&self) {
+        if !is_root() {
+            return;
+        }
+        let st = Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(self._root.path())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let st = Command::new("chmod")
+            .arg("755")
+            .arg(self._root.path())
+            .status()
+            .unwrap();
+        assert!(st.success());
     }
 
     /// Start with extra environment variables; the systemd ones the test process may have

@@ -407,9 +407,12 @@ fn check_exit_codes_name_what_failed() {
         std::fs::write(&p, text).unwrap();
         p
     };
+    let export = root.path().join("export");
+    std::fs::create_dir_all(&export).unwrap();
     let base = |model: &Path, url: &str| {
         format!(
-            "[state]\ndir = {:?}\n[model]\npath = {model:?}\n[mqtt]\nurl = {url:?}\n",
+            "[watch]\ndirs = [{export:?}]\n[state]\ndir = {:?}\n[model]\npath = {model:?}\n\
+             [mqtt]\nurl = {url:?}\n",
             root.path().join("state")
         )
     };
@@ -445,6 +448,14 @@ fn check_exit_codes_name_what_failed() {
     let out = run(&bad, &[]);
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("mqtt.url"));
+    // a watch.dirs folder that does not exist fails the check as it would fail `run` (review #4)
+    let missing = write(
+        "missing.toml",
+        base(&model, "mqtt://127.0.0.1:1").replace("export", "no-such-export"),
+    );
+    let out = run(&missing, &["--no-broker"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("watch.dirs"));
     let junk_model = write("junk.onnx", "not a model".into());
     let nomodel = write("nomodel.toml", base(&junk_model, "mqtt://127.0.0.1:1"));
     let out = run(&nomodel, &["--no-broker"]);

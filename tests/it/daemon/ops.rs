@@ -764,3 +764,302 @@ fn a_result_not_committed_on_a_full_disk_is_released_without_counting_the_attemp
     drop(st);
     drop(fs);
 }
+
+/// Review #2 (issue 13): a file rejected while half written (its header readable, its pixel
+/// data cut) and scored once complete gives an `error` and then an `image` for one
+/// SOPInstanceUID; they must carry different `result_id`s, or a consumer de-duplicating by
+/// `result_id` (docs/daemon.md) drops the real result.
+#[test]
+fn an_error_then_the_image_of_one_sop_instance_have_different_result_ids() {
+    use std::io::Write;
+    let broker = Broker::start();
+    let s = Setup::new(&broker.url(), "");
+    let sub = Subscriber::start(broker.port, &s.prefix, "sub-rid", Arc::default());
+    let mut d = s.start();
+    let src = tmp();
+    let files = exam(src.path(), 23);
+    let bytes = std::fs::read(&files[0]).unwrap();
+    let cut = bytes.len() * 6 / 10;
+    let mut f = std::fs::File::create(s.watch.join("paused.dcm")).unwrap();
+    f.write_all(&bytes[..cut]).unwrap();
+    f.flush().unwrap();
+    // the writer pauses longer than stable_secs = 1: the daemon reads the partial file
+    sub.wait(30, "1 error", |s| s.on("error").len() == 1);
+    f.write_all(&bytes[cut..]).unwrap();
+    drop(f);
+    sub.wait(30, "1 image", |s| s.on("image").len() == 1);
+    let (err, img) = (&sub.on("error")[0], &sub.on("image")[0]);
+    assert_eq!(
+        err["sop_instance_uid"], img["sop_instance_uid"],
+        "the error was about the same SOPInstanceUID: {err}"
+    );
+    assert_ne!(err["result_id"], img["result_id"], "{err}\n{img}");
+    assert!(d.stop().success());
+}
+
+/// Review #21 (issue 13): a second `run` on the same state folder exits at once with a clear
+/// error (status 6, "in use", the first one's pid) and touches nothing; the first keeps scoring.
+#[test]
+fn a_second_daemon_on_the_same_state_folder_is_refused_and_the_first_goes_on() {
+    let broker = Broker::start();
+    let s = Setup::new(&broker.url(), "");
+    let sub = Subscriber::start(broker.port, &s.prefix, "sub-two", Arc::default());
+    let mut first = s.start();
+    let pid = first.child.as_ref().unwrap().id();
+    // the first is up once its state database has its tables
+    assert_eq!(s.count("SELECT COUNT(*) FROM ledger"), 0);
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&s.config)
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(
+        err.contains("in use") && err.contains(&format!("pid {pid}")),
+        "{err}"
+    );
+    let src = tmp();
+    let files = exam(src.path(), 24);
+    drop_in(&s.watch, &files[0], "one.dcm");
+    sub.wait(30, "1 image", |s| s.on("image").len() == 1);
+    assert!(first.alive());
+    assert!(first.stop().success());
+}
+
+/// Review #25 (issue 13): a SIGHUP that arrives while the daemon is still starting (here: blocked
+/// reading its configuration from a FIFO, before any tokio handler exists) must not kill it: the
+/// default action of SIGHUP is to terminate, and systemd does not restart a daemon that died of
+/// it. The daemon then starts, runs, and stops cleanly on SIGTERM.
+#[test]
+fn a_sighup_during_start_up_does_not_kill_the_daemon() {
+    let broker = Broker::start();
+    let s = Setup::new(&broker.url(), "");
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let fifo = s.config.with_extension("fifo");
+    let st = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(st.success());
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&fifo)
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // opening the FIFO blocks until a writer comes. Wait (at most 10 s: loading the
+    // LibTorch-linked test build can take seconds) until the process catches SIGHUP, i.e. has
+    // run the first lines of main; without the start-up handler that never happens while it
+    // waits on the FIFO, and the SIGHUP sent then kills it
+    let status = format!("/proc/{}/status", child.id());
+    let t0 = Instant::now();
+    let catches_hup = || {
+        std::fs::read_to_string(&status)
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+            .is_some_and(|m| m & 1 != 0)
+    };
+    while !catches_hup() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    signal(&child, "HUP");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        matches!(child.try_wait(), Ok(None)),
+        "killed by the early SIGHUP: {:?}",
+        child.try_wait()
+    );
+    std::fs::write(&fifo, text).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(matches!(child.try_wait(), Ok(None)), "died after start-up");
+    signal(&child, "TERM");
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Review #1 (issue 13): a header string far past its VR's limit (here a Manufacturer LO of
+/// 65 000 control characters, 390 kB once JSON escapes them, over the 256 KiB MQTT packet
+/// limit) must not block the outbox: the file is reported with a bounded message and the exam
+/// dropped after it is delivered in full.
+#[test]
+fn a_huge_header_string_does_not_block_the_outbox() {
+    use dicom_core::value::PrimitiveValue;
+    use dicom_core::VR;
+    use dicom_dictionary_std::tags;
+    use dicom_object::mem::InMemElement;
+    let broker = Broker::start();
+    let s = Setup::new(&broker.url(), "");
+    let sub = Subscriber::start(broker.port, &s.prefix, "sub-huge", Arc::default());
+    let mut d = s.start();
+    let src = tmp();
+    let files = exam(src.path(), 25);
+    let mut o = dicom_object::open_file(&files[0]).unwrap();
+    o.put(InMemElement::new(
+        tags::MODALITY,
+        VR::CS,
+        PrimitiveValue::from("CT"),
+    ));
+    o.put(InMemElement::new(
+        tags::MANUFACTURER,
+        VR::LO,
+        PrimitiveValue::from("\u{1}".repeat(65_000)),
+    ));
+    o.put(InMemElement::new(
+        tags::SOP_INSTANCE_UID,
+        VR::UI,
+        PrimitiveValue::from("1.2.826.0.1.3680043.9.9999.77"),
+    ));
+    let huge = src.path().join("huge.dcm");
+    mammo_edge::synth::write_object(&o, &huge).unwrap();
+    drop_in(&s.watch, &huge, "huge.dcm");
+    std::thread::sleep(Duration::from_secs(2));
+    for (i, f) in files.iter().enumerate() {
+        drop_in(&s.watch, f, &format!("v{i}.dcm"));
+    }
+    sub.wait(60, "4 images and the exam", |s| {
+        s.on("image").len() == 4 && !s.on("exam").is_empty()
+    });
+    let skipped = sub.on("skipped");
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    let text = skipped[0].to_string();
+    assert!(text.len() < 8 * 1024, "{} bytes", text.len());
+    assert_eq!(skipped[0]["reason_code"], "not_mammogram");
+    wait_for(10, "an empty outbox", &s, || {
+        s.count("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL") == 0
+    });
+    assert!(d.stop().success());
+}
+
+/// Review #6 (issue 13): with `files.after = "move"`, a link in the watched folder to a folder
+/// outside it must not make the daemon read or move the files behind it; a real file beside
+/// the link is scored and moved as usual.
+#[test]
+fn a_link_out_of_the_watched_folder_is_not_followed() {
+    let broker = Broker::start();
+    let s = Setup::new(&broker.url(), "[files]\nafter = \"move\"\n");
+    let sub = Subscriber::start(broker.port, &s.prefix, "sub-link", Arc::default());
+    let src = tmp();
+    let files = exam(src.path(), 26);
+    let outside = src.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::copy(&files[1], outside.join("y.dcm")).unwrap();
+    std::os::unix::fs::symlink(&outside, s.watch.join("ext")).unwrap();
+    std::os::unix::fs::symlink(outside.join("y.dcm"), s.watch.join("z.dcm")).unwrap();
+    let mut d = s.start();
+    drop_in(&s.watch, &files[0], "real.dcm");
+    sub.wait(30, "1 image", |s| s.on("image").len() == 1);
+    // two more rescans (rescan_secs = 2)
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(sub.on("image").len(), 1);
+    assert!(sub.on("skipped").is_empty() && sub.on("error").is_empty());
+    assert!(outside.join("y.dcm").is_file(), "the linked file was moved");
+    assert_eq!(s.count("SELECT COUNT(*) FROM ledger"), 1);
+    assert!(d.stop().success());
+}
+
+/// `chmod MODE PATH` (as the test user, root in CI).
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Review #8 (issue 13), the daemon unprivileged: a file it cannot read is reported once as
+/// `error` `io`, stays in place, and is scored once its permissions are fixed (its size and
+/// mtime unchanged), without a second error message.
+#[test]
+fn an_unreadable_file_is_scored_once_its_permissions_are_fixed() {
+    let broker = Broker::start();
+    let s = Setup::new(&broker.url(), "");
+    let sub = Subscriber::start(broker.port, &s.prefix, "sub-io", Arc::default());
+    let src = tmp();
+    let files = exam(src.path(), 27);
+    s.hand_over();
+    let mut d = s.start_unprivileged();
+    let (part, locked) = (s.watch.join("locked.dcm.part"), s.watch.join("locked.dcm"));
+    std::fs::copy(&files[0], &part).unwrap();
+    chmod(&part, 0o000);
+    std::fs::rename(&part, &locked).unwrap();
+    sub.wait(30, "1 error", |s| s.on("error").len() == 1);
+    assert_eq!(sub.on("error")[0]["reason_code"], "io");
+    chmod(&locked, 0o644);
+    sub.wait(30, "the image after chmod", |s| s.on("image").len() == 1);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(sub.on("error").len(), 1, "{:?}", sub.on("error"));
+    assert!(d.stop().success());
+}
+
+/// Review #4 (issue 13), the daemon unprivileged: a sub-folder it cannot read (a root-owned
+/// `lost+found` of an export folder that is its own mount) must not stop it from starting;
+/// files elsewhere in the tree are scored.
+#[test]
+fn an_unreadable_sub_folder_does_not_stop_the_daemon() {
+    let broker = Broker::start();
+    let s = Setup::new(&broker.url(), "");
+    let sub = Subscriber::start(broker.port, &s.prefix, "sub-lf", Arc::default());
+    let lost = s.watch.join("lost+found");
+    std::fs::create_dir_all(&lost).unwrap();
+    s.hand_over();
+    // root's 0700 lost+found (for a non-root test user: its own folder at 000)
+    if is_root() {
+        let st = Command::new("chown")
+            .arg("0:0")
+            .arg(&lost)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    chmod(&lost, if is_root() { 0o700 } else { 0o000 });
+    let src = tmp();
+    let files = exam(src.path(), 28);
+    let mut d = s.start_unprivileged();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(d.alive(), "the daemon stopped:\n{}", s.log_text());
+    std::fs::create_dir_all(s.watch.join("study1")).unwrap();
+    drop_in(&s.watch.join("study1"), &files[0], "a.dcm");
+    sub.wait(30, "1 image", |s| s.on("image").len() == 1);
+    chmod(&lost, 0o755);
+    assert!(d.stop().success());
+}
+
+/// Review #5 (issue 13), the daemon unprivileged: with `files.after = "move"` and an export
+/// folder it may read but not write, a rejected file is reported once and left in place; the
+/// rescans do not copy it into `failed/` again and again.
+#[test]
+fn a_file_that_cannot_be_moved_is_left_in_place_and_not_copied_again() {
+    let broker = Broker::start();
+    let s = Setup::new(&broker.url(), "[files]\nafter = \"move\"\n");
+    let sub = Subscriber::start(broker.port, &s.prefix, "sub-mv", Arc::default());
+    let junk = s.watch.join("junk.dcm");
+    std::fs::write(&junk, b"not a DICOM file at all").unwrap();
+    s.hand_over();
+    // the export folder read-only for the daemon (root-owned when the daemon is nobody)
+    if is_root() {
+        let st = Command::new("chown")
+            .arg("0:0")
+            .arg(&s.watch)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    chmod(&s.watch, 0o555);
+    let mut d = s.start_unprivileged();
+    sub.wait(30, "1 error", |s| s.on("error").len() == 1);
+    // five rescans (rescan_secs = 2)
+    std::thread::sleep(Duration::from_secs(10));
+    chmod(&s.watch, 0o755);
+    let failed = s.watch.parent().unwrap().join("failed");
+    let copies = std::fs::read_dir(&failed).map(|r| r.count()).unwrap_or(0);
+    assert_eq!(copies, 0, "copies in failed/");
+    assert!(junk.is_file());
+    assert_eq!(sub.on("error").len(), 1);
+    assert!(d.stop().success());
+}

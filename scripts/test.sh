@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The README's test command: install what the tests need (scripts/test-deps.sh), then run them
+# all. The real data folder comes from MAMMO_TEST_DATA (default ../shared/data); tests that need
+# it fail with a message naming it when it is absent.
+#   scripts/test.sh [cargo test arguments, e.g. a test name]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/test-deps.sh
+export MAMMO_TEST_DATA="${MAMMO_TEST_DATA:-$(cd .. && pwd)/shared/data}"
+# the default-features daemon (no LibTorch linked) for the tests that run it as nobody
+target="${CARGO_TARGET_DIR:-target}"
+cargo build --quiet --bin mammo-edge
+cp "$target/debug/mammo-edge" "$target/mammo-edge-default"
+export MAMMO_EDGE_DEFAULT_BIN="$(cd "$target" && pwd)/mammo-edge-default"
+exec cargo test --all-features "$@"

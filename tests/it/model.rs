@@ -1,0 +1,103 @@
+//! The model runner on contract-following ONNX models built by the tests: non-finite outputs are
+//! an error, never a result (review #24, issue 13), and `model.threads` runs tract on that many
+//! threads with the same outputs (review #22).
+
+use mammo_edge::ingest::dicom::{Category, IngestOptions};
+use mammo_edge::model::score::infer_file;
+use mammo_edge::model::ModelRunner;
+
+use crate::daemon::harness::{exam, tiny_model_variant, Tiny};
+use crate::util::tmp;
+
+/// A model that gives NaN on the blank load-time probe is refused when it is loaded, with the
+/// output named, so `run` and `check` stop with "model refused" instead of scoring.
+#[test]
+fn a_model_with_a_non_finite_output_on_the_load_probe_is_refused() {
+    let d = tmp();
+    let p = d.path().join("nan.onnx");
+    tiny_model_variant(&p, Tiny::NanAlways);
+    let e = ModelRunner::load(&p)
+        .err()
+        .expect("a NaN model must be refused");
+    let text = e.to_string();
+    assert!(
+        text.contains("cancer") && text.contains("not finite"),
+        "{text}"
+    );
+}
+
+/// A model that is finite on the probe but NaN on a real image: the image is an `error` with
+/// the reason code `non_finite_output`, never a result with `cancer_flag: false` (a NaN compares
+/// false with every threshold, so it would read as "not flagged").
+#[test]
+fn a_non_finite_output_on_an_image_is_an_error_not_a_routine_result() {
+    let d = tmp();
+    let p = d.path().join("nan-on-images.onnx");
+    tiny_model_variant(&p, Tiny::NanOnImages);
+    let runner = ModelRunner::load(&p).expect("finite on the blank probe");
+    let files = exam(d.path(), 31);
+    let e = match infer_file(&runner, &files[0], &IngestOptions::default()) {
+        Ok(r) => panic!("NaN must not give a result: {r:?}"),
+        Err(e) => e,
+    };
+    assert_eq!(e.code(), "non_finite_output", "{e}");
+    assert_eq!(e.category(), Category::Error);
+    assert!(e.to_string().contains("cancer"), "{e}");
+    let plain = d.path().join("plain.onnx");
+    tiny_model_variant(&plain, Tiny::Plain);
+    let ok = infer_file(
+        &ModelRunner::load(&plain).unwrap(),
+        &files[0],
+        &IngestOptions::default(),
+    )
+    .expect("the plain model scores the same file");
+    assert!(ok.cancer_probability.is_finite());
+}
+
+/// Names of this process's threads.
+fn thread_names() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|s| s.trim().to_string())
+        .collect()
+}
+
+/// `model.threads = 3`: the runner owns a pool of three inference threads (seen in
+/// /proc/self/task) and gives the same outputs as one thread; 1 starts no pool.
+#[test]
+fn model_threads_gives_tract_that_many_threads_and_the_same_outputs() {
+    let d = tmp();
+    let p = d.path().join("plain.onnx");
+    tiny_model_variant(&p, Tiny::Plain);
+    let files = exam(d.path(), 32);
+    let one = ModelRunner::load(&p).unwrap();
+    assert_eq!(one.threads(), 1);
+    let three = ModelRunner::load(&p).unwrap().with_threads(3);
+    assert_eq!(three.threads(), 3);
+    // the pool's threads name themselves once they run: look for up to 2 s
+    let t0 = std::time::Instant::now();
+    let pool = loop {
+        let pool: Vec<String> = thread_names()
+            .into_iter()
+            .filter(|n| n.starts_with("mammo-infer"))
+            .collect();
+        if pool.len() >= 3 || t0.elapsed() > std::time::Duration::from_secs(2) {
+            break pool;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(
+        pool.len() >= 3,
+        "inference threads: {pool:?} of {:?}",
+        thread_names()
+    );
+    let opts = IngestOptions::default();
+    for f in &files {
+        let a = infer_file(&one, f, &opts).unwrap();
+        let b = infer_file(&three, f, &opts).unwrap();
+        assert_eq!(a.cancer_probability, b.cancer_probability);
+        assert_eq!(a.density_probabilities, b.density_probabilities);
+        assert_eq!(a.percent_density, b.percent_density);
+    }
+}
