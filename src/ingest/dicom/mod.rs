@@ -643,6 +643,7 @@ fn decode_jpeg_ls(obj: &DefaultDicomObject, meta: &MammoMeta) -> Result<Vec<u8>,
             )
         })?;
     let stream: Vec<u8> = fragments.iter().flat_map(|f| f.iter().copied()).collect();
+    let stream = without_fill_before_eoi(stream);
     let (samples, w, h) = jpegls::decode(&stream, meta.columns, meta.rows)
         .map_err(|e| IngestError::Undecodable(format!("JPEG-LS: {e}")))?;
     if (w, h) != (meta.columns, meta.rows) || samples.len() < w as usize * h as usize {
@@ -657,6 +658,24 @@ fn decode_jpeg_ls(obj: &DefaultDicomObject, meta: &MammoMeta) -> Result<Vec<u8>,
         samples.iter().flat_map(|v| v.to_le_bytes()).collect()
     };
     Ok(bytes)
+}
+
+/// The codestream without the fill bytes (0xFF) an encoder may put before its final EOI marker
+/// (allowed before any marker, ITU-T T.81 B.1.1.2; CharLS 1.x in DCMTK writes one), and
+/// without the even-length padding after it: the decoder expects EOI right after the scan.
+fn without_fill_before_eoi(mut s: Vec<u8>) -> Vec<u8> {
+    while s.last() == Some(&0) {
+        s.pop();
+    }
+    if s.ends_with(&[0xFF, 0xD9]) {
+        let eoi = s.len() - 2;
+        let mut start = eoi;
+        while start > 0 && s[start - 1] == 0xFF {
+            start -= 1;
+        }
+        s.drain(start..eoi);
+    }
+    s
 }
 
 /// Decompress and run the grey-level pipeline.
@@ -736,4 +755,18 @@ fn decode(obj: &DefaultDicomObject, meta: MammoMeta) -> Result<Mammogram, Ingest
         meta,
         image,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fill_bytes_and_padding_around_the_final_eoi_are_dropped() {
+        let f = super::without_fill_before_eoi;
+        assert_eq!(
+            f(vec![1, 0x7E, 0xFF, 0xFF, 0xD9]),
+            vec![1, 0x7E, 0xFF, 0xD9]
+        );
+        assert_eq!(f(vec![1, 0xFF, 0xFF, 0xFF, 0xD9, 0]), vec![1, 0xFF, 0xD9]);
+        assert_eq!(f(vec![1, 2, 0xFF, 0xD9]), vec![1, 2, 0xFF, 0xD9]);
+    }
 }
