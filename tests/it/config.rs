@@ -224,8 +224,8 @@ fn unknown_keys_and_syntax_errors_are_refused_with_a_line() {
 /// `systemd/mammo-edge.service` value of `key` (the last assignment wins, as in systemd).
 fn unit_value(unit: &str, key: &str) -> Option<String> {
     unit.lines()
-        .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
-        .last()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
         .map(|v| v.trim().to_string())
 }
 

@@ -529,11 +529,6 @@ impl Setup {
         if !is_root() {
             return self.start();
         }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
         // the all-features binary links LibTorch from root's Python, which nobody may not read:
         // the default-features build of the same source (scripts/test.sh makes it)
         let bin = std::env::var("MAMMO_EDGE_DEFAULT_BIN").unwrap_or_else(|_| {
@@ -543,20 +538,9 @@ impl Setup {
                  (scripts/test.sh sets it)"
             )
         });
-        let child = Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", &bin])
-            .arg("run")
-            .arg("--config")
-            .arg(&self.config)
-            .env("RUST_LOG", "debug")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("WATCHDOG_PID")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("setpriv (util-linux) runs the daemon as nobody");
-        Daemon { child: Some(child) }
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", &bin]);
+        self.spawn(cmd, &[])
     }
 
     /// Before [`Setup::start_unprivileged`] as root: hand the setup's folders and files to
@@ -582,12 +566,18 @@ impl Setup {
     /// Start with extra environment variables; the systemd ones the test process may have
     /// inherited (a CI job run as a unit) are removed first.
     pub(crate) fn start_with(&self, env: &[(&str, &std::ffi::OsStr)]) -> Daemon {
+        self.spawn(Command::new(BIN), env)
+    }
+
+    /// `cmd` (the binary, or a wrapper with the binary as its last argument) with `run --config`,
+    /// debug logging into the setup's log file, and `env` after the systemd variables are removed.
+    fn spawn(&self, mut cmd: Command, env: &[(&str, &std::ffi::OsStr)]) -> Daemon {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(BIN)
+        let child = cmd
             .arg("run")
             .arg("--config")
             .arg(&self.config)
