@@ -404,9 +404,23 @@ fn unix_ns(t: SystemTime) -> i64 {
     }
 }
 
-fn path_text(p: &Path) -> Result<&str, StoreError> {
-    p.to_str()
-        .ok_or_else(|| StoreError::NonUtf8Path(p.to_string_lossy().into_owned()))
+/// The ledger's key of a path: the path itself when it is UTF-8, else `hex:` and the hex of
+/// its bytes (a legacy code-page name such as Latin-1 `M\xdcLLER^ANNA.dcm`; review #16: such
+/// files were dropped without a word). Watched paths are absolute, so no UTF-8 path starts with
+/// `hex:` and keys stay unique.
+fn path_text(p: &Path) -> Result<std::borrow::Cow<'_, str>, StoreError> {
+    use std::os::unix::ffi::OsStrExt;
+    Ok(match p.to_str() {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(format!(
+            "hex:{}",
+            p.as_os_str()
+                .as_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        )),
+    })
 }
 
 /// The daemon's state database. One `Store` per process; writes take `&mut self`.
@@ -510,7 +524,8 @@ impl Store {
         size: u64,
         mtime: SystemTime,
     ) -> Result<Claim, StoreError> {
-        let path = path_text(path)?;
+        let path_key = path_text(path)?;
+        let path: &str = &path_key;
         let size = i64::try_from(size).unwrap_or(i64::MAX);
         let mtime_ns = unix_ns(mtime);
         let max_attempts = self.max_attempts;
@@ -904,7 +919,8 @@ impl Store {
 
     /// The ledger row of `path`, if any.
     pub fn ledger_entry(&self, path: &Path) -> Result<Option<LedgerEntry>, StoreError> {
-        let path = path_text(path)?;
+        let path_key = path_text(path)?;
+        let path: &str = &path_key;
         let row = self
             .conn
             .query_row(

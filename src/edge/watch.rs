@@ -77,7 +77,8 @@ fn folders_under(dir: &Path) -> Vec<PathBuf> {
 /// True for a name the watcher may hand on: not a dot-file, not `*.tmp` / `*.part` (any case),
 /// not `DICOMDIR` (a media directory, not an image).
 pub fn is_candidate(path: &Path) -> bool {
-    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+    // a name in a legacy code page (not UTF-8) is a candidate too (review #16)
+    let Some(name) = path.file_name().map(|n| n.to_string_lossy()) else {
         return false;
     };
     let lower = name.to_ascii_lowercase();

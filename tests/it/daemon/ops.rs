@@ -1063,3 +1063,35 @@ fn a_file_that_cannot_be_moved_is_left_in_place_and_not_copied_again() {
     assert_eq!(sub.on("error").len(), 1);
     assert!(d.stop().success());
 }
+
+/// Review #16 (issue 13): names in a legacy code page (Latin-1 `M\xdcLLER^ANNA.dcm` from a
+/// Windows modality; a folder named so) are not UTF-8; they were dropped without a message.
+/// Both files are scored and have their ledger rows.
+#[test]
+fn files_with_non_utf8_names_are_scored() {
+    use std::os::unix::ffi::OsStrExt;
+    let broker = Broker::start();
+    let s = Setup::new(&broker.url(), "");
+    let sub = Subscriber::start(broker.port, &s.prefix, "sub-latin1", Arc::default());
+    let mut d = s.start();
+    let src = tmp();
+    let files = exam(src.path(), 29);
+    let latin1 = std::ffi::OsStr::from_bytes(b"M\xdcLLER^ANNA.dcm");
+    let folder = s.watch.join(std::ffi::OsStr::from_bytes(b"M\xdcLLER"));
+    std::fs::create_dir_all(&folder).unwrap();
+    for (dir, name, f) in [
+        (s.watch.clone(), latin1, &files[0]),
+        (folder, std::ffi::OsStr::new("img.dcm"), &files[1]),
+    ] {
+        let part = dir.join("incoming.part");
+        std::fs::copy(f, &part).unwrap();
+        std::fs::rename(&part, dir.join(name)).unwrap();
+    }
+    sub.wait(30, "2 images", |s| s.on("image").len() == 2);
+    assert!(sub.on("error").is_empty(), "{:?}", sub.on("error"));
+    assert_eq!(
+        s.count("SELECT COUNT(*) FROM ledger WHERE path LIKE 'hex:%'"),
+        2
+    );
+    assert!(d.stop().success());
+}
