@@ -47,8 +47,8 @@ for t in "${targets[@]}"; do
     echo "$t: no crash; $(grep -E '^stat::number_of_executed_units' "$log" | awk '{print $2}') executions"
   else
     status=1
-    echo "$t: CRASH after $(grep -cE '^#[0-9]+' "$log") status lines; $(grep -E 'panicked|SUMMARY' "$log" | head -2 | tr '\n' ' ')"
-    ls "fuzz/artifacts/$t"
+    echo "$t: CRASH; $(grep -m2 -E 'panicked|SUMMARY|ERROR: libFuzzer' "$log" || true)"
+    ls "fuzz/artifacts/$t" || true
   fi
 done
 exit $status
