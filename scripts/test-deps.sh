@@ -34,3 +34,10 @@ if ! python3 -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != 
   echo "== pip install torch==2.9.0"
   python3 -m pip install --quiet --disable-pip-version-check torch==2.9.0
 fi
+
+# the default-features daemon (no LibTorch linked), which the permission tests run as nobody:
+# <target>/mammo-edge-default
+cd "$(dirname "$0")/.."
+target="${CARGO_TARGET_DIR:-target}"
+cargo build --quiet --bin mammo-edge
+cp "$target/debug/mammo-edge" "$target/mammo-edge-default"

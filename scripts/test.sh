@@ -7,9 +7,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/test-deps.sh
 export MAMMO_TEST_DATA="${MAMMO_TEST_DATA:-$(cd .. && pwd)/shared/data}"
-# the default-features daemon (no LibTorch linked) for the tests that run it as nobody
-target="${CARGO_TARGET_DIR:-target}"
-cargo build --quiet --bin mammo-edge
-cp "$target/debug/mammo-edge" "$target/mammo-edge-default"
-export MAMMO_EDGE_DEFAULT_BIN="$(cd "$target" && pwd)/mammo-edge-default"
 exec cargo test --all-features "$@"

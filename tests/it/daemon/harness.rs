@@ -530,13 +530,21 @@ impl Setup {
             return self.start();
         }
         // the all-features binary links LibTorch from root's Python, which nobody may not read:
-        // the default-features build of the same source (scripts/test.sh makes it)
+        // the default-features build of the same source, which scripts/test-deps.sh leaves
+        // beside the target's debug folder (or MAMMO_EDGE_DEFAULT_BIN)
         let bin = std::env::var("MAMMO_EDGE_DEFAULT_BIN").unwrap_or_else(|_| {
-            panic!(
-                "as root the permission tests run the daemon as nobody and need \
-                 MAMMO_EDGE_DEFAULT_BIN = a default-features build of mammo-edge \
-                 (scripts/test.sh sets it)"
-            )
+            let p = Path::new(BIN)
+                .parent()
+                .and_then(Path::parent)
+                .map(|t| t.join("mammo-edge-default"));
+            match p {
+                Some(p) if p.is_file() => p.display().to_string(),
+                _ => panic!(
+                    "as root the permission tests run the daemon as nobody and need a \
+                     default-features build at <target>/mammo-edge-default: run \
+                     scripts/test-deps.sh first"
+                ),
+            }
         });
         let mut cmd = Command::new("setpriv");
         cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", &bin]);
