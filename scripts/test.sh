@@ -7,4 +7,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/test-deps.sh
 export MAMMO_TEST_DATA="${MAMMO_TEST_DATA:-$(cd .. && pwd)/shared/data}"
-exec cargo test --all-features "$@"
+exec cargo test --features libtorch "$@"

@@ -529,7 +529,7 @@ impl Setup {
         if !is_root() {
             return self.start();
         }
-        // the all-features binary links LibTorch from root's Python, which nobody may not read:
+        // the `libtorch` binary links LibTorch from root's Python, which nobody may not read:
         // the default-features build of the same source, which scripts/test-deps.sh leaves
         // beside the target's debug folder (or MAMMO_EDGE_DEFAULT_BIN)
         let bin = std::env::var("MAMMO_EDGE_DEFAULT_BIN").unwrap_or_else(|_| {
