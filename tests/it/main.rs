@@ -9,6 +9,7 @@ mod exam;
 #[cfg(feature = "train")]
 mod export;
 mod grey_pipeline;
+mod hostile;
 mod image_file;
 mod import;
 mod model;

@@ -6,6 +6,7 @@
 pub mod codestream;
 pub mod grey;
 mod header;
+pub mod structure;
 pub mod vendor;
 pub mod view;
 
@@ -114,6 +115,8 @@ pub enum IngestError {
         bits_allocated: u16,
         limit: u64,
     },
+    #[error("deflated data set declares or inflates to more than {limit} bytes (max_pixel_bytes + 16 MiB); refused before inflating it")]
+    InflateBudget { limit: u64 },
     #[error("inconsistent header: {0}")]
     Inconsistent(String),
     #[error("undecodable pixel data: {0}")]
@@ -167,7 +170,7 @@ impl IngestError {
             BothBreasts => "both_breasts",
             UnsupportedTransferSyntax { .. } => "unsupported_transfer_syntax",
             LossyJpeg12Bit => "lossy_jpeg_12bit",
-            OverPixelBudget { .. } => "over_pixel_budget",
+            OverPixelBudget { .. } | InflateBudget { .. } => "over_pixel_budget",
             Inconsistent(_) => "inconsistent_header",
             Undecodable(_) => "undecodable",
             Grey(GreyError::PixelDataTooShort { .. } | GreyError::BadLut { .. }) => {
@@ -263,14 +266,17 @@ pub fn read_mammogram(path: &Path, opts: &IngestOptions) -> Result<Mammogram, In
 /// As [`read_mammogram`], but a rejection also returns the metadata when it could be read
 /// (so a skipped file can still be reported with its vendor, view and transfer syntax).
 ///
-/// Order: the header alone is parsed first (up to Pixel Data), the `skipped` rules and the header
-/// checks (transfer syntax, pixel budget, file size) run on it, and only then is the whole file read
-/// and decoded, so an unscorable or oversized file never has its pixel data loaded.
+/// Order: the structural pre-check ([`structure::check`]: declared lengths within the file or the
+/// inflate budget, nesting depth; values are skipped, not read), then the header alone is parsed
+/// (up to Pixel Data), the `skipped` rules and the header checks (transfer syntax, pixel budget,
+/// file size) run on it, and only then is the whole file read and decoded, so an unscorable or
+/// oversized file never has its pixel data loaded, and no declared length is allocated unchecked.
 pub fn read_mammogram_detailed(
     path: &Path,
     opts: &IngestOptions,
 ) -> Result<Mammogram, (Option<Box<MammoMeta>>, IngestError)> {
-    let header = open_header(path).map_err(|e| (None, e))?;
+    let limits = structure::Limits::for_pixel_budget(opts.max_pixel_bytes);
+    let header = parse(path, header_options(), Some(&limits)).map_err(|e| (None, e))?;
     let meta = MammoMeta::from_object(&header).map_err(|e| (None, e))?;
     drop(header);
     let fail = |meta: &MammoMeta, e| (Some(Box::new(meta.clone())), e);
@@ -288,27 +294,44 @@ pub fn read_mammogram_detailed(
             },
         ));
     }
-    let obj = open(path).map_err(|e| fail(&meta, e))?;
+    // the structure was checked with the header: the same bytes
+    let obj = parse(path, OpenFileOptions::new(), None).map_err(|e| fail(&meta, e))?;
     let keep = meta.clone();
     decode(&obj, meta).map_err(|e| (Some(Box::new(keep)), e))
 }
 
-/// Parse the whole file (header and pixel data). No size or acceptance checks: callers that read
+/// Parse the whole file (header and pixel data) after the structural pre-check
+/// ([`structure::check`], default limits). No size or acceptance checks: callers that read
 /// untrusted input use [`read_mammogram`].
 pub fn open(path: &Path) -> Result<DefaultDicomObject, IngestError> {
-    parse(path, OpenFileOptions::new())
+    let limits = structure::Limits::for_pixel_budget(IngestOptions::default().max_pixel_bytes);
+    parse(path, OpenFileOptions::new(), Some(&limits))
 }
 
-/// Parse the file meta group and the data set up to (not including) Pixel Data.
+/// Parse the file meta group and the data set up to (not including) Pixel Data, after the
+/// structural pre-check of the whole file ([`structure::check`], default limits).
 pub fn open_header(path: &Path) -> Result<DefaultDicomObject, IngestError> {
-    parse(path, OpenFileOptions::new().read_until(tags::PIXEL_DATA))
+    let limits = structure::Limits::for_pixel_budget(IngestOptions::default().max_pixel_bytes);
+    parse(path, header_options(), Some(&limits))
 }
 
-/// Parse with a classification of failures: empty / not DICOM / truncated / damaged.
-fn parse(path: &Path, options: OpenFileOptions) -> Result<DefaultDicomObject, IngestError> {
+fn header_options() -> OpenFileOptions {
+    OpenFileOptions::new().read_until(tags::PIXEL_DATA)
+}
+
+/// Parse with a classification of failures: empty / not DICOM / truncated / damaged; with
+/// `limits`, the structural pre-check runs first.
+fn parse(
+    path: &Path,
+    options: OpenFileOptions,
+    limits: Option<&structure::Limits>,
+) -> Result<DefaultDicomObject, IngestError> {
     let size = std::fs::metadata(path)?.len();
     if size == 0 {
         return Err(IngestError::Empty);
+    }
+    if let Some(limits) = limits {
+        structure::check(path, limits)?;
     }
     let mut head = [0u8; 132];
     let n = {
@@ -722,7 +745,7 @@ fn decode(obj: &DefaultDicomObject, meta: MammoMeta) -> Result<Mammogram, Ingest
             source: RangeSource::Percentile,
         }
     } else {
-        header::voi(obj, &meta, modality_min < 0.0)?.unwrap_or(Voi::Range {
+        header::voi(obj, modality_min < 0.0)?.unwrap_or(Voi::Range {
             lo: modality_min,
             hi: modality_max,
             source: RangeSource::MinMax,
