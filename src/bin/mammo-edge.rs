@@ -65,6 +65,25 @@ enum Command {
         #[arg(long)]
         no_broker: bool,
     },
+    /// Queue again the result messages (image, exam, skipped, error) delivered to the broker in a
+    /// time range, for consumers that missed them; the running daemon (or the next start)
+    /// publishes them with their original result_id. Needs only the state folder.
+    #[command(
+        after_help = "Exit status: 0 queued (also when nothing matched), 2 usage error \
+                            (e.g. a time that is not RFC 3339), 3 configuration refused, \
+                            6 state folder or database unusable."
+    )]
+    Replay {
+        /// TOML configuration (its state.dir is used).
+        #[arg(long, value_name = "PATH")]
+        config: PathBuf,
+        /// Start of the range, RFC 3339 (UTC), e.g. 2026-12-05T08:00:00Z.
+        #[arg(long, value_name = "TIME", value_parser = parse_time)]
+        since: std::time::SystemTime,
+        /// End of the range (excluded), RFC 3339; default now.
+        #[arg(long, value_name = "TIME", value_parser = parse_time)]
+        until: Option<std::time::SystemTime>,
+    },
     /// Read DICOM files as the daemon would and report what was found, one line (or JSON object) per file.
     #[command(
         after_help = "Exit status: 0 all files accepted, 3 some rejected (each still reported), \
@@ -227,6 +246,7 @@ fn main() -> ExitCode {
     if let Err(e) = mammo_edge::edge::logging::init(&format!("{level},jpeg2k=warn,{broker}")) {
         eprintln!("warning: {e}");
     }
+    mammo_edge::edge::logging::install_panic_hook();
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -300,6 +320,12 @@ fn parse_vendor(v: &str) -> anyhow::Result<Vendor> {
         })
 }
 
+/// An RFC 3339 time (`2026-12-05T08:00:00Z`, fractions and offsets as humantime accepts).
+fn parse_time(s: &str) -> Result<std::time::SystemTime, String> {
+    humantime::parse_rfc3339_weak(s)
+        .map_err(|e| format!("{e} (expected e.g. 2026-12-05T08:00:00Z)"))
+}
+
 /// Exit status and message of a daemon error.
 fn daemon_failure(e: &mammo_edge::edge::daemon::DaemonError) -> ExitCode {
     use mammo_edge::edge::daemon::DaemonError as D;
@@ -343,6 +369,40 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             )) {
                 Ok(_) => Ok(ExitCode::SUCCESS),
                 Err(e) => Ok(daemon_failure(&e)),
+            }
+        }
+        Command::Replay {
+            config,
+            since,
+            until,
+        } => {
+            let config = match load_config(&config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let until = until.unwrap_or_else(std::time::SystemTime::now);
+            let ms = |t: std::time::SystemTime| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                    .unwrap_or(0)
+            };
+            let replayed =
+                mammo_edge::edge::store::Store::open(&config.state.dir, config.ingest.max_attempts)
+                    .and_then(|mut store| store.replay(ms(since), ms(until)));
+            match replayed {
+                Ok(n) => {
+                    println!(
+                        "replay: {n} message(s) delivered from {} to {} queued again; the daemon \
+                         publishes them with their original result_id",
+                        humantime::format_rfc3339_seconds(since),
+                        humantime::format_rfc3339_seconds(until)
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Ok(ExitCode::from(EXIT_STATE))
+                }
             }
         }
         Command::PrintDefaultConfig => {

@@ -213,6 +213,9 @@ pub struct MqttConfig {
     /// Period of the retained `<prefix>/health` message, s (it is also sent at every connection
     /// and when intake pauses or resumes, or a reload is tried). Default 60.
     pub health_secs: u64,
+    /// A message handed to the broker and not acknowledged (PUBACK) within this many seconds
+    /// ends the connection; the next one sends it again. Default 30.
+    pub ack_timeout_secs: u64,
     /// Whether the file has an `mqtt.password` key, only to refuse it with a clear message (the
     /// value itself is not kept).
     #[serde(default, skip_serializing, deserialize_with = "key_present")]
@@ -232,6 +235,7 @@ impl Default for MqttConfig {
             password_file: PathBuf::new(),
             allow_insecure: false,
             health_secs: 60,
+            ack_timeout_secs: 30,
             password: false,
         }
     }
@@ -487,6 +491,9 @@ allow_insecure = false
 # Period of the retained <topic_prefix>/health message (counters, backlog, intake state),
 # seconds; it is also sent at each connection and when intake pauses or resumes.
 health_secs = 60
+# A message without its PUBACK after this many seconds ends the connection; the next
+# connection sends it again.
+ack_timeout_secs = 30
 
 [exam]
 # An incomplete exam is published once no image has arrived for this many seconds.
@@ -561,6 +568,7 @@ impl Config {
             ("ingest.max_attempts", u64::from(self.ingest.max_attempts)),
             ("exam.quiet_secs", self.exam.quiet_secs),
             ("mqtt.health_secs", self.mqtt.health_secs),
+            ("mqtt.ack_timeout_secs", self.mqtt.ack_timeout_secs),
         ];
         for (key, v) in positive {
             if v == 0 {
@@ -674,6 +682,10 @@ impl Config {
             ("mqtt.username", o.username != n.username),
             ("mqtt.password_file", o.password_file != n.password_file),
             ("mqtt.allow_insecure", o.allow_insecure != n.allow_insecure),
+            (
+                "mqtt.ack_timeout_secs",
+                o.ack_timeout_secs != n.ack_timeout_secs,
+            ),
         ];
         let restart = differs
             .iter()

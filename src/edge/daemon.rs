@@ -47,6 +47,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 const CLAIMS_PER_TURN: usize = 64;
 /// While state database writes fail for lack of storage, how long before the next try.
 const DB_RETRY: Duration = Duration::from_secs(5);
+/// Worker threads abandoned at their time limit and still running at which the daemon exits
+/// (for systemd to restart it): memory and CPU stay bounded by this many decodes plus one.
+const MAX_ABANDONED: usize = 2;
 
 /// Why the daemon (or `check`) stopped.
 #[derive(Debug, Error)]
@@ -209,11 +212,14 @@ enum Outcome {
         study: String,
     },
     Panicked(String),
+    /// The file's content (sha256) was quarantined before, under this reason (review #10).
+    QuarantinedContent(String),
 }
 
 struct Job {
     seq: u64,
     path: PathBuf,
+    ticket: Ticket,
 }
 
 struct Reply {
@@ -229,7 +235,7 @@ struct Worker {
 fn spawn_worker(
     runner: Arc<ModelRunner>,
     opts: IngestOptions,
-    store: Store,
+    mut store: Store,
     replies: mpsc::UnboundedSender<Reply>,
     n: u64,
 ) -> Result<Worker, DaemonError> {
@@ -239,7 +245,7 @@ fn spawn_worker(
         .spawn(move || {
             while let Ok(job) = rx.recv() {
                 let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    work(&runner, &opts, &store, &job.path)
+                    work(&runner, &opts, &mut store, &job)
                 }))
                 .unwrap_or_else(|p| {
                     let what = p
@@ -264,8 +270,22 @@ fn spawn_worker(
     Ok(Worker { jobs: tx })
 }
 
-/// Header first (a re-exported SOPInstanceUID is not decoded again), then the whole pipeline.
-fn work(runner: &ModelRunner, opts: &IngestOptions, store: &Store, path: &Path) -> Outcome {
+/// The content's sha256 first (a copy of a quarantined file is not decoded again; otherwise the
+/// hash is recorded on the ledger row before decoding, so a crash now quarantines the content),
+/// then the header (a re-exported SOPInstanceUID is not decoded again), then the whole pipeline.
+fn work(runner: &ModelRunner, opts: &IngestOptions, store: &mut Store, job: &Job) -> Outcome {
+    let path = job.path.as_path();
+    // an unreadable file is left to the pipeline below, which names the read error
+    if let Ok(sha256) = crate::ingest::files::sha256_file(path) {
+        match store.quarantined_content(&sha256) {
+            Ok(Some(reason)) => return Outcome::QuarantinedContent(reason),
+            Ok(None) => {}
+            Err(e) => log::warn!("quarantine lookup failed ({e}); decoding anyway"),
+        }
+        if let Err(e) = store.record_content(&job.ticket, &sha256) {
+            log::warn!("content hash not recorded ({e}); decoding anyway");
+        }
+    }
     if let Ok(obj) = crate::ingest::dicom::open_header(path) {
         if let Ok(meta) = MammoMeta::from_object(&obj) {
             if !meta.sop_instance_uid.is_empty() {
@@ -362,6 +382,12 @@ struct Pipeline {
     busy: Option<InFlight>,
     worker: Worker,
     workers_started: u64,
+    /// Jobs whose worker thread was abandoned at its time limit and has not replied yet (a
+    /// thread cannot be cancelled): their files are not started again beside them, and at
+    /// [`MAX_ABANDONED`] the daemon exits for systemd to restart it (review #11).
+    abandoned: Vec<(u64, PathBuf)>,
+    /// Why the loop must end with an error (the process exits non-zero; systemd restarts it).
+    fatal: Option<String>,
     replies_tx: mpsc::UnboundedSender<Reply>,
     seq: u64,
     waker: Arc<Notify>,
@@ -477,6 +503,10 @@ pub async fn run_with(
     let opts = config.ingest_options();
     let (replies_tx, mut replies_rx) = mpsc::unbounded_channel();
     let (reload_tx, mut reload_rx) = mpsc::unbounded_channel();
+    // the full rescan walks the tree in a blocking task (tens of thousands of folders on NFS
+    // take minutes; the loop, its watchdog beat and SIGTERM must not wait: review #15)
+    let (rescan_tx, mut rescan_rx) = mpsc::unbounded_channel::<Vec<PathBuf>>();
+    let mut rescanning = false;
     let worker = spawn_worker(
         runner.clone(),
         opts.clone(),
@@ -497,6 +527,8 @@ pub async fn run_with(
         busy: None,
         worker,
         workers_started: 1,
+        abandoned: Vec::new(),
+        fatal: None,
         replies_tx,
         seq: 0,
         waker,
@@ -575,9 +607,25 @@ pub async fn run_with(
                 p.queue.extend(ready);
                 p.check_space();
             }
-            _ = rescan_tick.tick() => {
+            _ = rescan_tick.tick(), if !rescanning => {
+                rescanning = true;
+                let (dirs, tx) = (p.config.watch.dirs.clone(), rescan_tx.clone());
+                // a thread of its own, not spawn_blocking: the runtime would wait for a long
+                // walk at shutdown, this thread ends with the process
+                let walk = std::thread::Builder::new()
+                    .name("mammo-rescan".into())
+                    .spawn(move || {
+                        let _ = tx.send(scan(&dirs));
+                    });
+                if let Err(e) = walk {
+                    log::error!("rescan not started ({e}); tried again at the next tick");
+                    rescanning = false;
+                }
+            }
+            Some(found) = rescan_rx.recv() => {
+                rescanning = false;
                 let now = Instant::now();
-                for path in scan(&p.config.watch.dirs) {
+                for path in found {
                     p.stability.observe(path, now);
                 }
             }
@@ -590,6 +638,9 @@ pub async fn run_with(
             Some(reply) = replies_rx.recv() => p.reply(reply),
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)),
                 if deadline.is_some() => p.timed_out(),
+        }
+        if p.fatal.is_some() {
+            break;
         }
     }
     notifier.stopping();
@@ -618,7 +669,10 @@ pub async fn run_with(
         Err(_) => log::warn!("publisher did not stop within 5 s"),
     }
     log::info!("stopped: {:?}", p.stats);
-    Ok(p.stats)
+    match p.fatal {
+        Some(why) => Err(DaemonError::Runtime(why)),
+        None => Ok(p.stats),
+    }
 }
 
 fn stat(path: &Path) -> Option<(u64, SystemTime)> {
@@ -953,6 +1007,12 @@ impl Pipeline {
             let Some(path) = self.queue.pop_front() else {
                 return;
             };
+            if self.abandoned.iter().any(|(_, p)| *p == path) {
+                // its abandoned worker still runs: not started a second time beside it
+                log::debug!("{}: waits for its abandoned worker", self.label(&path));
+                self.requeue(&path);
+                continue;
+            }
             let Some((size, mtime)) = stat(&path) else {
                 continue;
             };
@@ -978,6 +1038,7 @@ impl Pipeline {
                     let job = Job {
                         seq: self.seq,
                         path: path.clone(),
+                        ticket: ticket.clone(),
                     };
                     if self.worker.jobs.try_send(job).is_err() {
                         // cannot happen while one job at a time is sent; give the file back
@@ -1003,7 +1064,7 @@ impl Pipeline {
                     });
                     return;
                 }
-                Claim::Quarantine(ticket) => self.quarantine(&path, ticket),
+                Claim::Quarantine(ticket) => self.quarantine(&path, ticket, None),
                 Claim::Finished(status) => self.after(&path, status),
                 Claim::Busy => log::debug!("{}: in progress elsewhere", self.label(&path)),
                 Claim::Later => self.stability.forget(&path),
@@ -1016,18 +1077,27 @@ impl Pipeline {
         self.stability.observe(path.to_path_buf(), Instant::now());
     }
 
-    fn quarantine(&mut self, path: &Path, ticket: Ticket) {
-        let last = self
-            .store
-            .ledger_entry(path)
-            .ok()
-            .flatten()
-            .and_then(|e| e.reason)
-            .unwrap_or_default();
-        let reason = format!(
-            "quarantined after {} attempt(s) that crashed or timed out (last: {last}); not retried until the file changes",
-            ticket.attempts
-        );
+    /// Quarantine a claimed file: after `max_attempts` crashes or time-outs, or (`copy_of`: the
+    /// earlier quarantine's reason) because its content was quarantined under another name.
+    fn quarantine(&mut self, path: &Path, ticket: Ticket, copy_of: Option<String>) {
+        let reason = match copy_of {
+            Some(earlier) => format!(
+                "quarantined without decoding: the same content (sha256) was quarantined before ({earlier})"
+            ),
+            None => {
+                let last = self
+                    .store
+                    .ledger_entry(path)
+                    .ok()
+                    .flatten()
+                    .and_then(|e| e.reason)
+                    .unwrap_or_default();
+                format!(
+                    "quarantined after {} attempt(s) that crashed or timed out (last: {last}); not retried until the file changes",
+                    ticket.attempts
+                )
+            }
+        };
         let msg = self.msgs.rejected(
             false,
             path,
@@ -1050,7 +1120,16 @@ impl Pipeline {
 
     fn reply(&mut self, reply: Reply) {
         let Some(b) = self.busy.take_if(|b| b.seq == reply.seq) else {
-            log::debug!("late reply of an abandoned job ignored");
+            if let Some(i) = self.abandoned.iter().position(|(seq, _)| *seq == reply.seq) {
+                let (_, path) = self.abandoned.swap_remove(i);
+                log::info!(
+                    "{}: the abandoned worker finished (its late result is ignored; {} still running)",
+                    self.label(&path),
+                    self.abandoned.len()
+                );
+            } else {
+                log::debug!("late reply of an abandoned job ignored");
+            }
             return;
         };
         let (path, ticket) = (b.path, b.ticket);
@@ -1154,6 +1233,10 @@ impl Pipeline {
                 }
                 r
             }
+            Outcome::QuarantinedContent(earlier) => {
+                self.quarantine(&path, ticket, Some(earlier));
+                return;
+            }
             Outcome::Panicked(what) => {
                 self.stats.retries += 1;
                 log::error!(
@@ -1196,7 +1279,19 @@ impl Pipeline {
                 false
             }
         };
-        // the stuck thread is abandoned (it ends when its job does; its reply is ignored)
+        // the stuck thread is abandoned (it ends when its job does; its reply is ignored); the
+        // file waits for it, and too many of them end the process (memory, CPU: review #11)
+        self.abandoned.push((b.seq, b.path.clone()));
+        if self.abandoned.len() >= MAX_ABANDONED {
+            self.fatal = Some(format!(
+                "{} worker threads are past ingest.file_timeout_secs and cannot be stopped; \
+                 exiting so that systemd restarts the daemon (attempts are kept: the files are \
+                 quarantined after ingest.max_attempts)",
+                self.abandoned.len()
+            ));
+            log::error!("{}", self.fatal.as_deref().unwrap_or_default());
+            return;
+        }
         self.workers_started += 1;
         match self.start_worker(self.workers_started) {
             Ok(w) => self.worker = w,

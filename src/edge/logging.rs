@@ -1,7 +1,7 @@
 //! Where the log goes: journald (`systemd-journal-logger`, native protocol, one entry per record
 //! with its priority) when systemd started the process, else `env_logger` on stderr. The same
 //! filter applies to both: `RUST_LOG` when set, else the level given (from `-v`). Main items:
-//! [`init`], [`LogTarget`], [`LoggingError`]. Log lines never carry patient data (the callers
+//! [`init`], [`install_panic_hook`], [`LogTarget`], [`LoggingError`]. Log lines never carry patient data (the callers
 //! name files by hash unless `privacy.publish_file_names`).
 
 use log::{Log, Metadata, Record};
@@ -23,6 +23,29 @@ pub enum LoggingError {
     /// A logger was installed already (`init` called twice).
     #[error("logger already installed: {0}")]
     AlreadySet(#[from] log::SetLoggerError),
+}
+
+/// Replace the default panic hook, which prints a panic's message to stderr (the journal, under
+/// systemd), with one that logs only where the panic happened at ERROR and its message at DEBUG: a
+/// decoder's message can quote file names or UIDs, and the daemon logs the caught panic itself with
+/// the file's label and the message scrubbed (review #14).
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_else(|| "an unknown place".into());
+        log::error!("thread {name} panicked at {at} (message in the debug log)");
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        log::debug!("panic message: {msg}");
+    }));
 }
 
 /// True when systemd started this process: `JOURNAL_STREAM` (stdout/stderr connected to the

@@ -40,6 +40,54 @@ pub enum MessageError {
     /// `privacy.key_file` unreadable or too short.
     #[error("privacy.key_file {path}: {detail}")]
     KeyFile { path: String, detail: String },
+    /// The appliance's own file-label key ([`LABEL_KEY_FILE`] in `state.dir`) could not be read
+    /// or created.
+    #[error("state.dir {path}: file-label key: {detail}")]
+    LabelKey { path: String, detail: String },
+}
+
+/// File in `state.dir` holding the appliance's own key of the path hashes (`file_hash`, log
+/// labels) when `privacy.key_file` is not set: 32 random bytes made at the first start, mode
+/// 0600, so that a hash cannot be reversed by trying candidate paths (review #13).
+pub const LABEL_KEY_FILE: &str = "file-label.key";
+
+/// The key in `dir/`[`LABEL_KEY_FILE`], made (32 bytes of /dev/urandom, mode 0600) when absent.
+fn appliance_label_key(dir: &Path) -> Result<Vec<u8>, MessageError> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(LABEL_KEY_FILE);
+    let err = |e: std::io::Error| MessageError::LabelKey {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    };
+    match std::fs::read(&path) {
+        Ok(k) if k.len() >= MIN_KEY_BYTES => return Ok(k),
+        Ok(k) => {
+            return Err(MessageError::LabelKey {
+                path: path.display().to_string(),
+                detail: format!("{} bytes; at least {MIN_KEY_BYTES} needed", k.len()),
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let mut key = vec![0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut r| r.read_exact(&mut key))
+        .map_err(err)?;
+    // written under a temporary name and renamed: a crash never leaves a short key behind
+    let tmp = dir.join(format!("{LABEL_KEY_FILE}.tmp"));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(err)?;
+    f.write_all(&key).and_then(|_| f.sync_all()).map_err(err)?;
+    std::fs::rename(&tmp, &path).map_err(err)?;
+    Ok(key)
 }
 
 /// HMAC-SHA256 (RFC 2104, FIPS 180-4) of `data` under `key`, lower-case hex (64 characters).
@@ -59,6 +107,9 @@ pub struct Privacy {
     /// Key of the UID and path hashes (`privacy.key_file`); `None` with `uids = "plain"` and no
     /// key file.
     key: Option<Vec<u8>>,
+    /// Key of the path hashes: `privacy.key_file`'s, else the appliance's own
+    /// ([`LABEL_KEY_FILE`]); `None` only for the local tools ([`Privacy::local`]).
+    label_key: Option<Vec<u8>>,
     uids: UidMode,
     publish_accession: bool,
     publish_file_names: bool,
@@ -75,7 +126,8 @@ impl std::fmt::Debug for Privacy {
 
 impl Privacy {
     /// From `[privacy]`; the key file (whole content, a trailing newline removed, at least
-    /// [`MIN_KEY_BYTES`]) is read when set. Errors: `KeyFile`.
+    /// [`MIN_KEY_BYTES`]) is read when set, else the appliance's own path-hash key in `state.dir`
+    /// is read or made ([`LABEL_KEY_FILE`]). Errors: `KeyFile`, `LabelKey`.
     pub fn from_config(c: &Config) -> Result<Privacy, MessageError> {
         let p = &c.privacy;
         let key = if p.key_file.as_os_str().is_empty() {
@@ -97,8 +149,13 @@ impl Privacy {
             }
             Some(k)
         };
+        let label_key = match &key {
+            Some(k) => k.clone(),
+            None => appliance_label_key(&c.state.dir)?,
+        };
         Ok(Privacy {
             key,
+            label_key: Some(label_key),
             uids: p.uids,
             publish_accession: p.publish_accession,
             publish_file_names: p.publish_file_names,
@@ -110,6 +167,7 @@ impl Privacy {
     pub fn local() -> Privacy {
         Privacy {
             key: None,
+            label_key: None,
             uids: UidMode::Plain,
             publish_accession: false,
             publish_file_names: true,
@@ -132,11 +190,12 @@ impl Privacy {
         }
     }
 
-    /// Hash of a path for messages and logs: HMAC-SHA256 with the key when there is one, else
-    /// SHA-256; lower-case hex.
+    /// Hash of a path for messages and logs: HMAC-SHA256 with `privacy.key_file`'s key, else
+    /// with the appliance's own ([`LABEL_KEY_FILE`]); plain SHA-256 only for the local tools.
+    /// Lower-case hex.
     pub fn path_hash(&self, path: &Path) -> String {
         let bytes = path.to_string_lossy();
-        match &self.key {
+        match &self.label_key {
             Some(k) => hmac_hex(k, bytes.as_bytes()),
             None => sha256_hex(bytes.as_bytes()),
         }
@@ -686,6 +745,7 @@ mod tests {
     fn scrub_removes_path_and_name_unless_names_are_allowed() {
         let mut p = Privacy {
             key: None,
+            label_key: None,
             uids: UidMode::Plain,
             publish_accession: false,
             publish_file_names: false,

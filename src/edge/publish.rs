@@ -5,8 +5,12 @@
 //! with a clean session and keeps nothing on disk, so the outbox is the source of truth: each
 //! connection gets a fresh client, and reconnection uses our own capped backoff. Besides the
 //! outbox it publishes two retained snapshots handed over through [`Retained`] (not results, so
-//! not through the outbox): `<prefix>/status/info` and `<prefix>/health`. Main items:
-//! [`Publisher`], [`Retained`], [`probe`], [`PublishError`].
+//! not through the outbox): `<prefix>/status/info` and `<prefix>/health`. rumqttc's
+//! `EventLoop::poll` is not cancel-safe (a dropped poll can abandon a CONNECT waiting for its
+//! CONNACK, or a PUBLISH taken from the request queue but not yet written), so each connection's
+//! event loop runs in a task of its own that is never cancelled ([`Poller`]); and a message
+//! without its PUBACK after `mqtt.ack_timeout_secs` ends the connection, whose successor sends it
+//! again (review #7). Main items: [`Publisher`], [`Retained`], [`probe`], [`PublishError`].
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -20,7 +24,8 @@ use rumqttc::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use thiserror::Error;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::time::Instant;
 
 use crate::edge::config::{Broker, ConfigError, MqttConfig};
 use crate::edge::service::Liveness;
@@ -341,6 +346,48 @@ pub struct Publisher {
     liveness: Arc<Liveness>,
 }
 
+/// One connection's rumqttc event loop, polled in a task of its own that nothing cancels; its
+/// events arrive on `events` (which ends after the first error). Dropping the poller aborts the
+/// task (the connection is over then).
+struct Poller {
+    events: mpsc::Receiver<Result<Event, ConnectionError>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Poller {
+    fn spawn(mut event_loop: EventLoop) -> Poller {
+        let (tx, events) = mpsc::channel(4 * WINDOW);
+        let task = tokio::spawn(async move {
+            loop {
+                let ev = event_loop.poll().await;
+                let failed = ev.is_err();
+                if tx.send(ev).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Poller { events, task }
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Messages handed to the client and not yet acknowledged: the oldest hand-over time, if any.
+fn oldest_unacked(
+    queued: &VecDeque<(Option<i64>, Instant)>,
+    inflight: &HashMap<u16, (Option<i64>, Instant)>,
+) -> Option<Instant> {
+    queued
+        .iter()
+        .map(|(_, t)| *t)
+        .chain(inflight.values().map(|(_, t)| *t))
+        .min()
+}
+
 enum Ended {
     /// The shutdown signal was seen.
     Shutdown,
@@ -438,12 +485,15 @@ impl Publisher {
         options: MqttOptions,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Ended, PublishError> {
-        let (client, mut events) = AsyncClient::new(options, 2 * WINDOW + 8);
+        let (client, event_loop) = AsyncClient::new(options, 2 * WINDOW + 8);
+        let mut poller = Poller::spawn(event_loop);
+        let ack_timeout = Duration::from_secs(self.mqtt.ack_timeout_secs);
         let mut connected = false;
-        // requests handed to the client, waiting for their Outgoing::Publish (None = status)
-        let mut queued: VecDeque<Option<i64>> = VecDeque::new();
-        // packet id -> outbox id, waiting for the PUBACK
-        let mut inflight: HashMap<u16, Option<i64>> = HashMap::new();
+        // requests handed to the client (when), waiting for their Outgoing::Publish (None = a
+        // retained snapshot outside the outbox)
+        let mut queued: VecDeque<(Option<i64>, Instant)> = VecDeque::new();
+        // packet id -> outbox id and hand-over time, waiting for the PUBACK
+        let mut inflight: HashMap<u16, (Option<i64>, Instant)> = HashMap::new();
         let mut cursor = 0i64;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         // a dropped sender ends its branch (changed() would fail at once, forever)
@@ -452,7 +502,7 @@ impl Publisher {
             // every turn counts, the 1 s tick included: an idle or connecting publisher is alive
             self.liveness.publisher();
             tokio::select! {
-                ev = events.poll() => match ev {
+                ev = poller.events.recv() => match ev.unwrap_or(Err(ConnectionError::RequestsDone)) {
                     Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                         connected = true;
                         self.stats.connections += 1;
@@ -469,12 +519,12 @@ impl Publisher {
                         self.health_request.notify_one();
                     }
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                        if let Some(id) = queued.pop_front() {
-                            inflight.insert(pkid, id);
+                        if let Some(entry) = queued.pop_front() {
+                            inflight.insert(pkid, entry);
                         }
                     }
                     Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                        if let Some(Some(id)) = inflight.remove(&ack.pkid) {
+                        if let Some((Some(id), _)) = inflight.remove(&ack.pkid) {
                             match self.store.mark_delivered(id) {
                                 Ok(true) => self.stats.delivered += 1,
                                 Ok(false) => {}
@@ -524,9 +574,22 @@ impl Publisher {
                 },
                 _ = shutdown.changed() => {
                     if connected {
-                        self.goodbye(&client, &mut events).await;
+                        self.goodbye(&client, &mut poller).await;
                     }
                     return Ok(Ended::Shutdown);
+                }
+            }
+            // a message handed over and not acknowledged in time: the connection is not
+            // delivering (a lost write, a proxy, a broker fault); its successor sends it again
+            if let Some(oldest) = oldest_unacked(&queued, &inflight) {
+                if connected && oldest.elapsed() >= ack_timeout {
+                    log::warn!(
+                        "broker {}: no PUBACK within mqtt.ack_timeout_secs = {} s ({} message(s) waiting); reconnecting to send them again",
+                        self.mqtt.url,
+                        self.mqtt.ack_timeout_secs,
+                        queued.len() + inflight.len()
+                    );
+                    return Ok(Ended::Lost { connected: true });
                 }
             }
             if connected {
@@ -543,7 +606,7 @@ impl Publisher {
         }
     }
 
-    fn send_status(&mut self, client: &AsyncClient, queued: &mut VecDeque<Option<i64>>) {
+    fn send_status(&mut self, client: &AsyncClient, queued: &mut VecDeque<(Option<i64>, Instant)>) {
         let info = self.info.borrow_and_update().clone();
         for (topic, payload) in [
             (self.topics.status(), "online".to_string()),
@@ -557,12 +620,12 @@ impl Publisher {
     fn send_retained(
         &self,
         client: &AsyncClient,
-        queued: &mut VecDeque<Option<i64>>,
+        queued: &mut VecDeque<(Option<i64>, Instant)>,
         topic: String,
         payload: String,
     ) {
         match client.try_publish(topic.as_str(), QoS::AtLeastOnce, true, payload) {
-            Ok(()) => queued.push_back(None),
+            Ok(()) => queued.push_back((None, Instant::now())),
             Err(e) => log::warn!("broker: {topic} not queued: {e}"),
         }
     }
@@ -571,8 +634,8 @@ impl Publisher {
     fn top_up(
         &mut self,
         client: &AsyncClient,
-        queued: &mut VecDeque<Option<i64>>,
-        inflight: &HashMap<u16, Option<i64>>,
+        queued: &mut VecDeque<(Option<i64>, Instant)>,
+        inflight: &HashMap<u16, (Option<i64>, Instant)>,
         cursor: &mut i64,
     ) -> Result<(), PublishError> {
         let busy = queued.len() + inflight.len();
@@ -587,7 +650,7 @@ impl Publisher {
                 row.payload.into_bytes(),
             ) {
                 Ok(()) => {
-                    queued.push_back(Some(row.id));
+                    queued.push_back((Some(row.id), Instant::now()));
                     *cursor = row.id;
                 }
                 Err(e) => {
@@ -603,14 +666,14 @@ impl Publisher {
     }
 
     /// Graceful end: retained `offline` (the LWT fires only on an unclean end), then DISCONNECT.
-    async fn goodbye(&mut self, client: &AsyncClient, events: &mut EventLoop) {
+    async fn goodbye(&mut self, client: &AsyncClient, poller: &mut Poller) {
         let _ = client.try_publish(self.topics.status(), QoS::AtLeastOnce, true, "offline");
         let _ = client.try_disconnect();
         let drain = async {
             loop {
-                match events.poll().await {
-                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
-                    Ok(_) => {}
+                match poller.events.recv().await {
+                    Some(Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_)) | None => break,
+                    Some(Ok(_)) => {}
                 }
             }
         };

@@ -65,6 +65,15 @@ const MIGRATIONS: &[&str] = &[
         published_at INTEGER,
         published_json TEXT
     );",
+    // 2: content hashes (review #10): the sha256 of each claimed file, recorded by the worker
+    // before it decodes; the hashes of quarantined files, so a renamed or touched copy of a
+    // poison file is quarantined without being decoded again.
+    "ALTER TABLE ledger ADD COLUMN content_sha256 TEXT;
+    CREATE TABLE quarantine (
+        content_sha256 TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        quarantined_at INTEGER NOT NULL
+    );",
 ];
 
 /// Why a state operation failed.
@@ -91,14 +100,17 @@ pub enum StoreError {
     /// A result or payload could not be serialised.
     #[error("JSON: {0}")]
     Json(#[from] serde_json::Error),
-    /// Paths are stored as text; this one is not UTF-8.
-    #[error("path {0} is not UTF-8")]
+    /// Paths are stored as text; this one is not UTF-8. The message does not name it (file
+    /// names may name patients; review #14).
+    #[error("a path that is not UTF-8")]
     NonUtf8Path(String),
     /// The ticket's ledger row is no longer in progress (recovered, or finished already).
-    #[error("ledger row {ledger_id} ({path}) is not in progress: ticket is stale")]
+    /// The message names the row, not the path (review #14).
+    #[error("ledger row {ledger_id} is not in progress: ticket is stale")]
     StaleTicket { ledger_id: i64, path: String },
-    /// An exam revision other than the stored one + 1.
-    #[error("exam {study}: revision {got} given, {expected} expected")]
+    /// An exam revision other than the stored one + 1. The message does not name the study
+    /// (review #14).
+    #[error("exam revision {got} given, {expected} expected")]
     RevisionConflict {
         study: String,
         expected: u32,
@@ -578,8 +590,9 @@ impl Store {
                 } else if old_size != size || old_mtime != mtime_ns {
                     tx.execute(
                         "UPDATE ledger SET size = ?2, mtime_ns = ?3, sop_instance_uid = NULL,
-                         study_instance_uid = NULL, status = 'in_progress', reason = NULL,
-                         attempts = 1, updated_at = ?4 WHERE id = ?1",
+                         study_instance_uid = NULL, content_sha256 = NULL,
+                         status = 'in_progress', reason = NULL, attempts = 1, updated_at = ?4
+                         WHERE id = ?1",
                         params![id, size, mtime_ns, now],
                     )?;
                     Claim::Process(ticket(1))
@@ -741,14 +754,56 @@ impl Store {
         reason: &str,
         message: &OutboxMessage,
     ) -> Result<(), StoreError> {
-        self.finish_with(
+        let now = now_ms();
+        let tx = self.write_tx()?;
+        finish(
+            &tx,
             ticket,
             Status::Quarantined,
             None,
             None,
-            reason,
-            std::slice::from_ref(message),
-        )
+            Some(reason),
+            now,
+        )?;
+        // the content, once known, stays quarantined under any name (review #10)
+        tx.execute(
+            "INSERT OR IGNORE INTO quarantine (content_sha256, reason, quarantined_at)
+             SELECT content_sha256, ?2, ?3 FROM ledger WHERE id = ?1 AND content_sha256 IS NOT NULL",
+            params![ticket.ledger_id, reason, now],
+        )?;
+        push(&tx, std::slice::from_ref(message), now)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Record the sha256 (hex) of a claimed file's content on its ledger row, before it is
+    /// decoded, so that a quarantine of the row also quarantines the content. Called by the
+    /// worker on its own connection. Errors: `StaleTicket` (row not in progress), `Sqlite`.
+    pub fn record_content(&mut self, ticket: &Ticket, sha256: &str) -> Result<(), StoreError> {
+        let n = self.conn.execute(
+            "UPDATE ledger SET content_sha256 = ?3
+             WHERE id = ?1 AND attempts = ?2 AND status = 'in_progress'",
+            params![ticket.ledger_id, ticket.attempts, sha256],
+        )?;
+        if n != 1 {
+            return Err(StoreError::StaleTicket {
+                ledger_id: ticket.ledger_id,
+                path: ticket.path.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The reason a file with this content (sha256, hex) was quarantined, if it was.
+    pub fn quarantined_content(&self, sha256: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT reason FROM quarantine WHERE content_sha256 = ?1",
+                [sha256],
+                |r| r.get(0),
+            )
+            .optional()?)
     }
 
     /// Finish a file whose SOPInstanceUID was scored already (`seen_sop`): ledger row `done`,
@@ -915,6 +970,28 @@ impl Store {
         )?;
         tx.commit()?;
         Ok(Purged { outbox, ledger })
+    }
+
+    /// Queue again, as new outbox rows in their original order, the delivered result messages
+    /// (topics ending in `/image`, `/exam`, `/skipped`, `/error`) first committed in
+    /// `[since_ms, until_ms)` (Unix ms): for consumers that missed them (a PUBACK is not a
+    /// delivery to every subscriber, review #12). Payloads, and so `result_id`s, are unchanged;
+    /// rows purged after `state.retention_days` are gone. Returns the number queued.
+    /// Errors: `Sqlite`.
+    pub fn replay(&mut self, since_ms: i64, until_ms: i64) -> Result<usize, StoreError> {
+        let now = now_ms();
+        let tx = self.write_tx()?;
+        let n = tx.execute(
+            "INSERT INTO outbox (topic, payload, retain, created_at)
+             SELECT topic, payload, retain, ?3 FROM outbox
+             WHERE delivered_at IS NOT NULL AND created_at >= ?1 AND created_at < ?2
+               AND (topic LIKE '%/image' OR topic LIKE '%/exam'
+                    OR topic LIKE '%/skipped' OR topic LIKE '%/error')
+             ORDER BY id",
+            params![since_ms, until_ms, now],
+        )?;
+        tx.commit()?;
+        Ok(n)
     }
 
     /// The ledger row of `path`, if any.

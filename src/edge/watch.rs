@@ -18,7 +18,9 @@ use tokio::sync::mpsc;
 #[derive(Debug, Error)]
 pub enum WatchError {
     /// inotify could not be set up on a folder (missing, no permission, watch limit reached).
-    #[error("watch.dirs {path}: {source}")]
+    /// The message gives the configured folder and the kind of error, not the sub-folder notify
+    /// names (folder names may name patients; review #14).
+    #[error("watch.dirs {path}: {}", notify_kind(source))]
     Watch {
         path: PathBuf,
         source: notify::Error,
@@ -32,6 +34,17 @@ pub enum WatchError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// What went wrong in a notify error, without the paths it lists.
+fn notify_kind(e: &notify::Error) -> String {
+    match &e.kind {
+        notify::ErrorKind::Io(io) => io.to_string(),
+        notify::ErrorKind::MaxFilesWatch => {
+            "inotify watch limit reached (fs.inotify.max_user_watches)".into()
+        }
+        kind => format!("{kind:?}"),
+    }
 }
 
 /// Check that every `watch.dirs` entry is a folder this process can list (what `run` needs
@@ -139,7 +152,10 @@ impl FsEvents {
                         }
                     }
                 }
-                Err(e) => log::warn!("file-system watcher: {e}"),
+                Err(e) => {
+                    log::warn!("file-system watcher: {}", notify_kind(&e));
+                    log::debug!("file-system watcher: {e}");
+                }
             }
         };
         // links are not followed into other trees (review #6)

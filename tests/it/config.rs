@@ -70,6 +70,8 @@ fn default_toml_parses_back_to_defaults() {
         "username",
         "password_file",
         "allow_insecure",
+        "health_secs",
+        "ack_timeout_secs",
         "quiet_secs",
         "after",
         "uids",

@@ -56,7 +56,7 @@ fn open_sets_wal_full_sync_and_schema_version() {
     let s = Store::open(&state, 3).unwrap();
     assert_eq!(s.path(), state.join(DB_FILE));
     assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
-    assert_eq!(SCHEMA_VERSION, 1);
+    assert_eq!(SCHEMA_VERSION, 2);
     drop(s);
     // Read back by a separate connection: WAL is persistent, user_version is in the header.
     let c = rusqlite::Connection::open(state.join(DB_FILE)).unwrap();
@@ -174,6 +174,98 @@ fn a_file_that_keeps_failing_is_quarantined_after_max_attempts() {
     let out = s.next_undelivered(10).unwrap();
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].topic, "p/error");
+}
+
+#[test]
+fn a_quarantined_content_is_found_under_any_name_and_after_a_touch() {
+    let dir = tmp();
+    let mut s = Store::open(dir.path(), 2).unwrap();
+    let f = PathBuf::from("/x/poison.dcm");
+    let hash = "5".repeat(64);
+    for _ in 1..=2 {
+        let t = process(s.claim(&f, 10, mtime(0)).unwrap());
+        s.record_content(&t, &hash).unwrap();
+        s.retry_later(&t, "decode timed out").unwrap();
+    }
+    assert_eq!(
+        s.quarantined_content(&hash).unwrap(),
+        None,
+        "not yet quarantined"
+    );
+    let q = match s.claim(&f, 10, mtime(0)).unwrap() {
+        Claim::Quarantine(t) => t,
+        other => panic!("expected Quarantine, got {other:?}"),
+    };
+    s.commit_quarantine(&q, "timed out twice", &msg("p/error", 1))
+        .unwrap();
+    assert_eq!(
+        s.quarantined_content(&hash).unwrap().as_deref(),
+        Some("timed out twice")
+    );
+    assert_eq!(s.quarantined_content(&"6".repeat(64)).unwrap(), None);
+    // touched: a new file for the ledger (attempts start over, hash forgotten on the row) but
+    // the content stays quarantined, and survives a reopen
+    let t = process(s.claim(&f, 10, mtime(5)).unwrap());
+    assert_eq!(t.attempts, 1);
+    drop(s);
+    let s = Store::open(dir.path(), 2).unwrap();
+    assert_eq!(
+        s.quarantined_content(&hash).unwrap().as_deref(),
+        Some("timed out twice")
+    );
+    // a stale ticket cannot record a hash
+    let mut s = s;
+    s.recover().unwrap();
+    assert!(matches!(
+        s.record_content(&t, &hash),
+        Err(StoreError::StaleTicket { .. })
+    ));
+}
+
+#[test]
+fn a_version_1_database_is_migrated_keeping_its_rows() {
+    let dir = tmp();
+    let db = dir.path().join(DB_FILE);
+    {
+        // the schema as version 1 wrote it, with one finished row
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch(
+            "CREATE TABLE ledger (
+                id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, size INTEGER NOT NULL,
+                mtime_ns INTEGER NOT NULL, sop_instance_uid TEXT, study_instance_uid TEXT,
+                status TEXT NOT NULL CHECK (status IN
+                    ('new', 'in_progress', 'done', 'skipped', 'error', 'quarantined')),
+                reason TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+                created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);
+            CREATE INDEX ledger_sop ON ledger (sop_instance_uid);
+            CREATE INDEX ledger_status ON ledger (status, updated_at);
+            CREATE TABLE results (sop_instance_uid TEXT NOT NULL, model_sha256 TEXT NOT NULL,
+                result_id TEXT NOT NULL UNIQUE, study_instance_uid TEXT NOT NULL,
+                ledger_id INTEGER REFERENCES ledger (id) ON DELETE SET NULL,
+                result_json TEXT NOT NULL, created_at INTEGER NOT NULL,
+                PRIMARY KEY (sop_instance_uid, model_sha256));
+            CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,
+                payload TEXT NOT NULL, retain INTEGER NOT NULL DEFAULT 0,
+                created_at INTEGER NOT NULL, delivered_at INTEGER);
+            CREATE TABLE exams (study_instance_uid TEXT PRIMARY KEY,
+                revision INTEGER NOT NULL DEFAULT 0, pending INTEGER NOT NULL DEFAULT 1,
+                last_image_at INTEGER NOT NULL, published_at INTEGER, published_json TEXT);
+            INSERT INTO ledger (path, size, mtime_ns, status, attempts, created_at, updated_at)
+                VALUES ('/x/old.dcm', 10, 1700000000000000000, 'done', 1, 1, 1);
+            PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    let mut s = Store::open(dir.path(), 3).unwrap();
+    assert_eq!(s.schema_version().unwrap(), 2);
+    let old = PathBuf::from("/x/old.dcm");
+    assert_eq!(status(&s, &old), Status::Done);
+    assert_eq!(
+        s.claim(&old, 10, mtime(0)).unwrap(),
+        Claim::Finished(Status::Done)
+    );
+    let t = process(s.claim(Path::new("/x/new.dcm"), 10, mtime(0)).unwrap());
+    s.record_content(&t, &"7".repeat(64)).unwrap();
 }
 
 #[test]

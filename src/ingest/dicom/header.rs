@@ -454,11 +454,7 @@ pub fn modality_lut(
 /// pair with VOILUTFunction; `None` when the file has neither.
 /// `modality_signed`: the Modality LUT output can be negative (PS3.3 C.11.2.1.1: the VOI LUT
 /// Descriptor's first mapped value is then signed).
-pub fn voi(
-    obj: &DefaultDicomObject,
-    meta: &MammoMeta,
-    modality_signed: bool,
-) -> Result<Option<Voi>, IngestError> {
+pub fn voi(obj: &DefaultDicomObject, modality_signed: bool) -> Result<Option<Voi>, IngestError> {
     let ds: &InMemDicomObject = obj;
     let seq = items(ds, tags::VOILUT_SEQUENCE);
     let centers = floats(ds, tags::WINDOW_CENTER);
@@ -475,10 +471,10 @@ pub fn voi(
                     count: seq.len(),
                 }))
             }
-            Err(e) if have_window => log::warn!(
-                "{}: VOI LUT Sequence unusable ({e}); using the window instead",
-                meta.sop_instance_uid
-            ),
+            // no UID in the log (review #14): the daemon names the file by its label
+            Err(e) if have_window => {
+                log::warn!("VOI LUT Sequence unusable ({e}); using the window instead")
+            }
             Err(e) => return Err(e),
         }
     }
@@ -488,9 +484,9 @@ pub fn voi(
     let raw = string(ds, tags::VOILUT_FUNCTION);
     let function = VoiLutFunction::parse(raw.as_deref()).unwrap_or_else(|| {
         log::warn!(
-            "{}: unknown VOILUTFunction {:?}, using LINEAR (PS3.3 C.11.2.1.3 default)",
-            meta.sop_instance_uid,
-            raw
+            "unknown VOILUTFunction {:?}, using LINEAR (PS3.3 C.11.2.1.3 default)",
+            raw.as_deref()
+                .map(|f| f.chars().take(16).collect::<String>())
         );
         VoiLutFunction::Linear
     });

@@ -109,6 +109,31 @@ pub(crate) enum Tiny {
     NanOnImages,
     /// `cancer` = Sigmoid(f) + √−1: NaN on every input, the load-time probe included.
     NanAlways,
+    /// `cancer` = Sigmoid(f) + 10⁻³⁰ · mean(x_steps), x_0 = P·image·Q (2048 × 2048),
+    /// x_k+1 = tanh(x_k · W): `steps` products of two 2048 × 2048 matrices (17 GFLOP each), a model
+    /// slow on purpose for the time-limit tests (review #11).
+    Slow {
+        steps: usize,
+    },
+}
+
+/// The matrices of [`Tiny::Slow`] (none for the other variants): P (2048 × h), Q (w × 2048),
+/// W (2048 × 2048), small deterministic values so that tanh does not saturate.
+fn slow_weights(variant: Tiny, h: usize, w: usize) -> Vec<pb::TensorProto> {
+    if !matches!(variant, Tiny::Slow { .. }) {
+        return Vec::new();
+    }
+    const N: usize = 2048;
+    let fill = |n: usize, scale: f32| -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * scale)
+            .collect()
+    };
+    vec![
+        tensor("slow_p", &[N as i64, h as i64], &fill(N * h, 0.1)),
+        tensor("slow_q", &[w as i64, N as i64], &fill(w * N, 0.1)),
+        tensor("slow_w", &[N as i64, N as i64], &fill(N * N, 0.05)),
+    ]
 }
 
 /// [`tiny_model`] with the `cancer` head of `variant`.
@@ -158,6 +183,30 @@ pub(crate) fn tiny_model_variant(path: &Path, variant: Tiny) {
             node("Sigmoid", &["f"], "cs", vec![]),
             node("Add", &["cs", "nan"], "cancer", vec![]),
         ],
+        Tiny::Slow { steps } => {
+            let mut v = vec![
+                node("MatMul", &["slow_p", "image"], "x_pi", vec![]),
+                node("MatMul", &["x_pi", "slow_q"], "x0", vec![]),
+            ];
+            for k in 0..steps {
+                let (x, m, y) = (format!("x{k}"), format!("m{k}"), format!("x{}", k + 1));
+                v.push(node("MatMul", &[&x, "slow_w"], &m, vec![]));
+                v.push(node("Tanh", &[&m], &y, vec![]));
+            }
+            let last = format!("x{steps}");
+            v.extend([
+                node(
+                    "ReduceMean",
+                    &[&last],
+                    "slow_mean",
+                    vec![attr_ints("axes", &[2, 3]), attr_int("keepdims", 0)],
+                ),
+                node("Mul", &["slow_mean", "tiny"], "slow_tiny", vec![]),
+                node("Sigmoid", &["f"], "cs", vec![]),
+                node("Add", &["cs", "slow_tiny"], "cancer", vec![]),
+            ]);
+            v
+        }
     };
     let mut nodes = vec![
         node("GlobalAveragePool", &["image"], "gap", vec![]),
@@ -205,7 +254,7 @@ pub(crate) fn tiny_model_variant(path: &Path, variant: Tiny) {
     let graph = pb::GraphProto {
         name: "tiny".into(),
         node: nodes,
-        initializer: vec![
+        initializer: [
             tensor("wd", &[1, 4], &[-1.0, 0.0, 0.5, 1.0]),
             tensor("wv", &[1, 4], &[1.0, 0.5, 0.0, -1.0]),
             tensor("ww", &[1, 2], &[0.5, -0.5]),
@@ -213,7 +262,10 @@ pub(crate) fn tiny_model_variant(path: &Path, variant: Tiny) {
             tensor("c001", &[], &[0.01]),
             tensor("tiny", &[], &[1e-30]),
             tensor("minus_one", &[], &[-1.0]),
-        ],
+        ]
+        .into_iter()
+        .chain(slow_weights(variant, h, w))
+        .collect(),
         input: vec![value_info(
             "image",
             &[None, Some(1), Some(h as i64), Some(w as i64)],

@@ -5,6 +5,7 @@
 //! built here with tract-onnx's protobuf types (its outputs are simple functions of the image).
 
 mod agree;
+mod broker_faults;
 mod demo;
 pub(crate) mod harness;
 mod ops;
@@ -58,6 +59,13 @@ fn four_view_exam_gives_four_images_and_one_complete_exam_without_patient_data()
         assert_eq!(m["uid_mode"], "plain");
         assert!(m.get("file").is_none() && m.get("accession_number").is_none());
         assert_eq!(m["file_hash"].as_str().unwrap().len(), 64);
+        // keyed by the appliance's own key without privacy.key_file: not the plain SHA-256 of
+        // the path, which could be found by trying candidate names (review #13)
+        for f in &files {
+            let path = s.watch.join(f.file_name().unwrap());
+            let plain = mammo_edge::ingest::files::sha256_hex(path.to_string_lossy().as_bytes());
+            assert_ne!(m["file_hash"], plain.as_str());
+        }
         let c = m["cancer_probability"].as_f64().unwrap();
         let score = m["ood_score"].as_f64().unwrap();
         let ood_thr = meta.ood_threshold.unwrap_or(meta.recon_error_threshold);
@@ -149,6 +157,24 @@ fn four_view_exam_gives_four_images_and_one_complete_exam_without_patient_data()
         0
     );
     assert_eq!(s.count("SELECT COUNT(*) FROM results"), 4);
+    let key = s.state.join(mammo_edge::edge::message::LABEL_KEY_FILE);
+    let meta = std::fs::metadata(&key).expect("the appliance's file-label key");
+    assert_eq!(meta.len(), 32);
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o600
+    );
+    // the same key after a restart: the same file, the same hash
+    let k1 = std::fs::read(&key).unwrap();
+    let before = sub.on("health").last().unwrap()["started_at"].clone();
+    let mut d = s.start();
+    sub.wait(30, "health of the restarted daemon", |s| {
+        s.on("health")
+            .last()
+            .is_some_and(|h| h["started_at"] != before)
+    });
+    assert!(d.stop().success());
+    assert_eq!(std::fs::read(&key).unwrap(), k1);
 }
 
 #[test]

@@ -579,51 +579,30 @@ fn tls_with_client_certificates_delivers_and_a_wrong_ca_is_named() {
     assert!(d.stop().success());
 }
 
-/// A DICOM file whose data set nests `depth` sequences: parsing it recurses once per level,
-/// and at 20 000 levels the parser overflows its thread's stack, which aborts the process (a
-/// real poison file of dicom-object 0.10).
-fn deeply_nested_dicom(path: &Path, depth: usize) {
-    fn el(out: &mut Vec<u8>, tag: (u16, u16), vr: &[u8; 2], value: &[u8]) {
-        out.extend(tag.0.to_le_bytes());
-        out.extend(tag.1.to_le_bytes());
-        out.extend(vr);
-        if vr == b"OB" {
-            out.extend([0, 0]);
-            out.extend((value.len() as u32).to_le_bytes());
-        } else {
-            out.extend((value.len() as u16).to_le_bytes());
+/// Claim the file named `name` and SIGKILL the daemon while it is `in_progress` (the crash
+/// systemd's Restart=on-failure recovers from): polls the ledger every 2 ms.
+fn kill_while_in_progress(s: &Setup, d: &mut Daemon, name: &str) {
+    let db = s.db();
+    let sql = format!("SELECT status FROM ledger WHERE path LIKE '%{name}'");
+    let t0 = Instant::now();
+    loop {
+        let status: Option<String> = db.query_row(&sql, [], |r| r.get(0)).ok();
+        if status.as_deref() == Some("in_progress") {
+            d.kill9();
+            return;
         }
-        out.extend(value);
+        assert!(
+            status.is_none(),
+            "{name} reached {status:?} before it could be killed mid-decode:\n{}",
+            s.log_text()
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "{name} was never claimed:\n{}",
+            s.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(2));
     }
-    let sop_class = b"1.2.840.10008.5.1.4.1.1.1.2\0";
-    let sop = b"1.2.826.0.1.3680043.9.9999.1";
-    let ts = b"1.2.840.10008.1.2.1\0";
-    let mut meta = Vec::new();
-    el(&mut meta, (2, 1), b"OB", &[0, 1]);
-    el(&mut meta, (2, 2), b"UI", sop_class);
-    el(&mut meta, (2, 3), b"UI", sop);
-    el(&mut meta, (2, 0x10), b"UI", ts);
-    let mut out = vec![0u8; 128];
-    out.extend(b"DICM");
-    el(&mut out, (2, 0), b"UL", &(meta.len() as u32).to_le_bytes());
-    out.extend(meta);
-    el(&mut out, (8, 0x16), b"UI", sop_class);
-    el(&mut out, (8, 0x18), b"UI", sop);
-    el(&mut out, (8, 0x60), b"CS", b"MG");
-    let undefined = 0xFFFF_FFFFu32.to_le_bytes();
-    for _ in 0..depth {
-        // (0008,1140) SQ of undefined length, then an item of undefined length
-        out.extend([0x08, 0x00, 0x40, 0x11]);
-        out.extend(b"SQ\0\0");
-        out.extend(undefined);
-        out.extend([0xFE, 0xFF, 0x00, 0xE0]);
-        out.extend(undefined);
-    }
-    for _ in 0..depth {
-        out.extend([0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
-        out.extend([0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
-    }
-    std::fs::write(path, out).unwrap();
 }
 
 #[test]
@@ -633,26 +612,19 @@ fn a_file_that_kills_the_daemon_is_quarantined_after_max_attempts_and_reported_o
     set_key(&s.config, "ingest", "max_attempts", "2");
     let sub = Subscriber::start(broker.port, &s.prefix, "sub-poison", Arc::default());
     let src = tmp();
-    let poison = src.path().join("poison.dcm");
-    deeply_nested_dicom(&poison, 20_000);
+    // a 14-megapixel image: its decode and preprocessing take long enough (about a second in
+    // a debug build) to kill the daemon while the claim is in progress
+    let poison = crate::util::write(
+        &crate::util::phantom(4096, 3328, mammo_edge::ingest::dicom::Laterality::L),
+        src.path(),
+        "poison.dcm",
+    );
     drop_in(&s.watch, &poison, "poison.dcm");
-    // systemd's Restart=on-failure, by hand: each attempt kills the process
+    // each attempt dies mid-decode (an out-of-memory kill, a power cut); systemd's
+    // Restart=on-failure restarts it
     for attempt in 1..=2 {
         let mut d = s.start();
-        let t0 = Instant::now();
-        let status = loop {
-            if let Some(st) = d.child.as_mut().unwrap().try_wait().unwrap() {
-                d.child = None;
-                break st;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "attempt {attempt}: the poison file did not stop the daemon:\n{}",
-                s.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        assert!(!status.success(), "attempt {attempt}: {status:?}");
+        kill_while_in_progress(&s, &mut d, "poison.dcm");
         assert_eq!(
             s.count("SELECT attempts FROM ledger WHERE path LIKE '%poison.dcm'"),
             attempt
@@ -678,14 +650,51 @@ fn a_file_that_kills_the_daemon_is_quarantined_after_max_attempts_and_reported_o
         s.count("SELECT COUNT(*) FROM ledger WHERE path LIKE '%poison.dcm' AND status = 'quarantined' AND attempts = 2"),
         1
     );
-    // other files still go through
+    // review #10: a renamed copy and the touched original are quarantined by their content,
+    // without being decoded again (decoded, the valid phantom would be scored `done`)
+    drop_in(&s.watch, &poison, "poison-resent.dcm");
+    std::fs::File::options()
+        .write(true)
+        .open(s.watch.join("poison.dcm"))
+        .unwrap()
+        .set_modified(std::time::SystemTime::now())
+        .unwrap();
+    sub.wait(30, "two more quarantine errors", |s| {
+        s.on("error").len() >= 3
+    });
+    for e in &sub.on("error")[1..] {
+        assert_valid(&schema("error"), e);
+        assert_eq!(e["reason_code"], "quarantined");
+        let reason = e["reason"].as_str().unwrap();
+        assert!(reason.contains("same content (sha256)"), "{reason}");
+        assert!(!reason.contains("poison"), "{reason}");
+    }
+    assert_eq!(
+        s.count("SELECT COUNT(*) FROM ledger WHERE path LIKE '%poison%.dcm' AND status = 'quarantined' AND attempts = 1"),
+        2
+    );
+    assert_eq!(s.count("SELECT COUNT(*) FROM quarantine"), 1);
+    // other files still go through, and a file that used to abort the process (20 000 nested
+    // sequences, a stack overflow in dicom-object) is now one `damaged` error
     let files = exam(src.path(), 36);
     for f in &files {
         drop_in(&s.watch, f, f.file_name().unwrap().to_str().unwrap());
     }
-    sub.wait(60, "4 images and 1 exam", |s| {
-        s.on("image").len() >= 4 && !s.on("exam").is_empty()
+    let nested = src.path().join("nested.dcm");
+    crate::hostile::deeply_nested_dicom(&nested, 20_000);
+    drop_in(&s.watch, &nested, "nested.dcm");
+    sub.wait(60, "4 images, 1 exam and the nested file's error", |s| {
+        s.on("image").len() >= 4 && !s.on("exam").is_empty() && s.on("error").len() >= 4
     });
+    let e = sub
+        .on("error")
+        .into_iter()
+        .find(|e| e["reason_code"] == "damaged");
+    let e = e.expect("the nested file's error");
+    assert!(e["reason"]
+        .as_str()
+        .unwrap()
+        .contains("nested deeper than 32"));
     assert!(d.alive());
     assert!(d.stop().success());
     // a restart neither retries nor reports it again
@@ -700,12 +709,12 @@ fn a_file_that_kills_the_daemon_is_quarantined_after_max_attempts_and_reported_o
     let errors = sub.on("error");
     assert_eq!(
         distinct_result_ids(&errors).len(),
-        1,
-        "reported exactly once: {errors:?}"
+        4,
+        "three quarantines and the nesting each reported exactly once: {errors:?}"
     );
     assert_eq!(
         s.count("SELECT COUNT(*) FROM outbox WHERE topic LIKE '%/error'"),
-        1
+        4
     );
     assert_eq!(
         s.count("SELECT COUNT(*) FROM ledger WHERE status = 'done'"),
@@ -713,7 +722,7 @@ fn a_file_that_kills_the_daemon_is_quarantined_after_max_attempts_and_reported_o
     );
     assert_eq!(
         s.count("SELECT COUNT(*) FROM ledger WHERE status = 'quarantined'"),
-        1
+        3
     );
 }
 
@@ -1094,4 +1103,259 @@ fn files_with_non_utf8_names_are_scored() {
         2
     );
     assert!(d.stop().success());
+}
+
+/// Names of the worker threads of process `pid` (`/proc/<pid>/task/*/comm`).
+fn worker_threads(pid: u32) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("mammo-worker"))
+        .count()
+}
+
+/// A [`Tiny::Slow`] model whose one inference takes about `target` on this machine (measured
+/// with one step), written to `path`.
+fn slow_model(path: &Path, target: Duration) {
+    tiny_model_variant(path, Tiny::Slow { steps: 1 });
+    let runner = mammo_edge::model::ModelRunner::load(path).unwrap();
+    let input = vec![0.5f32; 128 * 80];
+    let t0 = Instant::now();
+    runner.run(&input).unwrap();
+    let one = t0.elapsed().max(Duration::from_millis(1));
+    let steps = (target.as_secs_f64() / one.as_secs_f64())
+        .ceil()
+        .clamp(1.0, 200.0) as usize;
+    eprintln!("slow model: one step {one:?}, {steps} steps for {target:?}");
+    tiny_model_variant(path, Tiny::Slow { steps });
+}
+
+/// Review #11: a worker past `ingest.file_timeout_secs` is abandoned (a thread cannot be
+/// stopped); its file is not started again beside it, and when a second worker is abandoned while
+/// the first still runs, the daemon exits for systemd to restart it. Memory and CPU then hold at
+/// most two decodes, whatever the inputs.
+#[test]
+fn timed_out_workers_are_waited_for_and_a_second_one_stops_the_daemon() {
+    let broker = Broker::start();
+    let s = Setup::new(&broker.url(), "");
+    let model = s.config.parent().unwrap().join("slow.onnx");
+    // about 4 s per image, four times the 1 s limit
+    slow_model(&model, Duration::from_secs(4));
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let old = format!("path = {:?}", s.model);
+    std::fs::write(&s.config, text.replace(&old, &format!("path = {model:?}"))).unwrap();
+    set_key(&s.config, "ingest", "file_timeout_secs", "1");
+    set_key(&s.config, "ingest", "max_attempts", "2");
+    let sub = Subscriber::start(broker.port, &s.prefix, "sub-abandon", Arc::default());
+    let src = tmp();
+    let files = exam(src.path(), 44);
+    let mut d = s.start();
+    let pid = d.child.as_ref().unwrap().id();
+    sub.wait(60, "health", |s| last_health(s).is_some());
+
+    // one file: two time-outs, each waited for, then the quarantine
+    drop_in(&s.watch, &files[0], "a.dcm");
+    let t0 = Instant::now();
+    let mut most = 0;
+    while sub.on("error").is_empty() {
+        most = most.max(worker_threads(pid));
+        assert!(d.alive(), "the daemon stopped:\n{}", s.log_text());
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "no quarantine:\n{}",
+            s.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let e = &sub.on("error")[0];
+    assert_eq!(e["reason_code"], "quarantined", "{e}");
+    assert!(
+        e["reason"].as_str().unwrap().contains("2 attempt(s)"),
+        "{e}"
+    );
+    assert!(
+        most <= 2,
+        "{most} worker threads at once: the file was started beside its abandoned worker"
+    );
+    let log = s.log_text();
+    assert_eq!(
+        log.matches("no result within ingest.file_timeout_secs")
+            .count(),
+        2
+    );
+    assert!(log.contains("waits for its abandoned worker"), "{log}");
+    assert_eq!(
+        log.matches("the abandoned worker finished").count(),
+        2,
+        "{log}"
+    );
+    assert!(d.alive());
+
+    // two files back to back: the second times out while the first's worker still runs
+    drop_in(&s.watch, &files[1], "b.dcm");
+    drop_in(&s.watch, &files[2], "c.dcm");
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = d.child.as_mut().unwrap().try_wait().unwrap() {
+            d.child = None;
+            break st;
+        }
+        assert!(worker_threads(pid) <= 3, "{}", s.log_text());
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the daemon did not stop:\n{}",
+            s.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success(), "{status:?}");
+    assert!(s
+        .log_text()
+        .contains("2 worker threads are past ingest.file_timeout_secs"));
+    // both attempts are kept for the restart: quarantined after max_attempts as usual
+    assert_eq!(
+        s.count("SELECT COUNT(*) FROM ledger WHERE path LIKE '%/b.dcm' OR path LIKE '%/c.dcm'"),
+        2
+    );
+    assert_eq!(
+        s.count(
+            "SELECT SUM(attempts) FROM ledger WHERE path LIKE '%/b.dcm' OR path LIKE '%/c.dcm'"
+        ),
+        2
+    );
+}
+
+/// Review #12: a PUBACK is not a delivery to every consumer; `mammo-edge replay` queues the
+/// delivered results of a time range again, and the running daemon publishes them with their
+/// original `result_id`s, in their original order.
+#[test]
+fn replay_publishes_a_time_range_again_with_the_same_result_ids() {
+    let broker = Broker::start();
+    let s = Setup::new(&broker.url(), "");
+    let sub = Subscriber::start(broker.port, &s.prefix, "sub-replay", Arc::default());
+    let mut d = s.start();
+    let since = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    let src = tmp();
+    for f in exam(src.path(), 46) {
+        drop_in(&s.watch, &f, f.file_name().unwrap().to_str().unwrap());
+    }
+    std::fs::write(s.watch.join("junk.bin"), b"not a DICOM file").unwrap();
+    sub.wait(60, "4 images, 1 error, 1 exam", |s| {
+        s.on("image").len() >= 4 && !s.on("exam").is_empty() && !s.on("error").is_empty()
+    });
+    wait_for(10, "everything delivered", &s, || {
+        s.count("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL") == 0
+    });
+    let replay = |args: &[&str]| {
+        Command::new(BIN)
+            .arg("replay")
+            .arg("--config")
+            .arg(&s.config)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // a range after everything: nothing
+    let later =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(3600))
+            .to_string();
+    let out = replay(&["--since", &later]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("replay: 0 message(s)"));
+    let out = replay(&["--since", "yesterday"]);
+    assert_eq!(out.status.code(), Some(2), "not RFC 3339: a usage error");
+    // the range of the exam: 4 images, 1 error, 1 exam again
+    let out = replay(&["--since", &since]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("replay: 6 message(s)"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    sub.wait(30, "the replayed messages", |s| {
+        s.on("image").len() >= 8 && s.on("exam").len() >= 2 && s.on("error").len() >= 2
+    });
+    for kind in ["image", "exam", "error"] {
+        let all = sub.on(kind);
+        let n = all.len() / 2;
+        assert_eq!(
+            distinct_result_ids(&all[..n]),
+            distinct_result_ids(&all[n..]),
+            "{kind}: the same result_ids in the same order"
+        );
+    }
+    assert!(d.alive());
+    assert!(d.stop().success());
+    assert_eq!(
+        s.count("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL"),
+        0
+    );
+}
+
+/// Review #14: with hashed UIDs and no file names published, nothing in the log names a patient:
+/// not a folder named after one, not a non-UTF-8 folder name, not the SOPInstanceUID of a file
+/// whose VOILUTFunction is unknown (a WARN that used to start with the plain UID).
+#[test]
+fn the_log_names_no_folder_and_no_uid_with_hashed_uids() {
+    use dicom_core::value::PrimitiveValue;
+    use dicom_core::VR;
+    use dicom_dictionary_std::tags;
+    use dicom_object::mem::InMemElement;
+    use std::os::unix::ffi::OsStrExt;
+    let broker = Broker::start();
+    let key = tmp();
+    let key_file = key.path().join("uid.key");
+    std::fs::write(&key_file, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let s = Setup::new(
+        &broker.url(),
+        &format!("[privacy]\nuids = \"hashed\"\nkey_file = {key_file:?}\n"),
+    );
+    let sub = Subscriber::start(broker.port, &s.prefix, "sub-phi-log", Arc::default());
+    // the level a service runs at (the debug log may name files, for a technician who asks)
+    let mut d = s.start_with(&[("RUST_LOG", "info".as_ref())]);
+    let src = tmp();
+    let files = exam(src.path(), 47);
+    let mut obj = dicom_object::open_file(&files[0]).unwrap();
+    let sop = obj
+        .element(tags::SOP_INSTANCE_UID)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim_end_matches('\0')
+        .to_string();
+    for (tag, vr, v) in [
+        (tags::WINDOW_CENTER, VR::DS, "2048"),
+        (tags::WINDOW_WIDTH, VR::DS, "4096"),
+        (tags::VOILUT_FUNCTION, VR::CS, "SIGMOXD"),
+    ] {
+        obj.put(InMemElement::new(tag, vr, PrimitiveValue::from(v)));
+    }
+    let named = s.watch.join("DOE^JANE_1970-01-01");
+    std::fs::create_dir(&named).unwrap();
+    mammo_edge::synth::write_object(&obj, &named.join("IMG0001.dcm")).unwrap();
+    let latin1 = s.watch.join(std::ffi::OsStr::from_bytes(b"M\xdcLLER^HANS"));
+    std::fs::create_dir(&latin1).unwrap();
+    drop_in(&latin1, &files[1], "IMG0002.dcm");
+    std::fs::write(latin1.join("junk.dcm"), b"not DICOM").unwrap();
+    sub.wait(60, "2 images and 1 error", |s| {
+        s.on("image").len() >= 2 && !s.on("error").is_empty()
+    });
+    assert!(d.stop().success());
+    let log = s.log_text();
+    assert!(
+        log.contains("unknown VOILUTFunction"),
+        "the VOI warning was logged:\n{log}"
+    );
+    for secret in ["DOE^JANE", "1970-01-01", "LLER^HANS", sop.as_str()] {
+        assert!(!log.contains(secret), "{secret:?} in the log:\n{log}");
+    }
+    for r in sub.all() {
+        assert!(!r.payload.contains("DOE^JANE") && !r.payload.contains(sop.as_str()));
+    }
 }
