@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use mammo_edge::ingest::dicom::structure::{self, Limits};
+use mammo_edge::ingest::dicom::structure::{self, Limits, Scope};
 use mammo_edge::ingest::dicom::{Category, IngestError, Laterality};
 
 use crate::util::*;
@@ -86,6 +86,8 @@ pub(crate) fn deeply_nested_dicom(path: &Path, depth: usize) {
 }
 
 /// `mammo-edge inspect --json FILE`: its one JSON line and its peak resident memory in KiB.
+// the child is reaped by wait4 (for its rusage), which clippy does not see
+#[allow(clippy::zombie_processes)]
 fn inspect_peak(path: &Path) -> (serde_json::Value, i64) {
     use std::os::unix::process::ExitStatusExt;
     let child = Command::new(env!("CARGO_BIN_EXE_mammo-edge"))
@@ -252,11 +254,13 @@ fn a_deflate_bomb_is_refused_within_the_inflate_budget() {
     let small = d.path().join("small.dcm");
     deflate_bomb(&small, 1);
     assert_eq!(
-        structure::check(&small, &Limits::for_pixel_budget(128 << 20)).map_err(|e| e.code()),
+        structure::check(&small, &Limits::for_pixel_budget(128 << 20), Scope::Whole)
+            .map_err(|e| e.code()),
         Ok(())
     );
     // and a smaller budget refuses it
-    let e = structure::check(&small, &Limits::for_pixel_budget(32 << 20)).unwrap_err();
+    let e =
+        structure::check(&small, &Limits::for_pixel_budget(32 << 20), Scope::Whole).unwrap_err();
     assert_reason(&e, "over_pixel_budget", "50331648");
 }
 
@@ -281,13 +285,13 @@ fn nesting_limit_is_exact() {
         max_elements: 1000,
     };
     deeply_nested_dicom(&p, 5);
-    structure::check(&p, &limits).unwrap();
+    structure::check(&p, &limits, Scope::Whole).unwrap();
     deeply_nested_dicom(&p, 6);
-    let e = structure::check(&p, &limits).unwrap_err();
+    let e = structure::check(&p, &limits, Scope::Whole).unwrap_err();
     assert_reason(&e, "damaged", "deeper than 5 levels");
     // the default limit accepts what real files have (3-4 levels) and far more
     deeply_nested_dicom(&p, 32);
-    structure::check(&p, &Limits::for_pixel_budget(1 << 20)).unwrap();
+    structure::check(&p, &Limits::for_pixel_budget(1 << 20), Scope::Whole).unwrap();
 }
 
 #[test]
@@ -319,7 +323,24 @@ fn millions_of_empty_elements_are_refused_before_parsing() {
         max_elements: n,
         ..Limits::for_pixel_budget(1 << 20)
     };
-    structure::check(&small, &limits(10)).unwrap();
-    let e = structure::check(&small, &limits(9)).unwrap_err();
+    structure::check(&small, &limits(10), Scope::Whole).unwrap();
+    let e = structure::check(&small, &limits(9), Scope::Whole).unwrap_err();
     assert_reason(&e, "damaged", "more than 9 data elements");
+}
+
+#[test]
+fn a_cut_short_pixel_data_keeps_its_header_and_is_refused_as_truncated() {
+    let d = tmp();
+    let mut out = preamble_and_meta(EXPLICIT_LE);
+    out.extend(identity());
+    header(&mut out, (0x7FE0, 0x0010), b"OW", 0xFFFF_FFF0);
+    out.extend([0u8; 64]);
+    let p = d.path().join("cut.dcm");
+    std::fs::write(&p, out).unwrap();
+    let limits = Limits::for_pixel_budget(128 << 20);
+    // the header parse stops before Pixel Data, so the header check lets it through …
+    structure::check(&p, &limits, Scope::Header).unwrap();
+    // … and the whole-file check refuses it before Pixel Data is read
+    let e = structure::check(&p, &limits, Scope::Whole).unwrap_err();
+    assert_reason(&e, "truncated", "(7FE0,0010) declares 4294967280 bytes");
 }

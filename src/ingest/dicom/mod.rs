@@ -266,17 +266,24 @@ pub fn read_mammogram(path: &Path, opts: &IngestOptions) -> Result<Mammogram, In
 /// As [`read_mammogram`], but a rejection also returns the metadata when it could be read
 /// (so a skipped file can still be reported with its vendor, view and transfer syntax).
 ///
-/// Order: the structural pre-check ([`structure::check`]: declared lengths within the file or the
-/// inflate budget, nesting depth; values are skipped, not read), then the header alone is parsed
-/// (up to Pixel Data), the `skipped` rules and the header checks (transfer syntax, pixel budget,
-/// file size) run on it, and only then is the whole file read and decoded, so an unscorable or
-/// oversized file never has its pixel data loaded, and no declared length is allocated unchecked.
+/// Order: the structural pre-check of the header ([`structure::check`], [`structure::Scope::Header`]:
+/// declared lengths within the file or the inflate budget, nesting depth, element count; values
+/// are skipped, not read), then the header alone is parsed (up to Pixel Data), the `skipped` rules
+/// and the header checks (transfer syntax, pixel budget, file size) run on it, then the
+/// pre-check of the whole file, and only then is the whole file read and decoded: an unscorable
+/// or oversized file never has its pixel data loaded, no declared length is allocated unchecked,
+/// and a file whose Pixel Data is cut short is refused with its header's metadata.
 pub fn read_mammogram_detailed(
     path: &Path,
     opts: &IngestOptions,
 ) -> Result<Mammogram, (Option<Box<MammoMeta>>, IngestError)> {
     let limits = structure::Limits::for_pixel_budget(opts.max_pixel_bytes);
-    let header = parse(path, header_options(), Some(&limits)).map_err(|e| (None, e))?;
+    let header = parse(
+        path,
+        header_options(),
+        Some((&limits, structure::Scope::Header)),
+    )
+    .map_err(|e| (None, e))?;
     let meta = MammoMeta::from_object(&header).map_err(|e| (None, e))?;
     drop(header);
     let fail = |meta: &MammoMeta, e| (Some(Box::new(meta.clone())), e);
@@ -294,8 +301,14 @@ pub fn read_mammogram_detailed(
             },
         ));
     }
-    // the structure was checked with the header: the same bytes
-    let obj = parse(path, OpenFileOptions::new(), None).map_err(|e| fail(&meta, e))?;
+    // the rest of the file (Pixel Data) is checked before it is parsed: a cut-short or hostile
+    // Pixel Data is refused with the header's metadata
+    let obj = parse(
+        path,
+        OpenFileOptions::new(),
+        Some((&limits, structure::Scope::Whole)),
+    )
+    .map_err(|e| fail(&meta, e))?;
     let keep = meta.clone();
     decode(&obj, meta).map_err(|e| (Some(Box::new(keep)), e))
 }
@@ -305,14 +318,22 @@ pub fn read_mammogram_detailed(
 /// untrusted input use [`read_mammogram`].
 pub fn open(path: &Path) -> Result<DefaultDicomObject, IngestError> {
     let limits = structure::Limits::for_pixel_budget(IngestOptions::default().max_pixel_bytes);
-    parse(path, OpenFileOptions::new(), Some(&limits))
+    parse(
+        path,
+        OpenFileOptions::new(),
+        Some((&limits, structure::Scope::Whole)),
+    )
 }
 
 /// Parse the file meta group and the data set up to (not including) Pixel Data, after the
-/// structural pre-check of the whole file ([`structure::check`], default limits).
+/// structural pre-check of that part ([`structure::check`], default limits).
 pub fn open_header(path: &Path) -> Result<DefaultDicomObject, IngestError> {
     let limits = structure::Limits::for_pixel_budget(IngestOptions::default().max_pixel_bytes);
-    parse(path, header_options(), Some(&limits))
+    parse(
+        path,
+        header_options(),
+        Some((&limits, structure::Scope::Header)),
+    )
 }
 
 fn header_options() -> OpenFileOptions {
@@ -324,14 +345,14 @@ fn header_options() -> OpenFileOptions {
 fn parse(
     path: &Path,
     options: OpenFileOptions,
-    limits: Option<&structure::Limits>,
+    limits: Option<(&structure::Limits, structure::Scope)>,
 ) -> Result<DefaultDicomObject, IngestError> {
     let size = std::fs::metadata(path)?.len();
     if size == 0 {
         return Err(IngestError::Empty);
     }
-    if let Some(limits) = limits {
-        structure::check(path, limits)?;
+    if let Some((limits, scope)) = limits {
+        structure::check(path, limits, scope)?;
     }
     let mut head = [0u8; 132];
     let n = {

@@ -39,6 +39,16 @@ pub struct Limits {
     pub max_elements: u64,
 }
 
+/// How much of the file a check covers: what the parse after it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Up to the top-level Pixel Data element (not included), as a header-only parse reads:
+    /// a file whose Pixel Data is cut short still gives its header (and is refused later).
+    Header,
+    /// The whole file.
+    Whole,
+}
+
 /// Default [`Limits::max_depth`].
 pub const MAX_DEPTH: usize = 32;
 
@@ -60,7 +70,7 @@ impl Limits {
     }
 }
 
-/// Pre-check the file at `path` (see the module documentation).
+/// Pre-check the file at `path` up to what `scope` covers (see the module documentation).
 ///
 /// # Errors
 /// [`IngestError::Truncated`] when an element declares more bytes than the file has left,
@@ -70,7 +80,7 @@ impl Limits {
 /// `limits.inflate_budget`, [`IngestError::Io`] when the file cannot be read. A file without the
 /// `DICM` prefix, or with a transfer syntax dicom-rs does not know, passes unchecked: the parser
 /// refuses it without reading its data set.
-pub fn check(path: &Path, limits: &Limits) -> Result<(), IngestError> {
+pub fn check(path: &Path, limits: &Limits, scope: Scope) -> Result<(), IngestError> {
     let mut file = BufReader::new(File::open(path)?);
     let size = file.get_ref().metadata()?.len();
     let mut head = [0u8; 132];
@@ -103,6 +113,7 @@ pub fn check(path: &Path, limits: &Limits) -> Result<(), IngestError> {
         source,
         decoder,
         headers: 0,
+        scope,
         end,
         deflated,
         limits: *limits,
@@ -205,6 +216,10 @@ enum Stop {
     ItemDelimiter,
 }
 
+/// A decoded header: tag, VR, length (`None`: undefined), encapsulated Pixel Data.
+type Head = (Tag, VR, Option<u64>, bool);
+
+const PIXEL_DATA: Tag = Tag(0x7FE0, 0x0010);
 const ITEM: Tag = Tag(0xFFFE, 0xE000);
 const ITEM_DELIMITER: Tag = Tag(0xFFFE, 0xE00D);
 const SEQUENCE_DELIMITER: Tag = Tag(0xFFFE, 0xE0DD);
@@ -214,6 +229,7 @@ struct Walk {
     decoder: dicom_encoding::transfer_syntax::DynDecoder<dyn Read>,
     /// Headers decoded so far.
     headers: u64,
+    scope: Scope,
     /// Bytes the data set may have: the file's rest, or the inflate budget.
     end: u64,
     deflated: bool,
@@ -222,7 +238,7 @@ struct Walk {
 
 impl Walk {
     /// The next header, or `None` when the input ends or cannot be decoded (left to the parser).
-    fn header(&mut self) -> Result<Option<(Tag, VR, Option<u64>, bool)>, IngestError> {
+    fn header(&mut self) -> Result<Option<Head>, IngestError> {
         let decoded = self.decoder.decode_header(&mut self.source);
         if self.deflated && self.pos() > self.end {
             return Err(self.over_budget());
@@ -299,6 +315,9 @@ impl Walk {
             let Some((tag, vr, len, encapsulated)) = self.header()? else {
                 return Ok(Stop::End);
             };
+            if depth == 0 && tag == PIXEL_DATA && self.scope == Scope::Header {
+                return Ok(Stop::End);
+            }
             if tag == ITEM_DELIMITER {
                 if depth > 0 && until.is_none() {
                     return Ok(Stop::ItemDelimiter);
