@@ -786,10 +786,7 @@ impl Store {
             params![ticket.ledger_id, ticket.attempts, sha256],
         )?;
         if n != 1 {
-            return Err(StoreError::StaleTicket {
-                ledger_id: ticket.ledger_id,
-                path: ticket.path.clone(),
-            });
+            return Err(stale(ticket));
         }
         Ok(())
     }
@@ -1173,12 +1170,17 @@ fn finish(
         ],
     )?;
     if n != 1 {
-        return Err(StoreError::StaleTicket {
-            ledger_id: ticket.ledger_id,
-            path: ticket.path.clone(),
-        });
+        return Err(stale(ticket));
     }
     Ok(())
+}
+
+/// The error of a ticket whose ledger row is no longer in progress.
+fn stale(ticket: &Ticket) -> StoreError {
+    StoreError::StaleTicket {
+        ledger_id: ticket.ledger_id,
+        path: ticket.path.clone(),
+    }
 }
 
 fn push(tx: &Transaction<'_>, messages: &[OutboxMessage], now: i64) -> Result<(), StoreError> {

@@ -5,7 +5,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::harness::*;
 use crate::util::tmp;
@@ -146,18 +146,6 @@ fn serve(mut s: TcpStream, conn: usize, behaviour: Behaviour, log: &Mutex<Vec<Se
     }
 }
 
-fn wait_until(secs: u64, what: &str, s: &Setup, mut cond: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !cond() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(secs),
-            "timed out after {secs} s waiting for {what}; daemon log:\n{}",
-            s.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Before the fix every 1 s tick dropped the connecting `poll()` future: 33 CONNECTs in 30 s and
 /// no connection. Now one CONNECT waits for its CONNACK and the retained status goes out.
 #[test]
@@ -165,7 +153,7 @@ fn a_connack_after_1_5_s_is_waited_for_not_cancelled() {
     let broker = FakeBroker::start(Behaviour::SlowConnack(Duration::from_millis(1500)));
     let s = Setup::new(&broker.url(), "");
     let mut d = s.start();
-    wait_until(20, "the retained status online", &s, || {
+    wait_for(20, "the retained status online", &s, || {
         broker
             .published_on(1)
             .iter()
@@ -196,13 +184,13 @@ fn a_broker_that_never_acknowledges_is_left_and_the_messages_sent_again() {
     let files = exam(src.path(), 45);
     drop_in(&s.watch, &files[0], "one.dcm");
     let image_topic = format!("{}/image", s.prefix);
-    wait_until(30, "the image on a first connection", &s, || {
+    wait_for(30, "the image on a first connection", &s, || {
         broker
             .published_on(1)
             .iter()
             .any(|(t, _)| *t == image_topic)
     });
-    wait_until(
+    wait_for(
         20,
         "a second connection sending the image again",
         &s,

@@ -959,3 +959,16 @@ impl TlsBroker {
         format!("mqtts://127.0.0.1:{}", self.tls_port)
     }
 }
+
+/// Poll `cond` every 100 ms until it holds; after `secs` fail with `what` and the daemon's log.
+pub(crate) fn wait_for(secs: u64, what: &str, s: &Setup, mut cond: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "timed out after {secs} s waiting for {what}; daemon log:\n{}",
+            s.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

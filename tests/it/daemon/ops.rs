@@ -49,18 +49,6 @@ fn set_key(config: &Path, section: &str, key: &str, value: &str) {
     std::fs::write(config, out.join("\n") + "\n").unwrap();
 }
 
-fn wait_for(secs: u64, what: &str, s: &Setup, mut cond: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !cond() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(secs),
-            "timed out after {secs} s waiting for {what}; daemon log:\n{}",
-            s.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn last_health(sub: &Subscriber) -> Option<Value> {
     sub.on("health").pop()
 }
