@@ -575,6 +575,36 @@ impl Config {
                 return Err(invalid(key, "must be greater than 0"));
             }
         }
+        // upper bounds: an absurd period or time limit passed validation and then overflowed
+        // the clock at the first file (review #18)
+        const DAY: u64 = 86_400;
+        let at_most = [
+            ("watch.stable_secs", self.watch.stable_secs, DAY),
+            ("watch.rescan_secs", self.watch.rescan_secs, DAY),
+            (
+                "state.retention_days",
+                u64::from(self.state.retention_days),
+                3650,
+            ),
+            (
+                "ingest.file_timeout_secs",
+                self.ingest.file_timeout_secs,
+                DAY,
+            ),
+            (
+                "ingest.max_attempts",
+                u64::from(self.ingest.max_attempts),
+                100,
+            ),
+            ("exam.quiet_secs", self.exam.quiet_secs, 7 * DAY),
+            ("mqtt.health_secs", self.mqtt.health_secs, DAY),
+            ("mqtt.ack_timeout_secs", self.mqtt.ack_timeout_secs, DAY),
+        ];
+        for (key, v, max) in at_most {
+            if v > max {
+                return Err(invalid(key, format!("must be at most {max}")));
+            }
+        }
         if self.model.threads > MAX_MODEL_THREADS {
             return Err(invalid(
                 "model.threads",

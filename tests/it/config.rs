@@ -175,6 +175,19 @@ fn each_validation_error_names_its_key() {
         ),
         ("[ingest]\nmax_attempts = 0", "ingest.max_attempts"),
         ("[exam]\nquiet_secs = 0", "exam.quiet_secs"),
+        // upper bounds (review #18: this time limit passed and overflowed the clock)
+        (
+            "[ingest]\nfile_timeout_secs = 9223372036854775807",
+            "ingest.file_timeout_secs",
+        ),
+        ("[watch]\nstable_secs = 86401", "watch.stable_secs"),
+        ("[watch]\nrescan_secs = 86401", "watch.rescan_secs"),
+        ("[state]\nretention_days = 3651", "state.retention_days"),
+        ("[ingest]\nmax_attempts = 101", "ingest.max_attempts"),
+        ("[exam]\nquiet_secs = 604801", "exam.quiet_secs"),
+        ("[mqtt]\nhealth_secs = 86401", "mqtt.health_secs"),
+        ("[mqtt]\nack_timeout_secs = 86401", "mqtt.ack_timeout_secs"),
+        ("[mqtt]\nack_timeout_secs = 0", "mqtt.ack_timeout_secs"),
         // Type and vocabulary errors come from parsing and still name the key.
         ("[files]\nafter = \"copy\"", "files.after"),
         ("[privacy]\nuids = \"salted\"", "privacy.uids"),
