@@ -1356,3 +1356,41 @@ fn the_log_names_no_folder_and_no_uid_with_hashed_uids() {
         assert!(!r.payload.contains("DOE^JANE") && !r.payload.contains(sop.as_str()));
     }
 }
+
+/// Review #9 at the daemon: two images with a blank SOPInstanceUID and StudyInstanceUID are two
+/// `error` messages (`missing_attribute`), with two result_ids; neither is taken for a duplicate
+/// of the other and no exam merges them.
+#[test]
+fn two_images_with_blank_uids_are_two_errors_and_no_exam() {
+    use dicom_core::value::PrimitiveValue;
+    use dicom_core::VR;
+    use dicom_dictionary_std::tags;
+    use dicom_object::mem::InMemElement;
+    let broker = Broker::start();
+    let s = Setup::new(&broker.url(), "");
+    let sub = Subscriber::start(broker.port, &s.prefix, "sub-blank-uids", Arc::default());
+    let mut d = s.start();
+    let src = tmp();
+    let files = exam(src.path(), 48);
+    for (i, f) in files[..2].iter().enumerate() {
+        let mut obj = dicom_object::open_file(f).unwrap();
+        for tag in [tags::SOP_INSTANCE_UID, tags::STUDY_INSTANCE_UID] {
+            obj.put(InMemElement::new(tag, VR::UI, PrimitiveValue::from("")));
+        }
+        let p = src.path().join(format!("blank{i}.dcm"));
+        mammo_edge::synth::write_object(&obj, &p).unwrap();
+        drop_in(&s.watch, &p, &format!("blank{i}.dcm"));
+    }
+    sub.wait(30, "2 errors", |s| s.on("error").len() >= 2);
+    // quiet_secs = 3: an exam would have been published by now
+    std::thread::sleep(Duration::from_secs(5));
+    let errors = sub.on("error");
+    assert_eq!(distinct_result_ids(&errors).len(), 2, "{errors:?}");
+    for e in &errors {
+        assert_valid(&schema("error"), e);
+        assert_eq!(e["reason_code"], "missing_attribute", "{e}");
+    }
+    assert!(sub.on("image").is_empty() && sub.on("exam").is_empty());
+    assert_eq!(s.count("SELECT COUNT(*) FROM results"), 0);
+    assert!(d.stop().success());
+}
