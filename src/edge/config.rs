@@ -716,6 +716,12 @@ impl Config {
                 "mqtt.ack_timeout_secs",
                 o.ack_timeout_secs != n.ack_timeout_secs,
             ),
+            // the pseudonyms of open studies must not change midway (review #28)
+            ("privacy.uids", self.privacy.uids != new.privacy.uids),
+            (
+                "privacy.key_file",
+                self.privacy.key_file != new.privacy.key_file,
+            ),
         ];
         let restart = differs
             .iter()
@@ -725,6 +731,8 @@ impl Config {
         let mut out = new;
         out.watch.dirs = self.watch.dirs.clone();
         out.state.dir = self.state.dir.clone();
+        out.privacy.uids = self.privacy.uids;
+        out.privacy.key_file = self.privacy.key_file.clone();
         out.mqtt = MqttConfig {
             health_secs: out.mqtt.health_secs,
             ..self.mqtt.clone()

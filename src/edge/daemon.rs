@@ -932,7 +932,11 @@ impl Pipeline {
         privacy: Privacy,
         at: String,
     ) -> crate::edge::health::Reload {
-        let (new, restart) = self.config.reloaded(new);
+        let (new, mut restart) = self.config.reloaded(new);
+        let (privacy, rekeyed) = privacy.keeping_pseudonyms_of(&self.msgs.privacy);
+        if rekeyed && !restart.contains(&"privacy.key_file") {
+            restart.push("privacy.key_file");
+        }
         let mut done = Vec::new();
         if let Some(m) = model {
             let info = ModelInfo::new(&m.runner.meta, &m.sha256);

@@ -162,6 +162,19 @@ impl Privacy {
         })
     }
 
+    /// This policy with the pseudonyms of `running`: its keys and its UID mode (a SIGHUP reload
+    /// never re-keys hashed UIDs or file hashes midway through open studies: review #28). Also
+    /// true when those differed, so the reload can report that a restart is needed.
+    pub fn keeping_pseudonyms_of(mut self, running: &Privacy) -> (Privacy, bool) {
+        let differs = self.key != running.key
+            || self.label_key != running.label_key
+            || self.uids != running.uids;
+        self.key = running.key.clone();
+        self.label_key = running.label_key.clone();
+        self.uids = running.uids;
+        (self, differs)
+    }
+
     /// The policy of the local command-line tools (`infer`): UIDs plain, file names shown, no
     /// AccessionNumber, no key (output goes to the operator's terminal, not to a broker).
     pub fn local() -> Privacy {

@@ -1394,3 +1394,55 @@ fn two_images_with_blank_uids_are_two_errors_and_no_exam() {
     assert_eq!(s.count("SELECT COUNT(*) FROM results"), 0);
     assert!(d.stop().success());
 }
+
+/// Review #28: a SIGHUP after the key of the hashed UIDs changed (same path, new content) keeps
+/// the running key: the four images and the exam of one study carry one hashed
+/// StudyInstanceUID, and the reload names `privacy.key_file` as needing a restart.
+#[test]
+fn a_reload_never_rekeys_the_hashed_uids_of_open_studies() {
+    let broker = Broker::start();
+    let key = tmp();
+    let key_file = key.path().join("uid.key");
+    std::fs::write(&key_file, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let s = Setup::new(
+        &broker.url(),
+        &format!("[privacy]\nuids = \"hashed\"\nkey_file = {key_file:?}\n"),
+    );
+    // one exam, published when complete (not after a quiet period mid-test)
+    set_key(&s.config, "exam", "quiet_secs", "600");
+    let sub = Subscriber::start(broker.port, &s.prefix, "sub-rekey", Arc::default());
+    let mut d = s.start();
+    sub.wait(30, "health", |s| last_health(s).is_some());
+    let src = tmp();
+    let files = exam(src.path(), 49);
+    for f in &files[..2] {
+        drop_in(&s.watch, f, f.file_name().unwrap().to_str().unwrap());
+    }
+    sub.wait(30, "2 images", |s| s.on("image").len() >= 2);
+    std::fs::write(&key_file, "fedcba9876543210fedcba9876543210\n").unwrap();
+    hup(&d);
+    sub.wait(30, "the reload in health", |s| {
+        last_health(s).is_some_and(|h| h["last_reload"]["ok"] == true)
+    });
+    let h = last_health(&sub).unwrap();
+    assert_eq!(
+        h["last_reload"]["needs_restart"],
+        serde_json::json!(["privacy.key_file"])
+    );
+    for f in &files[2..] {
+        drop_in(&s.watch, f, f.file_name().unwrap().to_str().unwrap());
+    }
+    sub.wait(30, "4 images and the exam", |s| {
+        s.on("image").len() >= 4 && !s.on("exam").is_empty()
+    });
+    let mut studies: Vec<String> = sub
+        .on("image")
+        .iter()
+        .chain(sub.on("exam").iter())
+        .map(|m| m["study_instance_uid"].as_str().unwrap().to_string())
+        .collect();
+    studies.dedup();
+    assert_eq!(studies.len(), 1, "{studies:?}");
+    assert!(studies[0].starts_with("hmac-sha256:"));
+    assert!(d.stop().success());
+}
