@@ -496,7 +496,10 @@ pub async fn run_with(
         .ok_or_else(|| DaemonError::Runtime("publisher handles taken".into()))?;
     let health_request = retained.health_request.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let publisher = tokio::spawn(publisher.run(stop_rx));
+    let mut publisher = tokio::spawn(publisher.run(stop_rx));
+    // the publisher's end, once seen in the loop (it ends early only on a database error other
+    // than lack of storage: results would pile up unpublished, so the daemon stops; review #23)
+    let mut publisher_ended = None;
 
     let (_fs, mut fs_rx) = FsEvents::start(&config.watch.dirs)?;
     let runner = Arc::new(model.runner);
@@ -636,6 +639,16 @@ pub async fn run_with(
             Some(()) = hangup(&mut hup) => p.begin_reload(),
             Some(r) = reload_rx.recv() => p.reload_pending = Some(r),
             Some(reply) = replies_rx.recv() => p.reply(reply),
+            ended = &mut publisher, if publisher_ended.is_none() => {
+                let why = match &ended {
+                    Ok(Ok(_)) => "the publisher stopped".to_string(),
+                    Ok(Err(e)) => format!("the publisher stopped: {e}"),
+                    Err(e) => format!("the publisher task failed: {e}"),
+                };
+                log::error!("{why}; stopping, for systemd to restart the daemon (results are kept in the outbox)");
+                p.fatal = Some(why);
+                publisher_ended = Some(ended);
+            }
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)),
                 if deadline.is_some() => p.timed_out(),
         }
@@ -658,7 +671,11 @@ pub async fn run_with(
         }
     }
     let _ = stop_tx.send(true);
-    match tokio::time::timeout(Duration::from_secs(5), publisher).await {
+    let ended = match publisher_ended {
+        Some(ended) => Ok(ended),
+        None => tokio::time::timeout(Duration::from_secs(5), publisher).await,
+    };
+    match ended {
         Ok(Ok(Ok(s))) => log::info!(
             "publisher stopped: {} connection(s), {} message(s) delivered",
             s.connections,

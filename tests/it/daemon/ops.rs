@@ -1446,3 +1446,40 @@ fn a_reload_never_rekeys_the_hashed_uids_of_open_studies() {
     assert!(studies[0].starts_with("hmac-sha256:"));
     assert!(d.stop().success());
 }
+
+/// Review #23: a database error other than lack of storage ends the publisher (here a damaged
+/// outbox row it cannot read); the daemon then stops with an error, for systemd to restart it,
+/// instead of scoring on into an outbox nobody drains.
+#[test]
+fn a_publisher_database_error_stops_the_daemon() {
+    let broker = Broker::start();
+    let s = Setup::new(&broker.url(), "");
+    let sub = Subscriber::start(broker.port, &s.prefix, "sub-pub-error", Arc::default());
+    let mut d = s.start();
+    sub.wait(30, "health", |s| last_health(s).is_some());
+    // `retain` holds text where the publisher reads a boolean: a damaged row
+    s.db()
+        .execute(
+            "INSERT INTO outbox (topic, payload, retain, created_at)
+             VALUES ('mammo/x/image', '{}', 'damaged', 0)",
+            [],
+        )
+        .unwrap();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = d.child.as_mut().unwrap().try_wait().unwrap() {
+            d.child = None;
+            break st;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the daemon went on without its publisher:\n{}",
+            s.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success(), "{status:?}");
+    let log = s.log_text();
+    assert!(log.contains("the publisher stopped: "), "{log}");
+    assert!(log.contains("for systemd to restart the daemon"), "{log}");
+}
