@@ -605,3 +605,59 @@ fn twelve_bit_extended_jpeg_under_a_baseline_label_is_found_in_the_codestream() 
         "12-bit lossy JPEG (process 4)",
     );
 }
+
+/// PackBits runs of `n` zero bytes (128 at a time).
+fn packbits_zeros(mut n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    while n > 0 {
+        let k = n.min(128);
+        out.extend([(1i16 - k as i16) as i8 as u8, 0]);
+        n -= k;
+    }
+    out
+}
+
+/// Found by fuzzing (a mutated RLE file): a segment that expands to fewer bytes than Rows x
+/// Columns made dicom-rs's RLE decoder index past it, a panic the decoder guard caught and
+/// reported as one. The segment lengths are now checked first and named.
+#[test]
+fn rle_segment_shorter_than_the_image_is_undecodable_before_decoding() {
+    let d = tmp();
+    let mut o = obj();
+    let pixels = 120 * 100;
+    let (msb, lsb) = (packbits_zeros(pixels), packbits_zeros(100));
+    let mut frame = vec![0u8; 64];
+    frame[..4].copy_from_slice(&2u32.to_le_bytes());
+    frame[4..8].copy_from_slice(&64u32.to_le_bytes());
+    frame[8..12].copy_from_slice(&(64 + msb.len() as u32).to_le_bytes());
+    frame.extend(&msb);
+    frame.extend(&lsb);
+    o.put(InMemElement::new(
+        tags::PIXEL_DATA,
+        VR::OB,
+        PixelFragmentSequence::new(Vec::<u32>::new(), vec![frame.clone()]),
+    ));
+    relabel(&mut o, ts::RLE_LOSSLESS);
+    let p = save(&o, d.path(), "short-rle.dcm");
+    assert_reason(
+        &reject(&p),
+        "undecodable",
+        Category::Error,
+        "RLE segment 2 decodes to 100 bytes, Rows x Columns needs 12000",
+    );
+    // the same frame with a full second segment decodes (a black image)
+    let lsb = packbits_zeros(pixels);
+    frame.truncate(64 + msb.len());
+    frame.extend(&lsb);
+    o.put(InMemElement::new(
+        tags::PIXEL_DATA,
+        VR::OB,
+        PixelFragmentSequence::new(Vec::<u32>::new(), vec![frame]),
+    ));
+    let p = save(&o, d.path(), "full-rle.dcm");
+    let opts = IngestOptions::any_image();
+    match mammo_edge::ingest::dicom::read_mammogram(&p, &opts) {
+        Ok(m) => assert_eq!(m.image.stats().max, m.image.stats().min),
+        Err(e) => assert_ne!(e.code(), "undecodable", "{e}"),
+    }
+}

@@ -135,6 +135,57 @@ fn sniff_jpeg(b: &[u8]) -> Option<CodestreamInfo> {
     None
 }
 
+/// The decoded length of each segment of one RLE Lossless frame (PS3.5 Annex G): the 64-byte
+/// header (segment count ≤ 15, offsets) and a count of what each PackBits segment expands to,
+/// without writing it. `None` when the header is unusable (count 0 or over 15, offsets out of
+/// order or past the fragment). Lets the caller refuse a frame whose segments are shorter than
+/// Rows × Columns before dicom-rs's RLE decoder indexes past them (a panic found by fuzzing).
+pub fn rle_segment_lengths(fragment: &[u8]) -> Option<Vec<usize>> {
+    let word = |i: usize| {
+        fragment
+            .get(4 * i..4 * i + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let count = word(0)?;
+    if count == 0 || count > 15 {
+        return None;
+    }
+    let mut offsets: Vec<usize> = (1..=count).map(word).collect::<Option<_>>()?;
+    offsets.push(fragment.len());
+    if offsets[0] < 64 || offsets.windows(2).any(|w| w[0] > w[1]) {
+        return None;
+    }
+    Some(
+        offsets
+            .windows(2)
+            .map(|w| packbits_len(&fragment[w[0]..w[1]]))
+            .collect(),
+    )
+}
+
+/// Bytes a PackBits run expands to: n in 0..=127 copies n + 1 literal bytes, n in -127..=-1
+/// repeats the next byte 1 − n times, -128 is skipped (PS3.5 G.3.1).
+fn packbits_len(seg: &[u8]) -> usize {
+    let (mut i, mut out) = (0usize, 0usize);
+    while i < seg.len() {
+        let n = seg[i] as i8;
+        i += 1;
+        match n {
+            0..=127 => {
+                let k = (n as usize + 1).min(seg.len() - i);
+                out += k;
+                i += k;
+            }
+            -127..=-1 if i < seg.len() => {
+                out += (1 - n as isize) as usize;
+                i += 1;
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,6 +55,7 @@ pub mod ts {
     pub const JPEG_LS_NEAR_LOSSLESS: &str = "1.2.840.10008.1.2.4.81";
     pub const JPEG2000_LOSSLESS: &str = "1.2.840.10008.1.2.4.90";
     pub const JPEG2000: &str = "1.2.840.10008.1.2.4.91";
+    pub const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
 }
 
 /// What the daemon does with a rejected file: `error` (damaged, inconsistent, undecodable → MQTT
@@ -598,6 +599,9 @@ fn check_pixel_data(obj: &DefaultDicomObject, meta: &MammoMeta) -> Result<(), In
 }
 
 fn check_codestream(fragment: &[u8], meta: &MammoMeta) -> Result<(), IngestError> {
+    if meta.transfer_syntax == ts::RLE_LOSSLESS {
+        return check_rle(fragment, meta);
+    }
     let expected_kind = match meta.transfer_syntax.as_str() {
         ts::JPEG_BASELINE | ts::JPEG_EXTENDED | ts::JPEG_LOSSLESS | ts::JPEG_LOSSLESS_SV1 => "JPEG",
         ts::JPEG_LS_LOSSLESS | ts::JPEG_LS_NEAR_LOSSLESS => "JPEG-LS",
@@ -634,6 +638,36 @@ fn check_codestream(fragment: &[u8], meta: &MammoMeta) -> Result<(), IngestError
         if kind == (CodestreamKind::Jpeg { sof: 0xc1 }) && precision > 8 {
             return Err(IngestError::LossyJpeg12Bit);
         }
+    }
+    Ok(())
+}
+
+/// An RLE Lossless frame has one segment per byte of each sample, each expanding to at least
+/// Rows × Columns bytes (PS3.5 G.2); dicom-rs's decoder indexes past a shorter one (a panic
+/// found by fuzzing, caught but reported as a panic). `Undecodable` names what is wrong.
+fn check_rle(fragment: &[u8], meta: &MammoMeta) -> Result<(), IngestError> {
+    let lengths = codestream::rle_segment_lengths(fragment).ok_or_else(|| {
+        IngestError::Undecodable("RLE header unusable (segment count or offsets)".into())
+    })?;
+    let needed_segments =
+        usize::from(meta.samples_per_pixel) * usize::from(meta.bits_allocated).div_ceil(8);
+    if lengths.len() < needed_segments {
+        return Err(IngestError::Undecodable(format!(
+            "RLE frame has {} segments, {needed_segments} needed",
+            lengths.len()
+        )));
+    }
+    let pixels = meta.rows as usize * meta.columns as usize;
+    if let Some((k, n)) = lengths
+        .iter()
+        .take(needed_segments)
+        .enumerate()
+        .find(|(_, n)| **n < pixels)
+    {
+        return Err(IngestError::Undecodable(format!(
+            "RLE segment {} decodes to {n} bytes, Rows x Columns needs {pixels}",
+            k + 1
+        )));
     }
     Ok(())
 }
