@@ -972,3 +972,17 @@ pub(crate) fn wait_for(secs: u64, what: &str, s: &Setup, mut cond: impl FnMut() 
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A key file (`0123456789abcdef0123456789abcdef`) in its own temporary folder, and a setup
+/// with `privacy.uids = "hashed"` under it, `extra` TOML after that (a `[privacy]` table of its
+/// own must not appear in `extra`). Keep the folder alive as long as the setup.
+pub(crate) fn hashed_setup(broker_url: &str, extra: &str) -> (tempfile::TempDir, PathBuf, Setup) {
+    let key = tmp();
+    let key_file = key.path().join("uid.key");
+    std::fs::write(&key_file, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let s = Setup::new(
+        broker_url,
+        &format!("{extra}[privacy]\nuids = \"hashed\"\nkey_file = {key_file:?}\n"),
+    );
+    (key, key_file, s)
+}

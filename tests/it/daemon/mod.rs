@@ -379,15 +379,7 @@ fn re_exported_sop_instance_is_not_processed_twice() {
 #[test]
 fn hashed_uids_and_moved_files() {
     let broker = Broker::start();
-    let key = tmp();
-    let key_file = key.path().join("uid.key");
-    std::fs::write(&key_file, "0123456789abcdef0123456789abcdef\n").unwrap();
-    let s = Setup::new(
-        &broker.url(),
-        &format!(
-            "[files]\nafter = \"move\"\n[privacy]\nuids = \"hashed\"\nkey_file = {key_file:?}\n"
-        ),
-    );
+    let (_key, _, s) = hashed_setup(&broker.url(), "[files]\nafter = \"move\"\n");
     let sub = Subscriber::start(broker.port, &s.prefix, "sub-hash", Arc::default());
     let mut d = s.start();
     let src = tmp();
