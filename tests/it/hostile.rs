@@ -344,3 +344,27 @@ fn a_cut_short_pixel_data_keeps_its_header_and_is_refused_as_truncated() {
     let e = structure::check(&p, &limits, Scope::Whole).unwrap_err();
     assert_reason(&e, "truncated", "(7FE0,0010) declares 4294967280 bytes");
 }
+
+/// Found by fuzzing (session 7, 3646 executions): an element of another group inside the file
+/// meta group's length. dicom-object reads the meta group by its length, whatever the groups
+/// inside; the pre-check stopped at the first element outside group 0002, found no transfer
+/// syntax and let the file through, and the parser then allocated an OB's declared 1.4 GB.
+#[test]
+fn an_off_group_element_inside_the_meta_group_does_not_hide_the_data_set() {
+    let d = tmp();
+    let mut meta = Vec::new();
+    el(&mut meta, (2, 1), b"OB", &[0, 1]);
+    el(&mut meta, (0, 0), b"UI", b"1.2.3.4\0");
+    el(&mut meta, (2, 0x10), b"UI", b"1.2.840.10008.1.2.1\0");
+    let mut out = vec![0u8; 128];
+    out.extend(b"DICM");
+    el(&mut out, (2, 0), b"UL", &(meta.len() as u32).to_le_bytes());
+    out.extend(meta);
+    out.extend(identity());
+    header(&mut out, (0x0060, 0x5343), b"OB", 1_414_283_264);
+    out.extend([0u8; 100]);
+    let p = d.path().join("off-group-meta.dcm");
+    std::fs::write(&p, out).unwrap();
+    let e = reject(&p);
+    assert_reason(&e, "truncated", "(0060,5343) declares 1414283264 bytes");
+}

@@ -121,8 +121,11 @@ pub fn check(path: &Path, limits: &Limits, scope: Scope) -> Result<(), IngestErr
     walk.elements(None, 0).map(|_| ())
 }
 
-/// Walk the file meta group (explicit VR little endian) from `pos`; the transfer syntax UID and
-/// the offset of the data set, or `None` when the group ends early (left to the parser).
+/// Walk the file meta group (explicit VR little endian) from `pos` as dicom-object reads it: a
+/// first element (0002,0000) of 4 bytes gives the group length, then elements of any group are
+/// read until that many bytes are consumed, each value checked against what the file has left.
+/// The transfer syntax UID and the offset of the data set, or `None` when dicom-object would
+/// refuse the group before allocating anything (no group length, an undefined length).
 fn file_meta(
     file: &mut BufReader<File>,
     mut pos: u64,
@@ -131,23 +134,27 @@ fn file_meta(
     use dicom_encoding::decode::explicit_le::ExplicitVRLittleEndianDecoder;
     use dicom_encoding::decode::Decode;
     let decoder = ExplicitVRLittleEndianDecoder::default();
-    let mut uid = None;
-    loop {
-        let mut group = [0u8; 2];
-        if read_full(file, &mut group)? < 2 {
-            return Ok(None);
-        }
-        file.seek_relative(-2)?;
-        if u16::from_le_bytes(group) != 0x0002 {
-            return Ok(uid.map(|u| (u, pos)));
-        }
+    let Ok((first, n)) = decoder.decode_header(file) else {
+        return Ok(None);
+    };
+    if first.tag != Tag(0x0002, 0x0000) || first.len.get() != Some(4) {
+        return Ok(None);
+    }
+    let mut word = [0u8; 4];
+    if read_full(file, &mut word)? < 4 {
+        return Ok(None);
+    }
+    pos += n as u64 + 4;
+    let group_length = u64::from(u32::from_le_bytes(word));
+    let (mut consumed, mut uid) = (0u64, None);
+    while consumed < group_length {
         let Ok((header, n)) = decoder.decode_header(file) else {
             return Ok(None);
         };
-        pos += n as u64;
         let Some(len) = header.len.get().map(u64::from) else {
             return Ok(None);
         };
+        pos += n as u64;
         fits(header.tag, len, size.saturating_sub(pos), "the file has")?;
         if header.tag == Tag(0x0002, 0x0010) && len <= 1024 {
             let mut v = vec![0u8; len as usize];
@@ -158,7 +165,9 @@ fn file_meta(
             file.seek_relative(len as i64)?;
         }
         pos += len;
+        consumed = consumed.saturating_add(n as u64 + len);
     }
+    Ok(uid.map(|u| (u, pos)))
 }
 
 /// `Truncated` when an element of `len` bytes does not fit in `left`.
