@@ -66,6 +66,15 @@ impl FakeBroker {
             .count()
     }
 
+    /// Payloads published on `topic` on connection `conn`.
+    fn payloads_on(&self, conn: usize, topic: &str) -> Vec<String> {
+        self.published_on(conn)
+            .into_iter()
+            .filter(|(t, _)| t == topic)
+            .map(|(_, p)| p)
+            .collect()
+    }
+
     /// Topics and payloads published on connection `conn`.
     fn published_on(&self, conn: usize) -> Vec<(String, String)> {
         self.seen()
@@ -185,35 +194,19 @@ fn a_broker_that_never_acknowledges_is_left_and_the_messages_sent_again() {
     drop_in(&s.watch, &files[0], "one.dcm");
     let image_topic = format!("{}/image", s.prefix);
     wait_for(30, "the image on a first connection", &s, || {
-        broker
-            .published_on(1)
-            .iter()
-            .any(|(t, _)| *t == image_topic)
+        !broker.payloads_on(1, &image_topic).is_empty()
     });
     wait_for(
         20,
         "a second connection sending the image again",
         &s,
-        || {
-            broker
-                .published_on(2)
-                .iter()
-                .any(|(t, _)| *t == image_topic)
-        },
+        || !broker.payloads_on(2, &image_topic).is_empty(),
     );
-    let first: Vec<String> = broker
-        .published_on(1)
-        .into_iter()
-        .filter(|(t, _)| *t == image_topic)
-        .map(|(_, p)| p)
-        .collect();
-    let again: Vec<String> = broker
-        .published_on(2)
-        .into_iter()
-        .filter(|(t, _)| *t == image_topic)
-        .map(|(_, p)| p)
-        .collect();
-    assert_eq!(first[0], again[0], "the same outbox row, the same payload");
+    assert_eq!(
+        broker.payloads_on(1, &image_topic)[0],
+        broker.payloads_on(2, &image_topic)[0],
+        "the same outbox row, the same payload"
+    );
     let log = s.log_text();
     assert!(
         log.contains("no PUBACK within mqtt.ack_timeout_secs = 2 s"),
