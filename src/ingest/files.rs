@@ -7,31 +7,19 @@ use sha2::{Digest, Sha256};
 
 /// SHA-256 of `data`, lower-case hex (64 characters).
 pub fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    to_hex(&Sha256::digest(data))
 }
 
-/// SHA-256 of the content of the file at `path`, lower-case hex, read in 64 KiB pieces (memory
-/// bounded whatever the file's size). Errors: opening or reading the file.
+/// SHA-256 of the content of the file at `path`, lower-case hex, streamed through the hasher
+/// (memory bounded whatever the file's size). Errors: opening or reading the file.
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        match std::io::Read::read(&mut file, &mut buf) {
-            Ok(0) => break,
-            Ok(n) => hasher.update(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    Ok(to_hex(&hasher.finalize()))
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Symbolic links met while listing a folder ([`files_under_with`]).
