@@ -21,10 +21,11 @@ seed() {
       find "$dir.synth" -name '*.dcm' -exec cp {} "$dir/" \; 2>/dev/null || true
       rm -rf "$dir.synth"
       # small real and non-mammography files (the large ones slow every run down)
-      find "$data" -name '*.dcm' -size -2M 2>/dev/null | head -20 | xargs -r -I{} cp {} "$dir/" ;;
+      # (head closes the pipe early: find's SIGPIPE is expected, hence || true under pipefail)
+      find "$data" -name '*.dcm' -size -2M 2>/dev/null | head -20 | xargs -r -I{} cp {} "$dir/" || true ;;
     image_file)
       find "$data/real-labelled" \( -name '*.png' -o -name '*.pgm' \) -size -200k 2>/dev/null | head -30 \
-        | xargs -r -I{} cp {} "$dir/" ;;
+        | xargs -r -I{} cp {} "$dir/" || true ;;
     config)
       cp systemd/config.toml "$dir/default.toml"
       printf '[mqtt]\nurl = "mqtts://h:8883"\n[privacy]\nuids = "hashed"\n' > "$dir/tls.toml" ;;

@@ -368,3 +368,39 @@ fn an_off_group_element_inside_the_meta_group_does_not_hide_the_data_set() {
     let e = reject(&p);
     assert_reason(&e, "truncated", "(0060,5343) declares 1414283264 bytes");
 }
+
+/// Fuzz finding (session 8, `dicom` target, 5393 executions): an AT element of 10 bytes. dicom-
+/// parser reads two 4-byte tags and takes the 2 bytes left over as the start of the next header;
+/// the element after it, read 2 bytes early, becomes an OB of 0x5000_0000 bytes (1.3 GB), which
+/// it allocated and zeroed. The pattern is rebuilt here from scratch (the crashing input was a
+/// mutation of a shared-data file, not kept). Refused as `damaged` before parsing, in bounded
+/// memory.
+#[test]
+fn a_binary_value_of_a_broken_length_is_damaged_before_the_parser_loses_its_place() {
+    let d = tmp();
+    let mut out = preamble_and_meta(EXPLICIT_LE);
+    out.extend(identity());
+    // (0018,1403) AT of 10 bytes: two tags, then the bytes `M ` that dicom-parser reads as the
+    // group of the next tag
+    el(&mut out, (0x0018, 0x1403), b"AT", b"5CMX35CMM ");
+    // (0018,424F) OB of 0x5000 bytes, read 2 bytes early: tag (204D,0018), VR "OB" (the element
+    // number's bytes), and a length of 0x5000_0000
+    el(&mut out, (0x0018, 0x424F), b"OB", &[0u8; 0x5000]);
+    let p = d.path().join("at-10-bytes.dcm");
+    std::fs::write(&p, &out).unwrap();
+    let e = reject(&p);
+    assert_reason(&e, "damaged", "(0018,1403) AT declares 10 bytes");
+    let (_, over) = inspect_rejected(&p, d.path(), "damaged");
+    assert!(
+        over < 48.0,
+        "inspect peaked {over:.0} MiB above a valid file's"
+    );
+    // whole values of every binary VR pass the check
+    let mut ok = preamble_and_meta(EXPLICIT_LE);
+    ok.extend(identity());
+    el(&mut ok, (0x0018, 0x1403), b"AT", b"5CMX35CM");
+    el(&mut ok, (0x0018, 0x6000), b"FD", &1.5f64.to_le_bytes());
+    let p = d.path().join("at-8-bytes.dcm");
+    std::fs::write(&p, &ok).unwrap();
+    structure::check(&p, &Limits::for_pixel_budget(1 << 20), Scope::Whole).unwrap();
+}

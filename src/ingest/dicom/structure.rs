@@ -74,8 +74,9 @@ impl Limits {
 ///
 /// # Errors
 /// [`IngestError::Truncated`] when an element declares more bytes than the file has left,
-/// [`IngestError::Damaged`] when sequences nest deeper than `limits.max_depth` or the data set
-/// has more than `limits.max_elements` headers,
+/// [`IngestError::Damaged`] when sequences nest deeper than `limits.max_depth`, the data set
+/// has more than `limits.max_elements` headers, or an element of a binary VR (US, OW, SS, AT,
+/// FL, OF, SL, UL, OL, FD, OD, SV, UV, OV) declares a length that is not a whole number of values,
 /// [`IngestError::InflateBudget`] when a deflated data set declares or inflates to more than
 /// `limits.inflate_budget`, [`IngestError::Io`] when the file cannot be read. A file without the
 /// `DICM` prefix, or with a transfer syntax dicom-rs does not know, passes unchecked: the parser
@@ -178,6 +179,32 @@ fn fits(tag: Tag, len: u64, left: u64, what: &str) -> Result<(), IngestError> {
         });
     }
     Ok(())
+}
+
+/// Bytes of one value of a binary VR, as dicom-parser reads it (`None`: text or bytes).
+fn value_size(vr: VR) -> Option<u64> {
+    match vr {
+        VR::US | VR::OW | VR::SS => Some(2),
+        VR::AT | VR::FL | VR::OF | VR::SL | VR::UL | VR::OL => Some(4),
+        VR::FD | VR::OD | VR::SV | VR::UV | VR::OV => Some(8),
+        _ => None,
+    }
+}
+
+/// `Damaged` when an element of a binary VR declares a length that is not a whole number of
+/// values: dicom-parser reads the whole values only and takes the bytes left over as the start
+/// of the next header, from which a garbage length of gigabytes follows (found by fuzzing: an
+/// AT of 10 bytes, then a 1.3 GB OB allocation).
+fn whole_values(tag: Tag, vr: VR, len: u64) -> Result<(), IngestError> {
+    match value_size(vr) {
+        Some(k) if len % k != 0 => Err(IngestError::Damaged {
+            detail: format!(
+                "element {tag} {vr:?} declares {len} bytes, not a whole number of {k}-byte values \
+                 (refused before parsing)"
+            ),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Read until `buf` is full or the input ends; the number of bytes read.
@@ -338,7 +365,9 @@ impl Walk {
             } else if vr == VR::SQ || len.is_none() {
                 self.items(tag, len, depth + 1, false)?
             } else {
-                self.skip(tag, len.unwrap_or(0))?
+                let len = len.unwrap_or(0);
+                whole_values(tag, vr, len)?;
+                self.skip(tag, len)?
             };
             if !more {
                 return Ok(Stop::End);
