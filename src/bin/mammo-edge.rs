@@ -84,6 +84,21 @@ enum Command {
         #[arg(long, value_name = "TIME", value_parser = parse_time)]
         until: Option<std::time::SystemTime>,
     },
+    /// Delete now what the daemon purges every hour: delivered messages, finished ledger rows,
+    /// results and published exams older than state.retention_days (or --older-than), e.g. after
+    /// the retention was shortened. Safe beside the running daemon. Needs only the state folder.
+    #[command(
+        after_help = "Exit status: 0 purged (also when nothing was due), 2 usage error, \
+                            3 configuration refused, 6 state folder or database unusable."
+    )]
+    Purge {
+        /// TOML configuration (its state.dir and state.retention_days are used).
+        #[arg(long, value_name = "PATH")]
+        config: PathBuf,
+        /// Age past which finished rows go, e.g. 7days or 0s; default state.retention_days.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        older_than: Option<std::time::Duration>,
+    },
     /// Read DICOM files as the daemon would and report what was found, one line (or JSON object) per file.
     #[command(
         after_help = "Exit status: 0 all files accepted, 3 some rejected (each still reported), \
@@ -396,6 +411,34 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                          publishes them with their original result_id",
                         humantime::format_rfc3339_seconds(since),
                         humantime::format_rfc3339_seconds(until)
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Ok(ExitCode::from(EXIT_STATE))
+                }
+            }
+        }
+        Command::Purge { config, older_than } => {
+            let config = match load_config(&config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let age = older_than.unwrap_or_else(|| config.state.retention());
+            let purged =
+                mammo_edge::edge::store::Store::open(&config.state.dir, config.ingest.max_attempts)
+                    .and_then(|mut store| store.purge(age));
+            match purged {
+                Ok(p) => {
+                    println!(
+                        "purge: older than {}: {} delivered message(s), {} ledger row(s), {} \
+                         result(s), {} exam(s) deleted",
+                        humantime::format_duration(age),
+                        p.outbox,
+                        p.ledger,
+                        p.results,
+                        p.exams
                     );
                     Ok(ExitCode::SUCCESS)
                 }

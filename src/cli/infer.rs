@@ -146,7 +146,10 @@ impl<'a> Batch<'a> {
                 let s: Vec<_> = scores.iter().map(StoredScore::score).collect();
                 let exam = aggregate(&s, self.msgs.model.cancer_threshold, 1)?;
                 let ids: Vec<String> = scores.iter().map(|s| s.result_id.clone()).collect();
-                Ok(self.msgs.exam(study, &exam, &ids).payload)
+                Ok(self
+                    .msgs
+                    .exam(&self.msgs.privacy.uid(study), &exam, &ids)
+                    .payload)
             })
             .collect()
     }

@@ -27,7 +27,7 @@ use crate::edge::message::{Messages, ModelInfo, Privacy, StoredScore};
 use crate::edge::publish::{probe, PublishError, Publisher, Retained, Topics};
 use crate::edge::service::{Liveness, Notifier};
 use crate::edge::store::{
-    Claim, Committed, ImageKey, StateLock, Status, Store, StoreError, Ticket, IO_REASON,
+    result_id, Claim, Committed, ImageKey, StateLock, Status, Store, StoreError, Ticket, IO_REASON,
 };
 use crate::edge::watch::{scan, FsEvents, Stability, WatchError};
 use crate::ingest::dicom::{Category, IngestOptions, MammoMeta};
@@ -206,14 +206,17 @@ enum Outcome {
         code: &'static str,
         reason: String,
     },
-    /// The SOPInstanceUID was scored already (a re-exported copy).
+    /// The SOPInstanceUID was scored already (a re-exported copy). UIDs as kept at rest.
     Duplicate {
         sop: String,
-        study: String,
+        study: Option<String>,
     },
     Panicked(String),
     /// The file's content (sha256) was quarantined before, under this reason (review #10).
     QuarantinedContent(String),
+    /// The file's content was finished with this status before its rows were purged past
+    /// `state.retention_days` (a file left in the watched folder; review #13).
+    PurgedBefore(Status),
 }
 
 struct Job {
@@ -236,6 +239,7 @@ fn spawn_worker(
     runner: Arc<ModelRunner>,
     opts: IngestOptions,
     mut store: Store,
+    privacy: Privacy,
     replies: mpsc::UnboundedSender<Reply>,
     n: u64,
 ) -> Result<Worker, DaemonError> {
@@ -245,7 +249,7 @@ fn spawn_worker(
         .spawn(move || {
             while let Ok(job) = rx.recv() {
                 let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    work(&runner, &opts, &mut store, &job)
+                    work(&runner, &opts, &mut store, &privacy, &job)
                 }))
                 .unwrap_or_else(|p| {
                     let what = p
@@ -271,9 +275,16 @@ fn spawn_worker(
 }
 
 /// The content's sha256 first (a copy of a quarantined file is not decoded again; otherwise the
-/// hash is recorded on the ledger row before decoding, so a crash now quarantines the content),
-/// then the header (a re-exported SOPInstanceUID is not decoded again), then the whole pipeline.
-fn work(runner: &ModelRunner, opts: &IngestOptions, store: &mut Store, job: &Job) -> Outcome {
+/// hash is recorded on the ledger row before decoding, so a crash now quarantines the content;
+/// a content finished before its rows were purged is finished again as it was), then the header
+/// (a re-exported SOPInstanceUID is not decoded again), then the whole pipeline.
+fn work(
+    runner: &ModelRunner,
+    opts: &IngestOptions,
+    store: &mut Store,
+    privacy: &Privacy,
+    job: &Job,
+) -> Outcome {
     let path = job.path.as_path();
     // an unreadable file is left to the pipeline below, which names the read error
     if let Ok(sha256) = crate::ingest::files::sha256_file(path) {
@@ -285,15 +296,23 @@ fn work(runner: &ModelRunner, opts: &IngestOptions, store: &mut Store, job: &Job
         if let Err(e) = store.record_content(&job.ticket, &sha256) {
             log::warn!("content hash not recorded ({e}); decoding anyway");
         }
+        match store.purged_content(&sha256) {
+            Ok(Some(status)) => return Outcome::PurgedBefore(status),
+            Ok(None) => {}
+            Err(e) => log::warn!("purged-content lookup failed ({e}); decoding anyway"),
+        }
     }
     if let Ok(obj) = crate::ingest::dicom::open_header(path) {
         if let Ok(meta) = MammoMeta::from_object(&obj) {
             if !meta.sop_instance_uid.is_empty() {
-                match store.seen_sop(&meta.sop_instance_uid) {
+                let sop = privacy.uid(&meta.sop_instance_uid);
+                match store.seen_sop(&sop) {
                     Ok(true) => {
                         return Outcome::Duplicate {
-                            sop: meta.sop_instance_uid,
-                            study: meta.study_instance_uid,
+                            sop,
+                            study: Some(&meta.study_instance_uid)
+                                .filter(|s| !s.is_empty())
+                                .map(|s| privacy.uid(s)),
                         }
                     }
                     Ok(false) => {}
@@ -473,6 +492,12 @@ pub async fn run_with(
     // one daemon per state folder, before recovery touches another one's claims (review #21)
     let _state_lock = StateLock::acquire(&config.state.dir)?;
     let mut store = Store::open(&config.state.dir, config.ingest.max_attempts)?;
+    if let Some(key) = privacy.at_rest_key() {
+        let n = store.hash_at_rest(key, |uid| privacy.uid(uid))?;
+        if n > 0 {
+            log::info!("{n} state row(s) kept plain by an earlier run now hashed");
+        }
+    }
     let recovered = store.recover()?;
     if recovered > 0 {
         log::warn!("{recovered} file(s) interrupted by the last stop will be retried");
@@ -514,6 +539,7 @@ pub async fn run_with(
         runner.clone(),
         opts.clone(),
         Store::open(&config.state.dir, config.ingest.max_attempts)?,
+        msgs.privacy.clone(),
         replies_tx.clone(),
         1,
     )?;
@@ -1160,9 +1186,10 @@ impl Pipeline {
             Outcome::Scored(s) => {
                 let msg = self.msgs.image(&path, &s.meta, &s.result);
                 let key = ImageKey {
-                    sop_instance_uid: s.meta.sop_instance_uid.clone(),
-                    study_instance_uid: s.meta.study_instance_uid.clone(),
+                    sop_instance_uid: self.msgs.privacy.uid(&s.meta.sop_instance_uid),
+                    study_instance_uid: self.msgs.privacy.uid(&s.meta.study_instance_uid),
                     model_sha256: self.msgs.model.sha256.clone(),
+                    result_id: result_id(&s.meta.sop_instance_uid, &self.msgs.model.sha256),
                 };
                 let payload = msg.payload.clone();
                 match self
@@ -1196,11 +1223,7 @@ impl Pipeline {
                 self.stats.duplicates += 1;
                 log::info!("{label}: SOPInstanceUID scored already (re-exported copy); not processed again");
                 self.store
-                    .commit_duplicate(
-                        &ticket,
-                        &sop,
-                        Some(&study).filter(|s| !s.is_empty()).map(|s| s.as_str()),
-                    )
+                    .commit_duplicate(&ticket, &sop, study.as_deref())
                     .map(|_| Status::Done)
             }
             Outcome::Rejected {
@@ -1214,12 +1237,14 @@ impl Pipeline {
                 let msg = self
                     .msgs
                     .rejected(skipped, &path, &fkey, meta, code, &reason);
-                let sop = meta
-                    .map(|m| m.sop_instance_uid.as_str())
-                    .filter(|s| !s.is_empty());
-                let study = meta
-                    .map(|m| m.study_instance_uid.as_str())
-                    .filter(|s| !s.is_empty());
+                let kept = |uid: &str| {
+                    Some(uid)
+                        .filter(|u| !u.is_empty())
+                        .map(|u| self.msgs.privacy.uid(u))
+                };
+                let sop = meta.and_then(|m| kept(&m.sop_instance_uid));
+                let study = meta.and_then(|m| kept(&m.study_instance_uid));
+                let (sop, study) = (sop.as_deref(), study.as_deref());
                 let scrubbed = self.msgs.privacy.scrub(&reason, &path);
                 let transient = !skipped && code == IO_REASON;
                 let r = if transient && ticket.io_retry {
@@ -1257,6 +1282,15 @@ impl Pipeline {
             Outcome::QuarantinedContent(earlier) => {
                 self.quarantine(&path, ticket, Some(earlier));
                 return;
+            }
+            Outcome::PurgedBefore(status) => {
+                log::info!(
+                    "{label}: content finished ({}) before its rows were purged; not processed again",
+                    status.as_str()
+                );
+                self.store
+                    .commit_purged_before(&ticket, status)
+                    .map(|_| status)
             }
             Outcome::Panicked(what) => {
                 self.stats.retries += 1;
@@ -1331,6 +1365,7 @@ impl Pipeline {
             self.runner.clone(),
             self.opts.clone(),
             store,
+            self.msgs.privacy.clone(),
             self.replies_tx.clone(),
             n,
         )
@@ -1404,10 +1439,12 @@ impl Pipeline {
     fn purge(&mut self) {
         let days = u64::from(self.config.state.retention_days);
         match self.store.purge(Duration::from_secs(days * 86_400)) {
-            Ok(p) if p.outbox + p.ledger > 0 => log::info!(
-                "purged {} delivered message(s) and {} ledger row(s) older than {days} days",
+            Ok(p) if p.outbox + p.ledger + p.results + p.exams > 0 => log::info!(
+                "purged past {days} days: {} delivered message(s), {} ledger row(s), {} result(s), {} exam(s)",
                 p.outbox,
-                p.ledger
+                p.ledger,
+                p.results,
+                p.exams
             ),
             Ok(_) => {}
             Err(e) => log::error!("purge: {e}"),

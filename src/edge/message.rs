@@ -8,17 +8,16 @@
 use std::path::Path;
 use std::time::SystemTime;
 
-use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sha2::Sha256;
 use thiserror::Error;
 
 use crate::edge::config::{Config, UidMode};
 use crate::edge::exam::{ExamResult, ImageScore};
 use crate::edge::publish::Topics;
-use crate::edge::store::{result_id, OutboxMessage};
+use crate::edge::store::{result_id, OutboxMessage, HASHED_PREFIX};
 use crate::ingest::dicom::{Laterality, MammoMeta, View};
+pub use crate::ingest::files::hmac_hex;
 use crate::ingest::files::sha256_hex;
 use crate::model::score::ImageResult;
 use crate::model::ModelMeta;
@@ -88,17 +87,6 @@ fn appliance_label_key(dir: &Path) -> Result<Vec<u8>, MessageError> {
     f.write_all(&key).and_then(|_| f.sync_all()).map_err(err)?;
     std::fs::rename(&tmp, &path).map_err(err)?;
     Ok(key)
-}
-
-/// HMAC-SHA256 (RFC 2104, FIPS 180-4) of `data` under `key`, lower-case hex (64 characters).
-pub fn hmac_hex(key: &[u8], data: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
-    mac.update(data);
-    hex(&mac.finalize().into_bytes())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The identifier policy of `[privacy]`.
@@ -187,11 +175,21 @@ impl Privacy {
         }
     }
 
-    /// A UID as published: as is, or `hmac-sha256:<hex>` with `uids = "hashed"`.
+    /// A UID as published, and as the state database keeps it: as is, or `hmac-sha256:<hex>`
+    /// with `uids = "hashed"`.
     pub fn uid(&self, uid: &str) -> String {
         match (self.uids, &self.key) {
-            (UidMode::Hashed, Some(k)) => format!("hmac-sha256:{}", hmac_hex(k, uid.as_bytes())),
+            (UidMode::Hashed, Some(k)) => format!("{HASHED_PREFIX}{}", hmac_hex(k, uid.as_bytes())),
             _ => uid.to_string(),
+        }
+    }
+
+    /// The key under which the state database keeps paths hashed (`privacy.key_file`'s), when
+    /// UIDs are hashed; `None` when identifiers are kept plain (review #13).
+    pub fn at_rest_key(&self) -> Option<&[u8]> {
+        match (self.uids, &self.key) {
+            (UidMode::Hashed, Some(k)) => Some(k),
+            _ => None,
         }
     }
 
@@ -488,18 +486,20 @@ impl Messages {
         }
     }
 
-    /// `<prefix>/exam` (`mammo-edge.exam/1`): the exam rule's result for a study, with
-    /// `result_id` = UUIDv5 of StudyInstanceUID + model sha256 (the same for every revision;
+    /// `<prefix>/exam` (`mammo-edge.exam/1`): the exam rule's result for a study, given by its
+    /// StudyInstanceUID as published ([`Privacy::uid`]: the form the state database keeps),
+    /// with `result_id` = UUIDv5 of that UID + model sha256 (the same for every revision;
     /// consumers keep the highest `revision`) and the `result_id`s of the images aggregated.
     pub fn exam(
         &self,
-        study_instance_uid: &str,
+        study_as_published: &str,
         exam: &ExamResult,
         image_result_ids: &[String],
     ) -> OutboxMessage {
-        let id = result_id(study_instance_uid, &self.model.sha256).to_string();
+        let id = result_id(study_as_published, &self.model.sha256).to_string();
         let mut m = self.base(schema::EXAM, &id);
-        self.uids(&mut m, None, Some(study_instance_uid));
+        m.insert("uid_mode".into(), self.privacy.uid_mode().into());
+        m.insert("study_instance_uid".into(), study_as_published.into());
         if let Ok(Value::Object(e)) = serde_json::to_value(exam) {
             m.extend(e);
         }

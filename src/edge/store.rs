@@ -74,7 +74,23 @@ const MIGRATIONS: &[&str] = &[
         reason TEXT NOT NULL,
         quarantined_at INTEGER NOT NULL
     );",
+    // 3: state at rest (review #13): `purge` deletes every finished row past retention; the
+    // content hashes of the ledger rows it deletes are kept one retention period more, so a file
+    // left in the watched folder is recognised when claimed again, not scored and published again.
+    "CREATE TABLE purged_content (
+        content_sha256 TEXT PRIMARY KEY,
+        status TEXT NOT NULL,
+        purged_at INTEGER NOT NULL
+    );",
 ];
+
+/// Prefix of an identifier kept (and published) as a keyed hash: `hmac-sha256:<64 hex>`. No
+/// DICOM UID (digits and dots) and no absolute path starts with it.
+pub const HASHED_PREFIX: &str = "hmac-sha256:";
+
+/// Ledger reason of a file whose content was handled before its rows were purged past
+/// retention: finished again with the status it had, without decoding or a message.
+pub const PURGED_BEFORE_REASON: &str = "handled_before_purge";
 
 /// Why a state operation failed.
 #[derive(Debug, Error)]
@@ -269,13 +285,16 @@ pub struct OutboxRow {
     pub created_at_ms: i64,
 }
 
-/// The identifiers a result row is keyed by.
+/// The identifiers a result row is keyed by. UIDs as the database keeps them: as published
+/// (`hmac-sha256:…` with hashed UIDs, review #13).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageKey {
     pub sop_instance_uid: String,
     pub study_instance_uid: String,
     /// SHA-256 of the model file, hex (stored lower-case).
     pub model_sha256: String,
+    /// [`result_id`] of the plain SOPInstanceUID and the model (the image message's).
+    pub result_id: Uuid,
 }
 
 /// What `commit_result` stored.
@@ -337,6 +356,8 @@ pub struct ExamState {
 pub struct Purged {
     pub outbox: usize,
     pub ledger: usize,
+    pub results: usize,
+    pub exams: usize,
 }
 
 /// Exclusive ownership of a state folder by one daemon: an advisory `flock` on
@@ -416,23 +437,41 @@ fn unix_ns(t: SystemTime) -> i64 {
     }
 }
 
-/// The ledger's key of a path: the path itself when it is UTF-8, else `hex:` and the hex of
-/// its bytes (a legacy code-page name such as Latin-1 `M\xdcLLER^ANNA.dcm`; review #16: such
-/// files were dropped without a word). Watched paths are absolute, so no UTF-8 path starts with
-/// `hex:` and keys stay unique.
-fn path_text(p: &Path) -> Result<std::borrow::Cow<'_, str>, StoreError> {
+/// The ledger's key of a path. With a key (hashed identifiers, review #13):
+/// `hmac-sha256:` and the HMAC of its bytes. Without: the path itself when it is UTF-8, else
+/// `hex:` and the hex of its bytes (a legacy code-page name such as Latin-1
+/// `M\xdcLLER^ANNA.dcm`; review #16: such files were dropped without a word). Watched paths are
+/// absolute, so no UTF-8 path starts with `hex:` or the hash prefix and keys stay unique.
+fn path_text<'a>(p: &'a Path, key: Option<&[u8]>) -> std::borrow::Cow<'a, str> {
     use std::os::unix::ffi::OsStrExt;
-    Ok(match p.to_str() {
-        Some(s) => std::borrow::Cow::Borrowed(s),
-        None => std::borrow::Cow::Owned(format!(
+    let bytes = p.as_os_str().as_bytes();
+    match (key, p.to_str()) {
+        (Some(k), _) => std::borrow::Cow::Owned(hashed_path(k, bytes)),
+        (None, Some(s)) => std::borrow::Cow::Borrowed(s),
+        (None, None) => std::borrow::Cow::Owned(format!(
             "hex:{}",
-            p.as_os_str()
-                .as_bytes()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
+            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
         )),
-    })
+    }
+}
+
+fn hashed_path(key: &[u8], bytes: &[u8]) -> String {
+    format!(
+        "{HASHED_PREFIX}{}",
+        crate::ingest::files::hmac_hex(key, bytes)
+    )
+}
+
+/// The bytes of a plain ledger path key (`path_text` without a key), `None` if malformed.
+fn path_bytes(text: &str) -> Option<Vec<u8>> {
+    match text.strip_prefix("hex:") {
+        None => Some(text.as_bytes().to_vec()),
+        Some(h) if h.len().is_multiple_of(2) => (0..h.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok())
+            .collect(),
+        Some(_) => None,
+    }
 }
 
 /// The daemon's state database. One `Store` per process; writes take `&mut self`.
@@ -440,6 +479,8 @@ pub struct Store {
     conn: Connection,
     path: PathBuf,
     max_attempts: u32,
+    /// Key of the ledger's path hashes ([`Store::hash_at_rest`]); `None`: paths kept plain.
+    path_key: Option<Vec<u8>>,
 }
 
 impl Store {
@@ -477,6 +518,7 @@ impl Store {
             conn,
             path,
             max_attempts: max_attempts.max(1),
+            path_key: None,
         };
         store.migrate()?;
         Ok(store)
@@ -536,7 +578,7 @@ impl Store {
         size: u64,
         mtime: SystemTime,
     ) -> Result<Claim, StoreError> {
-        let path_key = path_text(path)?;
+        let path_key = path_text(path, self.path_key.as_deref());
         let path: &str = &path_key;
         let size = i64::try_from(size).unwrap_or(i64::MAX);
         let mtime_ns = unix_ns(mtime);
@@ -630,8 +672,9 @@ impl Store {
         Ok(claim)
     }
 
-    /// True when a result exists for this SOPInstanceUID (any model): a re-exported copy of an
-    /// image already scored must not be processed again (DESIGN.md, "Storage guarantees").
+    /// True when a result exists for this SOPInstanceUID (any model; as kept, see
+    /// [`ImageKey`]): a re-exported copy of an image already scored must not be processed again
+    /// (DESIGN.md, "Storage guarantees").
     pub fn seen_sop(&self, sop_instance_uid: &str) -> Result<bool, StoreError> {
         Ok(self.conn.query_row(
             "SELECT EXISTS (SELECT 1 FROM results WHERE sop_instance_uid = ?1)",
@@ -655,7 +698,7 @@ impl Store {
     ) -> Result<Committed, StoreError> {
         let json = serde_json::to_string(result)?;
         let sha = key.model_sha256.trim().to_ascii_lowercase();
-        let id = result_id(&key.sop_instance_uid, &sha);
+        let id = key.result_id;
         let now = now_ms();
         let tx = self.write_tx()?;
         let inserted = tx.execute(
@@ -949,24 +992,147 @@ impl Store {
         Ok(n as u64)
     }
 
-    /// Delete delivered outbox rows and `done` ledger rows last updated at least `retention` ago
-    /// (`state.retention_days`), in one transaction. Undelivered messages, results and rows in
-    /// any other status are kept. A file still in a watched folder whose ledger row was purged is
-    /// claimed again and recognised by `seen_sop`.
+    /// Delete, in one transaction, everything finished at least `retention` ago
+    /// (`state.retention_days`; review #13):
+    /// - delivered outbox rows;
+    /// - finished ledger rows (`done`, `skipped`, `error` other than a read error still being
+    ///   retried, `quarantined`); their content hashes go to `purged_content` for one retention
+    ///   period more, so a file left in a watched folder, claimed again, is finished again
+    ///   without decoding or a message ([`Store::purged_content`]);
+    /// - results, except those of a study whose exam is still pending;
+    /// - published exams with no pending image.
+    ///
+    /// Undelivered messages, rows `new` or `in_progress` and the quarantine's content hashes are
+    /// kept. An image of a study purged earlier starts its exam again (revision 1).
     pub fn purge(&mut self, retention: Duration) -> Result<Purged, StoreError> {
-        let cutoff =
-            now_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+        let now = now_ms();
+        let cutoff = now.saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
         let tx = self.write_tx()?;
         let outbox = tx.execute(
             "DELETE FROM outbox WHERE delivered_at IS NOT NULL AND delivered_at <= ?1",
             [cutoff],
         )?;
+        const FINISHED: &str = "updated_at <= ?1 AND (status IN ('done', 'skipped', 'quarantined')
+             OR (status = 'error' AND reason IS NOT ?2))";
+        tx.execute("DELETE FROM purged_content WHERE purged_at <= ?1", [cutoff])?;
+        tx.execute(
+            &format!(
+                "INSERT OR REPLACE INTO purged_content (content_sha256, status, purged_at)
+                 SELECT content_sha256, status, ?3 FROM ledger
+                 WHERE content_sha256 IS NOT NULL AND {FINISHED}"
+            ),
+            params![cutoff, IO_REASON, now],
+        )?;
         let ledger = tx.execute(
-            "DELETE FROM ledger WHERE status = 'done' AND updated_at <= ?1",
+            &format!("DELETE FROM ledger WHERE {FINISHED}"),
+            params![cutoff, IO_REASON],
+        )?;
+        let results = tx.execute(
+            "DELETE FROM results WHERE created_at <= ?1 AND study_instance_uid NOT IN
+             (SELECT study_instance_uid FROM exams WHERE pending = 1)",
+            [cutoff],
+        )?;
+        let exams = tx.execute(
+            "DELETE FROM exams WHERE pending = 0 AND last_image_at <= ?1
+             AND COALESCE(published_at, 0) <= ?1",
             [cutoff],
         )?;
         tx.commit()?;
-        Ok(Purged { outbox, ledger })
+        Ok(Purged {
+            outbox,
+            ledger,
+            results,
+            exams,
+        })
+    }
+
+    /// The status a file with this content (sha256, hex) had when its ledger row was purged
+    /// past retention, within the retention period after that ([`Store::purge`]).
+    pub fn purged_content(&self, sha256: &str) -> Result<Option<Status>, StoreError> {
+        let status: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT status FROM purged_content WHERE content_sha256 = ?1",
+                [sha256],
+                |r| r.get(0),
+            )
+            .optional()?;
+        status.map(|s| Status::parse(&s)).transpose()
+    }
+
+    /// Finish a file whose content was handled before its rows were purged
+    /// ([`Store::purged_content`]): ledger row `status` again, reason
+    /// [`PURGED_BEFORE_REASON`], no message. Errors: `StaleTicket`, `Sqlite`.
+    pub fn commit_purged_before(
+        &mut self,
+        ticket: &Ticket,
+        status: Status,
+    ) -> Result<(), StoreError> {
+        self.finish_with(ticket, status, None, None, PURGED_BEFORE_REASON, &[])
+    }
+
+    /// Keep identifiers hashed from now on (`privacy.uids = "hashed"`; review #13): ledger
+    /// paths as `hmac-sha256:` + HMAC-SHA256 of their bytes under `path_key`, and rewrite in one
+    /// transaction what an earlier run kept plain: paths, and the UIDs of the ledger, results
+    /// and exams through `uid` (the published form, [`HASHED_PREFIX`]…). A plain row whose
+    /// hashed form exists already is a stale duplicate and is deleted. UIDs passed to the other
+    /// methods must then be in that form too. Returns the number of rows rewritten or deleted.
+    /// Errors: `Sqlite`.
+    pub fn hash_at_rest(
+        &mut self,
+        path_key: &[u8],
+        uid: impl Fn(&str) -> String,
+    ) -> Result<usize, StoreError> {
+        self.path_key = Some(path_key.to_vec());
+        let plain =
+            |col: &str| format!("{col} IS NOT NULL AND NOT ({col} GLOB '{HASHED_PREFIX}*')");
+        let tx = self.write_tx()?;
+        let mut n = 0;
+        let rows: Vec<(i64, String)> = tx
+            .prepare(&format!(
+                "SELECT id, path FROM ledger WHERE {}",
+                plain("path")
+            ))?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (id, text) in rows {
+            let bytes = path_bytes(&text).unwrap_or_else(|| text.clone().into_bytes());
+            n += tx.execute(
+                "UPDATE OR IGNORE ledger SET path = ?2 WHERE id = ?1",
+                params![id, hashed_path(path_key, &bytes)],
+            )?;
+        }
+        for (table, col) in [
+            ("ledger", "sop_instance_uid"),
+            ("ledger", "study_instance_uid"),
+            ("results", "sop_instance_uid"),
+            ("results", "study_instance_uid"),
+            ("exams", "study_instance_uid"),
+        ] {
+            let values: Vec<String> = tx
+                .prepare(&format!(
+                    "SELECT DISTINCT {col} FROM {table} WHERE {}",
+                    plain(col)
+                ))?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            for v in values {
+                n += tx.execute(
+                    &format!("UPDATE OR IGNORE {table} SET {col} = ?2 WHERE {col} = ?1"),
+                    params![v, uid(&v)],
+                )?;
+            }
+        }
+        for (table, col) in [
+            ("ledger", "path"),
+            ("results", "sop_instance_uid"),
+            ("results", "study_instance_uid"),
+            ("exams", "study_instance_uid"),
+        ] {
+            n += tx.execute(&format!("DELETE FROM {table} WHERE {}", plain(col)), [])?;
+        }
+        tx.commit()?;
+        Ok(n)
     }
 
     /// Queue again, as new outbox rows in their original order, the delivered result messages
@@ -993,7 +1159,7 @@ impl Store {
 
     /// The ledger row of `path`, if any.
     pub fn ledger_entry(&self, path: &Path) -> Result<Option<LedgerEntry>, StoreError> {
-        let path_key = path_text(path)?;
+        let path_key = path_text(path, self.path_key.as_deref());
         let path: &str = &path_key;
         let row = self
             .conn

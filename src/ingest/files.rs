@@ -1,5 +1,6 @@
-//! Input files: folders listed recursively, in name order (so runs are reproducible), and the
-//! SHA-256 that identifies a file's bytes (ledger, model identity).
+//! Input files: folders listed recursively, in name order (so runs are reproducible), the
+//! SHA-256 that identifies a file's bytes (ledger, model identity) and the keyed HMAC-SHA256
+//! that stands for an identifier (hashed UIDs, file hashes, paths kept at rest).
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +17,14 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut hasher = Sha256::new();
     std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
     Ok(to_hex(&hasher.finalize()))
+}
+
+/// HMAC-SHA256 (RFC 2104, FIPS 180-4) of `data` under `key`, lower-case hex (64 characters).
+pub fn hmac_hex(key: &[u8], data: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(data);
+    to_hex(&mac.finalize().into_bytes())
 }
 
 fn to_hex(bytes: &[u8]) -> String {

@@ -4,9 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::os::unix::ffi::OsStrExt;
+
 use mammo_edge::edge::store::{
     result_id, Claim, Committed, ImageKey, OutboxMessage, Status, Store, StoreError, Ticket,
-    DB_FILE, SCHEMA_VERSION,
+    DB_FILE, IO_REASON, PURGED_BEFORE_REASON, SCHEMA_VERSION,
 };
 use serde_json::json;
 
@@ -27,10 +29,15 @@ fn msg(topic: &str, n: u32) -> OutboxMessage {
 }
 
 fn key(sop: &str) -> ImageKey {
+    key_in(sop, "1.2.3")
+}
+
+fn key_in(sop: &str, study: &str) -> ImageKey {
     ImageKey {
         sop_instance_uid: sop.into(),
-        study_instance_uid: "1.2.3".into(),
+        study_instance_uid: study.into(),
         model_sha256: SHA.into(),
+        result_id: result_id(sop, SHA),
     }
 }
 
@@ -56,7 +63,7 @@ fn open_sets_wal_full_sync_and_schema_version() {
     let s = Store::open(&state, 3).unwrap();
     assert_eq!(s.path(), state.join(DB_FILE));
     assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
-    assert_eq!(SCHEMA_VERSION, 2);
+    assert_eq!(SCHEMA_VERSION, 3);
     drop(s);
     // Read back by a separate connection: WAL is persistent, user_version is in the header.
     let c = rusqlite::Connection::open(state.join(DB_FILE)).unwrap();
@@ -257,7 +264,7 @@ fn a_version_1_database_is_migrated_keeping_its_rows() {
         .unwrap();
     }
     let mut s = Store::open(dir.path(), 3).unwrap();
-    assert_eq!(s.schema_version().unwrap(), 2);
+    assert_eq!(s.schema_version().unwrap(), 3);
     let old = PathBuf::from("/x/old.dcm");
     assert_eq!(status(&s, &old), Status::Done);
     assert_eq!(
@@ -438,43 +445,163 @@ fn result_id_is_uuid_v5_of_sop_and_model() {
     );
 }
 
+/// Review #13: past retention nothing finished is kept: delivered messages, finished ledger
+/// rows, results and published exams go; what is still open stays. The content of a purged row
+/// is remembered one retention period more, so a file left in the folder is finished again
+/// without a second message.
 #[test]
-fn purge_deletes_only_delivered_messages_and_done_rows_past_retention() {
+fn purge_deletes_everything_finished_past_retention_and_remembers_the_content() {
     let dir = tmp();
     let mut s = Store::open(dir.path(), 3).unwrap();
+    let (a, b) = ("a".repeat(64), "b".repeat(64));
     let done = PathBuf::from("/x/done.dcm");
-    let err = PathBuf::from("/x/err.dcm");
     let t = process(s.claim(&done, 1, mtime(0)).unwrap());
+    s.record_content(&t, &a).unwrap();
     s.commit_result(
         &t,
-        &key("1.1"),
+        &key_in("1.1", "7.1"),
         &json!({}),
         &[msg("p/image", 1), msg("p/image", 2)],
     )
     .unwrap();
-    let t = process(s.claim(&err, 1, mtime(0)).unwrap());
-    s.commit_error(&t, None, None, "damaged", &msg("p/error", 3))
+    s.commit_exam("7.1", 1, &json!({}), &[]).unwrap();
+    // an image of a study whose exam is not published yet
+    let open = PathBuf::from("/x/open.dcm");
+    let t = process(s.claim(&open, 1, mtime(0)).unwrap());
+    s.commit_result(&t, &key_in("2.2", "7.2"), &json!({}), &[])
         .unwrap();
+    let err = PathBuf::from("/x/err.dcm");
+    let t = process(s.claim(&err, 1, mtime(0)).unwrap());
+    s.record_content(&t, &b).unwrap();
+    s.commit_error(&t, Some("3.3"), None, "damaged", &msg("p/error", 3))
+        .unwrap();
+    // a read error still being retried, and a file given back for a later try
+    let io = PathBuf::from("/x/io.dcm");
+    let t = process(s.claim(&io, 1, mtime(0)).unwrap());
+    s.commit_error(&t, None, None, IO_REASON, &msg("p/error", 4))
+        .unwrap();
+    let later = PathBuf::from("/x/later.dcm");
+    let t = process(s.claim(&later, 1, mtime(0)).unwrap());
+    s.retry_later(&t, "timeout").unwrap();
     let first = s.next_undelivered(1).unwrap()[0].id;
     assert!(s.mark_delivered(first).unwrap());
 
     // Within retention nothing goes.
     let p = s.purge(Duration::from_secs(30 * 86_400)).unwrap();
-    assert_eq!((p.outbox, p.ledger), (0, 0));
+    assert_eq!((p.outbox, p.ledger, p.results, p.exams), (0, 0, 0, 0));
     std::thread::sleep(Duration::from_millis(5));
-    // Past retention: the delivered message and the done row; undelivered messages, the error
-    // row and the result stay.
     let p = s.purge(Duration::ZERO).unwrap();
-    assert_eq!((p.outbox, p.ledger), (1, 1));
-    assert!(s.ledger_entry(&done).unwrap().is_none());
-    assert_eq!(status(&s, &err), Status::Error);
-    assert_eq!(s.undelivered_count().unwrap(), 2);
-    assert!(s.seen_sop("1.1").unwrap());
-    // The purged file, if still there, is claimed again and recognised by its SOPInstanceUID.
-    assert!(matches!(
-        s.claim(&done, 1, mtime(0)).unwrap(),
-        Claim::Process(_)
+    // the delivered message; done, open and err; the published study's result and exam
+    assert_eq!((p.outbox, p.ledger, p.results, p.exams), (1, 3, 1, 1));
+    for gone in [&done, &open, &err] {
+        assert!(s.ledger_entry(gone).unwrap().is_none(), "{gone:?} kept");
+    }
+    assert_eq!(status(&s, &io), Status::Error);
+    assert_eq!(status(&s, &later), Status::New);
+    assert_eq!(s.undelivered_count().unwrap(), 3);
+    assert!(!s.seen_sop("1.1").unwrap());
+    assert!(s.exam_state("7.1").unwrap().is_none());
+    assert!(s.exam_state("7.2").unwrap().unwrap().pending);
+    assert_eq!(s.study_results("7.2", SHA).unwrap().len(), 1);
+    assert_eq!(s.purged_content(&a).unwrap(), Some(Status::Done));
+    assert_eq!(s.purged_content(&b).unwrap(), Some(Status::Error));
+    let text = crate::util::database_text(s.path());
+    for id in ["1.1", "7.1", "3.3", "/x/done.dcm", "/x/err.dcm"] {
+        assert!(!text.contains(id), "{id} kept:\n{text}");
+    }
+
+    // The scored file, still in the folder, is claimed again and finished without a message.
+    let t = process(s.claim(&done, 1, mtime(0)).unwrap());
+    s.record_content(&t, &a).unwrap();
+    s.commit_purged_before(&t, Status::Done).unwrap();
+    let e = s.ledger_entry(&done).unwrap().unwrap();
+    assert_eq!(
+        (e.status, e.reason.as_deref()),
+        (Status::Done, Some(PURGED_BEFORE_REASON))
+    );
+    assert_eq!(s.undelivered_count().unwrap(), 3);
+    // One retention period later the content of a file seen again is still remembered; the
+    // error file, gone from the folder, is forgotten.
+    std::thread::sleep(Duration::from_millis(5));
+    s.purge(Duration::ZERO).unwrap();
+    assert_eq!(s.purged_content(&a).unwrap(), Some(Status::Done));
+    assert_eq!(s.purged_content(&b).unwrap(), None);
+}
+
+/// Review #13: with hashed identifiers the database keeps no path and no plain UID, those an
+/// earlier run kept plain included, and lookups by path and UID still find their rows.
+#[test]
+fn hashed_identifiers_are_kept_at_rest_and_plain_rows_of_an_earlier_run_rewritten() {
+    use mammo_edge::edge::message::hmac_hex;
+    let dir = tmp();
+    let key = b"0123456789abcdef0123456789abcdef";
+    let hashed = |u: &str| format!("hmac-sha256:{}", hmac_hex(key, u.as_bytes()));
+    let named = PathBuf::from("/srv/export/DOE^JANE_1970-01-01/IMG0001.dcm");
+    let latin1 = PathBuf::from(std::ffi::OsStr::from_bytes(
+        b"/srv/export/M\xdcLLER^HANS/1.dcm",
     ));
+    {
+        // an earlier run with plain identifiers
+        let mut s = Store::open(dir.path(), 3).unwrap();
+        let t = process(s.claim(&named, 1, mtime(0)).unwrap());
+        s.commit_result(&t, &key_in("1.2.840.9.1", "1.2.840.9"), &json!({}), &[])
+            .unwrap();
+        let t = process(s.claim(&latin1, 1, mtime(0)).unwrap());
+        s.commit_error(
+            &t,
+            Some("1.2.840.9.2"),
+            Some("1.2.840.9"),
+            "damaged",
+            &msg("p/error", 1),
+        )
+        .unwrap();
+        let text = crate::util::database_text(s.path());
+        assert!(text.contains("DOE^JANE") && text.contains("1.2.840.9.1"));
+    }
+    let mut s = Store::open(dir.path(), 3).unwrap();
+    assert_eq!(s.hash_at_rest(key, hashed).unwrap(), 9);
+    assert_eq!(
+        s.hash_at_rest(key, hashed).unwrap(),
+        0,
+        "nothing left plain"
+    );
+    let text = crate::util::database_text(s.path());
+    for secret in [
+        "DOE^JANE",
+        "1970-01-01",
+        "/srv/export",
+        "4ddc4c4c4552",
+        "1.2.840.9",
+    ] {
+        assert!(!text.contains(secret), "{secret} kept:\n{text}");
+    }
+    // the rows are found again by path and by the hashed UIDs
+    assert_eq!(
+        s.claim(&named, 1, mtime(0)).unwrap(),
+        Claim::Finished(Status::Done)
+    );
+    assert_eq!(
+        s.claim(&latin1, 1, mtime(0)).unwrap(),
+        Claim::Finished(Status::Error)
+    );
+    assert!(s.seen_sop(&hashed("1.2.840.9.1")).unwrap());
+    let e = s.ledger_entry(&named).unwrap().unwrap();
+    assert_eq!(e.path, hashed_path_of(key, &named));
+    assert_eq!(e.sop_instance_uid, Some(hashed("1.2.840.9.1")));
+    assert!(s.exam_state(&hashed("1.2.840.9")).unwrap().is_some());
+    // new rows are kept hashed too
+    let new = PathBuf::from("/srv/export/ROE^RICHARD/2.dcm");
+    let t = process(s.claim(&new, 1, mtime(0)).unwrap());
+    s.retry_later(&t, "timeout").unwrap();
+    assert!(!crate::util::database_text(s.path()).contains("ROE^RICHARD"));
+}
+
+fn hashed_path_of(key: &[u8], p: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    format!(
+        "hmac-sha256:{}",
+        mammo_edge::edge::message::hmac_hex(key, p.as_os_str().as_bytes())
+    )
 }
 
 #[test]

@@ -197,7 +197,7 @@ fn value_size(vr: VR) -> Option<u64> {
 /// AT of 10 bytes, then a 1.3 GB OB allocation).
 fn whole_values(tag: Tag, vr: VR, len: u64) -> Result<(), IngestError> {
     match value_size(vr) {
-        Some(k) if len % k != 0 => Err(IngestError::Damaged {
+        Some(k) if !len.is_multiple_of(k) => Err(IngestError::Damaged {
             detail: format!(
                 "element {tag} {vr:?} declares {len} bytes, not a whole number of {k}-byte values \
                  (refused before parsing)"

@@ -740,6 +740,7 @@ fn a_result_not_committed_on_a_full_disk_is_released_without_counting_the_attemp
         sop_instance_uid: "1.2.3.4".into(),
         study_instance_uid: "1.2.3".into(),
         model_sha256: "ab".repeat(32),
+        result_id: mammo_edge::edge::store::result_id("1.2.3.4", &"ab".repeat(32)),
     };
     let payload = serde_json::json!({"x": "y".repeat(2000)});
     let msg = OutboxMessage {
@@ -1349,6 +1350,108 @@ fn the_log_names_no_folder_and_no_uid_with_hashed_uids() {
     for r in sub.all() {
         assert!(!r.payload.contains("DOE^JANE") && !r.payload.contains(sop.as_str()));
     }
+    // review #13: nor does the state database: no path, no folder name, no plain UID
+    let study = obj
+        .element(tags::STUDY_INSTANCE_UID)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim_end_matches('\0')
+        .to_string();
+    let db = crate::util::database_text(&s.state.join("state.sqlite"));
+    assert!(db.contains("hmac-sha256:"), "{db}");
+    let watch = s.watch.to_string_lossy().into_owned();
+    // M\xdcLLER as the hex of a non-UTF-8 path key
+    for secret in [
+        "DOE^JANE",
+        "1970-01-01",
+        "LLER",
+        "4ddc4c4c4552",
+        &watch,
+        &sop,
+        &study,
+    ] {
+        assert!(
+            !db.contains(secret),
+            "{secret:?} kept in the state database:\n{db}"
+        );
+    }
+}
+
+/// Review #13: past retention the results, exams and finished ledger rows go
+/// (`mammo-edge purge`, the daemon's hourly purge run now). The images left in the watched
+/// folder, claimed again after a restart, are finished from their remembered content: not
+/// decoded, scored or published a second time.
+#[test]
+fn images_left_in_the_folder_are_not_published_again_after_their_rows_are_purged() {
+    let broker = Broker::start();
+    let s = Setup::new(&broker.url(), "");
+    let sub = Subscriber::start(broker.port, &s.prefix, "sub-purge", Arc::default());
+    let mut d = s.start();
+    let src = tmp();
+    for f in exam(src.path(), 49) {
+        drop_in(&s.watch, &f, f.file_name().unwrap().to_str().unwrap());
+    }
+    sub.wait(60, "4 images and the exam", |s| {
+        s.on("image").len() >= 4 && !s.on("exam").is_empty()
+    });
+    wait_for(10, "everything delivered", &s, || {
+        s.count("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL") == 0
+    });
+    let results = |sub: &Subscriber| {
+        ["image", "exam", "skipped", "error"]
+            .iter()
+            .map(|t| sub.on(t).len())
+            .sum::<usize>()
+    };
+    let before = results(&sub);
+    assert_eq!(before, 5);
+    let purge = |args: &[&str]| {
+        Command::new(BIN)
+            .arg("purge")
+            .arg("--config")
+            .arg(&s.config)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // within retention (30 days by default): nothing
+    let out = purge(&[]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("0 ledger row(s), 0 result(s), 0 exam(s)"),
+        "{text}"
+    );
+    std::thread::sleep(Duration::from_millis(20));
+    let out = purge(&["--older-than", "0s"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("4 ledger row(s), 4 result(s), 1 exam(s)"),
+        "{text}"
+    );
+    assert_eq!(s.count("SELECT COUNT(*) FROM results"), 0);
+    assert_eq!(s.count("SELECT COUNT(*) FROM exams"), 0);
+    // the running daemon does not hand an unchanged file on twice; after a restart its first
+    // scan claims the four files again, and their content is remembered
+    assert!(d.stop().success());
+    let mut d = s.start();
+    wait_for(20, "the four files finished again", &s, || {
+        s.count(
+            "SELECT COUNT(*) FROM ledger WHERE status = 'done' AND reason = 'handled_before_purge'",
+        ) == 4
+    });
+    // quiet_secs = 3: an exam would have been published by now
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(results(&sub), before, "nothing published again");
+    assert_eq!(s.count("SELECT COUNT(*) FROM results"), 0);
+    assert_eq!(s.count("SELECT COUNT(*) FROM exams"), 0);
+    assert!(d.alive());
+    assert!(d.stop().success());
+    assert!(s
+        .log_text()
+        .contains("before its rows were purged; not processed again"));
 }
 
 /// Review #9 at the daemon: two images with a blank SOPInstanceUID and StudyInstanceUID are two
