@@ -17,7 +17,7 @@ seed() {
   [ -n "$(ls -A "$dir" 2>/dev/null)" ] && return 0
   case $t in
     dicom)
-      target/debug/mammo-edge synth --out "$dir.synth" --count 8 --seed 1 --scale 0.03 >/dev/null 2>&1 || true
+      "${CARGO_TARGET_DIR:-target}/debug/mammo-edge" synth --out "$dir.synth" --count 8 --seed 1 --scale 0.03 >/dev/null 2>&1 || true
       find "$dir.synth" -name '*.dcm' -exec cp {} "$dir/" \; 2>/dev/null || true
       rm -rf "$dir.synth"
       # small real and non-mammography files (the large ones slow every run down)
