@@ -1437,8 +1437,8 @@ impl Pipeline {
     }
 
     fn purge(&mut self) {
-        let days = u64::from(self.config.state.retention_days);
-        match self.store.purge(Duration::from_secs(days * 86_400)) {
+        let days = self.config.state.retention_days;
+        match self.store.purge(self.config.state.retention()) {
             Ok(p) if p.outbox + p.ledger + p.results + p.exams > 0 => log::info!(
                 "purged past {days} days: {} delivered message(s), {} ledger row(s), {} result(s), {} exam(s)",
                 p.outbox,

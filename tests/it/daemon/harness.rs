@@ -655,6 +655,18 @@ impl Setup {
         Daemon { child: Some(child) }
     }
 
+    /// `mammo-edge <command> --config <this setup's config> ARGS` run to its end (`replay`,
+    /// `purge`: the tools that work on the state folder beside the daemon).
+    pub(crate) fn state_tool(&self, command: &str, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .arg(command)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
     pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -1246,15 +1246,7 @@ fn replay_publishes_a_time_range_again_with_the_same_result_ids() {
     wait_for(10, "everything delivered", &s, || {
         s.count("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL") == 0
     });
-    let replay = |args: &[&str]| {
-        Command::new(BIN)
-            .arg("replay")
-            .arg("--config")
-            .arg(&s.config)
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let replay = |args: &[&str]| s.state_tool("replay", args);
     // a range after everything: nothing
     let later =
         humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(3600))
@@ -1406,15 +1398,7 @@ fn images_left_in_the_folder_are_not_published_again_after_their_rows_are_purged
     };
     let before = results(&sub);
     assert_eq!(before, 5);
-    let purge = |args: &[&str]| {
-        Command::new(BIN)
-            .arg("purge")
-            .arg("--config")
-            .arg(&s.config)
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let purge = |args: &[&str]| s.state_tool("purge", args);
     // within retention (30 days by default): nothing
     let out = purge(&[]);
     assert!(out.status.success());
