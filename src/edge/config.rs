@@ -77,6 +77,109 @@ pub struct Config {
     pub exam: ExamConfig,
     pub files: FilesConfig,
     pub privacy: PrivacyConfig,
+    /// `[dicom]`: the C-STORE receiver; absent = no listener (the default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dicom: Option<DicomConfig>,
+}
+
+/// Largest `dicom.max_associations`.
+pub const MAX_ASSOCIATIONS: u32 = 64;
+
+/// `[dicom]`: the DICOM C-STORE SCP beside the folder watch (docs/conformance.md). Deny by
+/// default: an empty `calling_ae_allow` or `ip_allow` refuses every association.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DicomConfig {
+    /// Address and TCP port listened on. Default `0.0.0.0:11112`.
+    pub listen: String,
+    /// This node's AE title; an association calling another title is refused. Default
+    /// `MAMMO_EDGE`.
+    pub ae_title: String,
+    /// Calling AE titles allowed to send (exact, case-sensitive). Default: none.
+    pub calling_ae_allow: Vec<String>,
+    /// Source addresses allowed, as IPs or CIDR blocks (`10.1.2.0/24`). Default: none.
+    pub ip_allow: Vec<String>,
+    /// Associations served at once; one more is refused (transient, local limit exceeded).
+    /// Default 8.
+    pub max_associations: u32,
+    /// An association silent for this long is aborted, s. Default 60.
+    pub timeout_secs: u64,
+}
+
+impl Default for DicomConfig {
+    fn default() -> Self {
+        DicomConfig {
+            listen: "0.0.0.0:11112".into(),
+            ae_title: "MAMMO_EDGE".into(),
+            calling_ae_allow: Vec::new(),
+            ip_allow: Vec::new(),
+            max_associations: 8,
+            timeout_secs: 60,
+        }
+    }
+}
+
+impl DicomConfig {
+    /// `listen` as a socket address. Errors: `Invalid` naming `dicom.listen`.
+    pub fn listen_addr(&self) -> Result<std::net::SocketAddr, ConfigError> {
+        self.listen.parse().map_err(|_| {
+            invalid(
+                "dicom.listen",
+                format!("{:?} is not an address:port", self.listen),
+            )
+        })
+    }
+
+    /// `ip_allow` parsed (a bare IP is a /32 or /128 block). Errors: `Invalid` naming
+    /// `dicom.ip_allow`.
+    pub fn ip_blocks(&self) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+        self.ip_allow
+            .iter()
+            .map(|s| {
+                s.parse::<ipnet::IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        invalid(
+                            "dicom.ip_allow",
+                            format!("{s:?} is not an IP address or CIDR block"),
+                        )
+                    })
+            })
+            .collect()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        self.ip_blocks()?;
+        let ae_ok = |t: &str| {
+            !t.trim().is_empty()
+                && t.len() <= 16
+                && t.chars().all(|c| c.is_ascii_graphic() || c == ' ')
+                && !t.contains('\\')
+        };
+        if !ae_ok(&self.ae_title) {
+            return Err(invalid(
+                "dicom.ae_title",
+                "1 to 16 printable ASCII characters, no backslash",
+            ));
+        }
+        if let Some(t) = self.calling_ae_allow.iter().find(|t| !ae_ok(t)) {
+            return Err(invalid(
+                "dicom.calling_ae_allow",
+                format!("{t:?}: 1 to 16 printable ASCII characters, no backslash"),
+            ));
+        }
+        if self.max_associations == 0 || self.max_associations > MAX_ASSOCIATIONS {
+            return Err(invalid(
+                "dicom.max_associations",
+                format!("must be 1 to {MAX_ASSOCIATIONS}"),
+            ));
+        }
+        if self.timeout_secs == 0 || self.timeout_secs > 3600 {
+            return Err(invalid("dicom.timeout_secs", "must be 1 to 3600"));
+        }
+        Ok(())
+    }
 }
 
 /// `[watch]`: the export folders (DESIGN.md, "Data flow (edge)").
@@ -510,6 +613,17 @@ key_file = ""
 # AccessionNumber and file names (which often contain patient names) only when allowed.
 publish_accession = false
 publish_file_names = false
+
+# DICOM C-STORE receiver (docs/conformance.md). Absent = no listener. Deny by default: an
+# empty allow-list refuses every association. Received images go through the same ledger as
+# watched files, with no settle wait.
+# [dicom]
+# listen = "0.0.0.0:11112"
+# ae_title = "MAMMO_EDGE"
+# calling_ae_allow = ["MG_ROOM1"]
+# ip_allow = ["10.1.2.0/24"]
+# max_associations = 8
+# timeout_secs = 60
 "#;
 
 impl Config {
@@ -624,6 +738,9 @@ impl Config {
             return Err(invalid("model.path", "must not be empty"));
         }
         self.validate_mqtt()?;
+        if let Some(d) = &self.dicom {
+            d.validate()?;
+        }
         if self.privacy.uids == UidMode::Hashed && is_unset(&self.privacy.key_file) {
             return Err(invalid(
                 "privacy.key_file",
@@ -703,6 +820,7 @@ impl Config {
         let differs = [
             ("watch.dirs", self.watch.dirs != new.watch.dirs),
             ("state.dir", self.state.dir != new.state.dir),
+            ("dicom", self.dicom != new.dicom),
             ("mqtt.url", o.url != n.url),
             ("mqtt.topic_prefix", o.topic_prefix != n.topic_prefix),
             ("mqtt.client_id", o.client_id != n.client_id),
@@ -731,6 +849,7 @@ impl Config {
         let mut out = new;
         out.watch.dirs = self.watch.dirs.clone();
         out.state.dir = self.state.dir.clone();
+        out.dicom = self.dicom.clone();
         out.privacy.uids = self.privacy.uids;
         out.privacy.key_file = self.privacy.key_file.clone();
         out.mqtt = MqttConfig {

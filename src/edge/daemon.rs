@@ -19,6 +19,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::edge::config::{Config, FilesAfter};
+use crate::edge::dicom_scp::{received_dir, Received, Scp, ScpError, ScpSettings};
 use crate::edge::exam::{aggregate, next_revision};
 use crate::edge::health::{
     free_bytes, Counters, Health, HealthModel, Intake, PauseCode, StateSpace,
@@ -72,6 +73,9 @@ pub enum DaemonError {
     /// Broker settings unusable, or (in `check`) the broker unreachable.
     #[error(transparent)]
     Publish(#[from] PublishError),
+    /// The DICOM receiver (`[dicom]`) could not start.
+    #[error(transparent)]
+    Scp(#[from] ScpError),
     /// A thread could not be started or a task failed.
     #[error("runtime: {0}")]
     Runtime(String),
@@ -527,6 +531,27 @@ pub async fn run_with(
     let mut publisher_ended = None;
 
     let (_fs, mut fs_rx) = FsEvents::start(&config.watch.dirs)?;
+    // the DICOM receiver: objects it stored are recorded and queued by this loop
+    let (received_tx, mut received_rx) = mpsc::channel::<Received>(16);
+    let scp = match ScpSettings::from_config(&config) {
+        Some(settings) => {
+            let scp = Scp::bind(settings).await?;
+            log::info!(
+                "DICOM receiver on {} as {}",
+                scp.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+                config
+                    .dicom
+                    .as_ref()
+                    .map(|d| d.ae_title.as_str())
+                    .unwrap_or("")
+            );
+            Some(tokio::spawn(scp.serve(received_tx)))
+        }
+        None => {
+            drop(received_tx);
+            None
+        }
+    };
     let runner = Arc::new(model.runner);
     let opts = config.ingest_options();
     let (replies_tx, mut replies_rx) = mpsc::unbounded_channel();
@@ -638,7 +663,7 @@ pub async fn run_with(
             }
             _ = rescan_tick.tick(), if !rescanning => {
                 rescanning = true;
-                let (dirs, tx) = (p.config.watch.dirs.clone(), rescan_tx.clone());
+                let (dirs, tx) = (p.scan_dirs(), rescan_tx.clone());
                 // a thread of its own, not spawn_blocking: the runtime would wait for a long
                 // walk at shutdown, this thread ends with the process
                 let walk = std::thread::Builder::new()
@@ -665,6 +690,7 @@ pub async fn run_with(
             Some(()) = hangup(&mut hup) => p.begin_reload(),
             Some(r) = reload_rx.recv() => p.reload_pending = Some(r),
             Some(reply) = replies_rx.recv() => p.reply(reply),
+            Some(r) = received_rx.recv() => p.received(r),
             ended = &mut publisher, if publisher_ended.is_none() => {
                 let why = match &ended {
                     Ok(Ok(_)) => "the publisher stopped".to_string(),
@@ -684,6 +710,10 @@ pub async fn run_with(
     }
     notifier.stopping();
     watchdog.abort();
+    if let Some(scp) = scp {
+        // no new association; one in progress gets no success for an object not yet recorded
+        scp.abort();
+    }
     if let Some(b) = &p.busy {
         let grace = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         let until = b.deadline.min(grace);
@@ -1436,7 +1466,67 @@ impl Pipeline {
         }
     }
 
+    /// The folders rescanned: `watch.dirs` and, when it exists, the DICOM receiver's folder
+    /// (objects received before a crash and not yet scored are found there at the next start).
+    fn scan_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = self.config.watch.dirs.clone();
+        let received = received_dir(&self.config.state.dir);
+        if received.is_dir() {
+            dirs.push(received);
+        }
+        dirs
+    }
+
+    /// An object the DICOM receiver stored: ledger row `new`, queued with no settle wait. The
+    /// receiver answers the C-STORE from the outcome sent back.
+    fn received(&mut self, r: Received) {
+        let outcome = match stat(&r.path) {
+            None => Err("the received file is gone".to_string()),
+            Some((size, mtime)) => match self.store.register(&r.path, size, mtime) {
+                Ok(()) => {
+                    self.db_ok();
+                    self.queue.push_back(r.path.clone());
+                    Ok(())
+                }
+                Err(e) => {
+                    if e.is_storage_failure() {
+                        self.db_failed(&e);
+                    }
+                    log::error!("received object not recorded: {e}");
+                    Err(format!("not recorded: {e}"))
+                }
+            },
+        };
+        let _ = r.recorded.send(outcome);
+    }
+
+    /// Remove received objects older than the retention period (those scored or skipped are
+    /// removed at once; what is left failed or is waiting, and is kept that long for a look).
+    fn purge_received(&self) {
+        let dir = received_dir(&self.config.state.dir);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        let cutoff = SystemTime::now()
+            .checked_sub(self.config.state.retention())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut n = 0;
+        for e in entries.flatten() {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t < cutoff);
+            if old && std::fs::remove_file(e.path()).is_ok() {
+                n += 1;
+            }
+        }
+        if n > 0 {
+            log::info!("purged {n} received object(s) past the retention period");
+        }
+    }
+
     fn purge(&mut self) {
+        self.purge_received();
         let days = self.config.state.retention_days;
         match self.store.purge(self.config.state.retention()) {
             Ok(p) if p.outbox + p.ledger + p.results + p.exams > 0 => log::info!(
@@ -1454,6 +1544,19 @@ impl Pipeline {
     /// `files.after = move`: into `done/`, `skipped/` or `failed/` beside the watched folder,
     /// keeping the path below it; an existing name gets a numeric suffix.
     fn after(&mut self, path: &Path, status: Status) {
+        if path.starts_with(received_dir(&self.config.state.dir)) {
+            // a received object has done its work once scored or skipped (its result is
+            // stored); one that failed stays until the retention period ends
+            if matches!(status, Status::Done | Status::Skipped) {
+                if let Err(e) = std::fs::remove_file(path) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        log::warn!("received object not removed: {e}");
+                    }
+                }
+            }
+            self.stability.forget(path);
+            return;
+        }
         if self.config.files.after != FilesAfter::Move {
             return;
         }

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod daemon;
+pub mod dicom_scp;
 pub mod exam;
 pub mod health;
 pub mod logging;

@@ -672,6 +672,34 @@ impl Store {
         Ok(claim)
     }
 
+    /// Record a file received over DICOM (`edge::dicom_scp`) before the C-STORE is answered:
+    /// a ledger row `new` with no attempt yet, which the next claim takes like a watched file's.
+    /// A row of the same path that is not in progress (an earlier copy of the same instance,
+    /// scored and removed) is reset to `new` for this version; the worker then finds the
+    /// instance scored already and records a duplicate. Errors: `Sqlite`.
+    pub fn register(
+        &mut self,
+        path: &Path,
+        size: u64,
+        mtime: SystemTime,
+    ) -> Result<(), StoreError> {
+        let path_key = path_text(path, self.path_key.as_deref());
+        let size = i64::try_from(size).unwrap_or(i64::MAX);
+        let now = now_ms();
+        let tx = self.write_tx()?;
+        tx.execute(
+            "INSERT INTO ledger (path, size, mtime_ns, status, attempts, created_at, updated_at)
+             VALUES (?1, ?2, ?3, 'new', 0, ?4, ?4)
+             ON CONFLICT (path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,
+               sop_instance_uid = NULL, study_instance_uid = NULL, content_sha256 = NULL,
+               status = 'new', reason = NULL, attempts = 0, updated_at = excluded.updated_at
+             WHERE ledger.status <> 'in_progress'",
+            params![&*path_key, size, unix_ns(mtime), now],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// True when a result exists for this SOPInstanceUID (any model; as kept, see
     /// [`ImageKey`]): a re-exported copy of an image already scored must not be processed again
     /// (DESIGN.md, "Storage guarantees").

@@ -23,6 +23,26 @@ fn assert_names(text: &str, key: &str) {
 }
 
 #[test]
+fn the_dicom_receiver_is_off_by_default_and_its_section_parses() {
+    assert!(Config::default().dicom.is_none());
+    let c = Config::parse(
+        "[dicom]\nlisten = \"127.0.0.1:11112\"\ncalling_ae_allow = [\"MG_ROOM1\"]\n\
+         ip_allow = [\"10.1.2.0/24\", \"192.0.2.7\", \"::1\"]\n",
+        "(test)",
+    )
+    .unwrap();
+    let d = c.dicom.unwrap();
+    assert_eq!(d.ae_title, "MAMMO_EDGE");
+    assert_eq!(d.max_associations, 8);
+    let blocks = d.ip_blocks().unwrap();
+    assert!(blocks[0].contains(&"10.1.2.200".parse::<std::net::IpAddr>().unwrap()));
+    assert!(!blocks[0].contains(&"10.1.3.1".parse::<std::net::IpAddr>().unwrap()));
+    assert!(blocks[1].contains(&"192.0.2.7".parse::<std::net::IpAddr>().unwrap()));
+    assert!(!blocks[1].contains(&"192.0.2.8".parse::<std::net::IpAddr>().unwrap()));
+    assert!(blocks[2].contains(&"::1".parse::<std::net::IpAddr>().unwrap()));
+}
+
+#[test]
 fn default_toml_parses_back_to_defaults() {
     let text = Config::default_toml();
     let parsed = Config::parse(&text, "(default)").expect("default config parses");
@@ -194,6 +214,23 @@ fn each_validation_error_names_its_key() {
         ("[ingest]\nmax_attempts = \"three\"", "ingest.max_attempts"),
         ("[ingest]\nmax_attempts = -1", "ingest.max_attempts"),
         ("[watch]\nstable_secs = 1.5", "watch.stable_secs"),
+        // the DICOM receiver
+        ("[dicom]\nlisten = \"11112\"", "dicom.listen"),
+        ("[dicom]\nip_allow = [\"10.1.2.0/33\"]", "dicom.ip_allow"),
+        ("[dicom]\nip_allow = [\"pacs.example\"]", "dicom.ip_allow"),
+        ("[dicom]\nae_title = \"\"", "dicom.ae_title"),
+        (
+            "[dicom]\nae_title = \"A_TITLE_OF_17_CHR\"",
+            "dicom.ae_title",
+        ),
+        (
+            "[dicom]\ncalling_ae_allow = [\"BAD\\\\AE\"]",
+            "dicom.calling_ae_allow",
+        ),
+        ("[dicom]\nmax_associations = 0", "dicom.max_associations"),
+        ("[dicom]\nmax_associations = 65", "dicom.max_associations"),
+        ("[dicom]\ntimeout_secs = 0", "dicom.timeout_secs"),
+        ("[dicom]\nport = 104", "dicom.port"),
     ];
     for (text, key) in cases {
         assert_names(text, key);

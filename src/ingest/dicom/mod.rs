@@ -472,24 +472,27 @@ pub fn check_acceptance(meta: &MammoMeta, opts: &IngestOptions) -> Result<(), In
     Ok(())
 }
 
-/// The transfer syntaxes whose decoders are compiled in (PS3.5 Annex A), by UID.
+/// The transfer syntaxes whose decoders are compiled in (PS3.5 Annex A), by UID: what the
+/// C-STORE receiver accepts (`edge::dicom_scp`), and only those.
+pub const DECODABLE_TRANSFER_SYNTAXES: &[&str] = &[
+    "1.2.840.10008.1.2",
+    "1.2.840.10008.1.2.1",
+    "1.2.840.10008.1.2.1.99",
+    "1.2.840.10008.1.2.2",
+    ts::RLE_LOSSLESS,
+    ts::JPEG_BASELINE,
+    ts::JPEG_EXTENDED,
+    ts::JPEG_LOSSLESS,
+    ts::JPEG_LOSSLESS_SV1,
+    ts::JPEG_LS_LOSSLESS,
+    ts::JPEG_LS_NEAR_LOSSLESS,
+    ts::JPEG2000_LOSSLESS,
+    ts::JPEG2000,
+];
+
+/// Whether `uid` is one of [`DECODABLE_TRANSFER_SYNTAXES`].
 fn transfer_syntax_supported(uid: &str) -> bool {
-    matches!(
-        uid,
-        "1.2.840.10008.1.2"
-            | "1.2.840.10008.1.2.1"
-            | "1.2.840.10008.1.2.1.99"
-            | "1.2.840.10008.1.2.2"
-            | "1.2.840.10008.1.2.5"
-            | ts::JPEG_BASELINE
-            | ts::JPEG_EXTENDED
-            | ts::JPEG_LOSSLESS
-            | ts::JPEG_LOSSLESS_SV1
-            | ts::JPEG_LS_LOSSLESS
-            | ts::JPEG_LS_NEAR_LOSSLESS
-            | ts::JPEG2000_LOSSLESS
-            | ts::JPEG2000
-    )
+    DECODABLE_TRANSFER_SYNTAXES.contains(&uid)
 }
 
 /// Checks on the image attributes before any pixel is read: required attributes present, transfer

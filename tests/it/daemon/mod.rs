@@ -7,6 +7,7 @@
 mod agree;
 mod broker_faults;
 mod demo;
+mod dicom;
 pub(crate) mod harness;
 mod ops;
 mod real;

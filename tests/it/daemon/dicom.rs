@@ -1,0 +1,354 @@
+//! The daemon's C-STORE receiver with dcmtk as the real peer (issue 14): `storescu` sends
+//! phantom exams (plain, JPEG lossless, JPEG-LS) and the real GE / Hologic mammograms
+//! (`MAMMO_TEST_DATA`), `echoscu` verifies, wrong AE titles, an address outside the allow-list
+//! and one association over the limit are refused with A-ASSOCIATE-RJ, a short state folder
+//! answers "out of resources", and a crash after the answer loses nothing.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::harness::*;
+use crate::util::{encode, tmp, Codec};
+
+const AE: &str = "MAMMO_EDGE";
+const MODALITY: &str = "MG_ROOM1";
+
+/// `[dicom]` on a free loopback port, the modality allowed; `more` adds or overrides keys.
+fn dicom_section(port: u16, more: &str) -> (String, u16) {
+    let mut s = format!(
+        "[dicom]\nlisten = \"127.0.0.1:{port}\"\nae_title = \"{AE}\"\n\
+         calling_ae_allow = [\"{MODALITY}\"]\n"
+    );
+    if !more.contains("ip_allow") {
+        s.push_str("ip_allow = [\"127.0.0.1\"]\n");
+    }
+    s.push_str(more);
+    (s, port)
+}
+
+/// A dcmtk network tool run to its end; a missing tool is a failure (scripts/test-deps.sh
+/// installs dcmtk).
+fn dcmtk(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} not runnable ({e}); install dcmtk"))
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn echo(port: u16, calling: &str, called: &str) -> Output {
+    dcmtk(
+        "echoscu",
+        &[
+            "-aet",
+            calling,
+            "-aec",
+            called,
+            "127.0.0.1",
+            &port.to_string(),
+        ],
+    )
+}
+
+/// Wait until the receiver answers a C-ECHO from the modality.
+fn wait_receiver(port: u16, s: &Setup) {
+    wait_for(30, "the DICOM receiver to answer C-ECHO", s, || {
+        echo(port, MODALITY, AE).status.success()
+    });
+}
+
+/// `storescu` from the modality with `propose` (e.g. `-xs` for JPEG lossless) and the files.
+fn store(port: u16, propose: &[&str], files: &[PathBuf]) -> Output {
+    let port = port.to_string();
+    let mut args: Vec<&str> = propose.to_vec();
+    args.extend(["-aet", MODALITY, "-aec", AE, "127.0.0.1", &port]);
+    let names: Vec<&str> = files.iter().map(|f| f.to_str().unwrap()).collect();
+    args.extend(names);
+    dcmtk("storescu", &args)
+}
+
+fn received_files(s: &Setup) -> Vec<PathBuf> {
+    match std::fs::read_dir(mammo_edge::edge::dicom_scp::received_dir(&s.state)) {
+        Ok(rd) => rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "dcm"))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[test]
+fn storescu_sends_an_exam_plain_and_compressed_that_is_scored_once_published_and_removed() {
+    let broker = Broker::start();
+    let (dicom, port) = dicom_section(free_port(), "");
+    let s = Setup::new(&broker.url(), &dicom);
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sub = Subscriber::start(broker.port, &s.prefix, "sub-scp", got);
+    let _d = s.start();
+    wait_receiver(port, &s);
+
+    let src = tmp();
+    let files = exam(src.path(), 21);
+    let names: Vec<(String, String)> = files.iter().map(|f| patient(f)).collect();
+    // two views as they are (Explicit VR Little Endian), one JPEG lossless, one JPEG-LS: each
+    // sent in the transfer syntax it is stored in, which the receiver must accept as such
+    let jpeg = src.path().join("jpegll.dcm");
+    encode(Codec::JpegLosslessSv1, &files[2], &jpeg);
+    let jls = src.path().join("jls.dcm");
+    encode(Codec::JpegLs, &files[3], &jls);
+    let t0 = Instant::now();
+    for (propose, batch) in [
+        (vec![], vec![files[0].clone(), files[1].clone()]),
+        (vec!["-xs"], vec![jpeg.clone()]),
+        (vec!["-xt"], vec![jls.clone()]),
+    ] {
+        let out = store(port, &propose, &batch);
+        assert!(out.status.success(), "storescu {propose:?}: {}", text(&out));
+        assert!(!text(&out).contains("Store Failed"), "{}", text(&out));
+    }
+    sub.wait(60, "4 images and 1 exam", |s| {
+        s.on("image").len() >= 4 && !s.on("exam").is_empty()
+    });
+    eprintln!(
+        "4 views stored to complete exam published: {:?}",
+        t0.elapsed()
+    );
+    let images = sub.on("image");
+    let exams = sub.on("exam");
+    assert_eq!(images.len(), 4, "{images:?}");
+    let vi = schema("image");
+    let mut views: Vec<String> = images
+        .iter()
+        .map(|m| {
+            assert_valid(&vi, m);
+            format!(
+                "{}-{}",
+                m["laterality"].as_str().unwrap(),
+                m["view"].as_str().unwrap()
+            )
+        })
+        .collect();
+    views.sort();
+    assert_eq!(views, ["L-CC", "L-MLO", "R-CC", "R-MLO"]);
+    assert_eq!(exams[0]["complete"], true, "{:?}", exams[0]);
+    assert_eq!(exams[0]["images"], 4);
+    // scored objects are removed from the receiver's folder; their ledger rows are done
+    wait_for(10, "received objects removed", &s, || {
+        received_files(&s).is_empty()
+    });
+    assert_eq!(
+        s.count("SELECT COUNT(*) FROM ledger WHERE status = 'done' AND reason IS NULL"),
+        4
+    );
+
+    // the same four instances again (a modality retrying): success, and scored once
+    let out = store(port, &[], &files);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_for(30, "the second copies finished as duplicates", &s, || {
+        s.count("SELECT COUNT(*) FROM ledger WHERE reason = 'duplicate_sop'") == 4
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        sub.on("image").len(),
+        4,
+        "a resent instance was published again"
+    );
+    assert_eq!(s.count("SELECT COUNT(*) FROM results"), 4);
+
+    // no patient name or ID in the log
+    let log = s.log_text();
+    for (name, id) in &names {
+        assert!(!log.contains(name.as_str()), "patient name in the log");
+        assert!(!log.contains(id.as_str()), "patient ID in the log");
+    }
+    assert!(log.contains("dicom: association from MG_ROOM1 at 127.0.0.1 accepted"));
+}
+
+#[test]
+fn real_ge_and_hologic_mammograms_sent_by_storescu_are_scored() {
+    let Some(data) = crate::util::data_dir() else {
+        return;
+    };
+    let real = data.join("real-mammo");
+    let ge: Vec<PathBuf> = [
+        "ge_senographe_L_CC_jpegll.dcm",
+        "ge_senographe_R_CC_jpegll.dcm",
+    ]
+    .iter()
+    .map(|n| real.join(n))
+    .collect();
+    let hologic: Vec<PathBuf> = [
+        "hologic_selenia_L_CC_j2k.dcm",
+        "hologic_selenia_R_MLO_j2k.dcm",
+    ]
+    .iter()
+    .map(|n| real.join(n))
+    .collect();
+    let broker = Broker::start();
+    let (dicom, port) = dicom_section(free_port(), "");
+    let s = Setup::new(&broker.url(), &dicom);
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sub = Subscriber::start(broker.port, &s.prefix, "sub-scp-real", got);
+    let _d = s.start();
+    wait_receiver(port, &s);
+    // JPEG lossless (GE) and JPEG 2000 lossless (Hologic), as stored
+    for (propose, files) in [("-xs", &ge), ("-xv", &hologic)] {
+        let out = store(port, &[propose], files);
+        assert!(out.status.success(), "storescu {propose}: {}", text(&out));
+        assert!(!text(&out).contains("Store Failed"), "{}", text(&out));
+    }
+    sub.wait(120, "4 images", |s| s.on("image").len() >= 4);
+    let mut seen: Vec<(String, String, String)> = sub
+        .on("image")
+        .iter()
+        .map(|m| {
+            (
+                m["vendor"].as_str().unwrap_or("").to_string(),
+                m["laterality"].as_str().unwrap().to_string(),
+                m["view"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    seen.sort();
+    let expected: Vec<(String, String, String)> = [
+        ("ge", "L", "CC"),
+        ("ge", "R", "CC"),
+        ("hologic", "L", "CC"),
+        ("hologic", "R", "MLO"),
+    ]
+    .iter()
+    .map(|(v, l, w)| (v.to_string(), l.to_string(), w.to_string()))
+    .collect();
+    assert_eq!(seen, expected);
+}
+
+#[test]
+fn associations_outside_the_allow_lists_or_over_the_limit_are_rejected() {
+    let broker = Broker::start();
+    let (dicom, port) = dicom_section(free_port(), "max_associations = 1\n");
+    let s = Setup::new(&broker.url(), &dicom);
+    let _d = s.start();
+    wait_receiver(port, &s);
+
+    let wrong_calling = echo(port, "INTRUDER", AE);
+    assert!(!wrong_calling.status.success());
+    assert!(
+        text(&wrong_calling).contains("Calling AE Title Not Recognized"),
+        "{}",
+        text(&wrong_calling)
+    );
+    let wrong_called = echo(port, MODALITY, "OTHER_AE");
+    assert!(!wrong_called.status.success());
+    assert!(
+        text(&wrong_called).contains("Called AE Title Not Recognized"),
+        "{}",
+        text(&wrong_called)
+    );
+    // one association open (a peer that connected and says nothing): the next is refused,
+    // transiently, with the reason; once it is gone the modality is served again
+    let held = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let over = echo(port, MODALITY, AE);
+    assert!(!over.status.success());
+    let t = text(&over);
+    assert!(
+        t.contains("Rejected Transient") && t.contains("Local Limit Exceeded"),
+        "{t}"
+    );
+    drop(held);
+    wait_receiver(port, &s);
+
+    // an address outside ip_allow: rejected before any negotiation
+    let broker2 = Broker::start();
+    let (dicom2, port2) = dicom_section(free_port(), "ip_allow = [\"192.0.2.0/24\"]\n");
+    let s2 = Setup::new(&broker2.url(), &dicom2);
+    let _d2 = s2.start();
+    wait_for(30, "the second daemon to listen", &s2, || {
+        s2.log_text().contains("DICOM receiver on")
+    });
+    let outside = echo(port2, MODALITY, AE);
+    assert!(!outside.status.success());
+    assert!(
+        text(&outside).contains("Rejected Permanent"),
+        "{}",
+        text(&outside)
+    );
+    assert!(s2
+        .log_text()
+        .contains("refused: address not in dicom.ip_allow"));
+}
+
+#[test]
+fn a_state_folder_short_of_space_answers_out_of_resources_and_stores_nothing() {
+    let broker = Broker::start();
+    let (dicom, port) = dicom_section(free_port(), "");
+    let s = Setup::new(&broker.url(), &dicom);
+    // more free space asked for than any test machine has
+    let cfg = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        cfg.replace("[state]\n", "[state]\nmin_free_mb = 1000000000\n"),
+    )
+    .unwrap();
+    let _d = s.start();
+    wait_receiver(port, &s);
+    let src = tmp();
+    let files = exam(src.path(), 23);
+    let out = store(port, &["-v"], &files[..1]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains("Received Store Response (Refused: OutOfResources)"),
+        "{t}"
+    );
+    assert!(received_files(&s).is_empty());
+    assert_eq!(s.count("SELECT COUNT(*) FROM ledger"), 0);
+    assert!(s.log_text().contains("status 0xA700"));
+}
+
+#[test]
+fn objects_acknowledged_before_a_crash_are_scored_after_the_restart_once() {
+    let broker = Broker::start();
+    let (dicom, port) = dicom_section(free_port(), "");
+    let s = Setup::new(&broker.url(), &dicom);
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sub = Subscriber::start(broker.port, &s.prefix, "sub-scp-crash", got);
+    let mut d = s.start();
+    wait_receiver(port, &s);
+    let src = tmp();
+    let files = exam(src.path(), 25);
+    let out = store(port, &[], &files);
+    assert!(out.status.success(), "{}", text(&out));
+    // killed at once: some or none of the four may be scored; every one was acknowledged
+    d.kill9();
+    let acknowledged = received_files(&s).len() as i64 + s.count("SELECT COUNT(*) FROM results");
+    assert!(
+        acknowledged >= 4,
+        "an acknowledged object is neither kept nor scored"
+    );
+    let _d = s.start();
+    sub.wait(60, "4 distinct images", |s| {
+        let mut ids: Vec<String> = s
+            .on("image")
+            .iter()
+            .map(|m| m["result_id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids.len() >= 4
+    });
+    assert_eq!(s.count("SELECT COUNT(*) FROM results"), 4);
+    wait_for(10, "received objects removed", &s, || {
+        received_files(&s).is_empty()
+    });
+}
