@@ -233,6 +233,10 @@ enum Command {
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
         timeout: u64,
+        /// Send the exam by DICOM C-STORE to the daemon's receiver (on a loopback port) instead
+        /// of dropping it into the export folder.
+        #[arg(long)]
+        dicom: bool,
     },
 }
 
@@ -677,6 +681,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             broker,
             keep,
             timeout,
+            dicom,
         } => {
             let opts = mammo_edge::cli::demo::DemoOptions {
                 model,
@@ -684,6 +689,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 keep,
                 seed,
                 timeout: std::time::Duration::from_secs(timeout),
+                dicom,
             };
             let rt = runtime()?;
             let d = rt

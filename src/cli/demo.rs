@@ -68,6 +68,9 @@ pub enum DemoError {
     /// The demo's subscriber lost the broker.
     #[error("subscriber: broker {url}: {detail}")]
     Subscriber { url: String, detail: String },
+    /// `--dicom`: the exam could not be sent to the daemon's C-STORE receiver.
+    #[error("C-STORE to the daemon: {0}")]
+    Store(String),
     /// Not everything arrived in time.
     #[error("timed out after {secs} s; still waiting for: {missing}")]
     Timeout { secs: u64, missing: String },
@@ -92,7 +95,13 @@ pub struct DemoOptions {
     pub seed: u64,
     /// How long to wait for all messages.
     pub timeout: Duration,
+    /// Send the exam to the daemon's C-STORE receiver (`[dicom]` on a loopback port) instead
+    /// of dropping it into the export folder; the refusals still go to the folder.
+    pub dicom: bool,
 }
+
+/// The calling AE title of `demo --dicom`.
+pub const DEMO_CALLING_AE: &str = "MAMMO_DEMO";
 
 /// A message from the daemon: `leaf` is the topic's last level (`image`, `exam`, `skipped`,
 /// `error`), `payload` the text as received, `json` its parse.
@@ -306,6 +315,39 @@ fn drop_in(export: &Path, input: &Input) -> Result<(), DemoError> {
     std::fs::rename(&part, &to).map_err(io("renaming", &to))
 }
 
+/// `--dicom`: the exam's images to the daemon's receiver in one association (C-STORE SCU).
+async fn send_exam(
+    d: &crate::edge::config::DicomConfig,
+    inputs: &[Input],
+) -> Result<(), DemoError> {
+    let files: Vec<PathBuf> = inputs
+        .iter()
+        .filter(|i| i.expect == Expect::Image)
+        .map(|i| i.source.clone())
+        .collect();
+    let peer = crate::edge::dicom_scu::Peer {
+        address: d.listen.clone(),
+        calling_ae: DEMO_CALLING_AE.into(),
+        called_ae: d.ae_title.clone(),
+        timeout: Duration::from_secs(30),
+    };
+    log::info!(
+        "sending {} images by C-STORE to {} ({})",
+        files.len(),
+        peer.address,
+        peer.called_ae
+    );
+    let statuses = crate::edge::dicom_scu::store_files(&peer, &files)
+        .await
+        .map_err(|e| DemoError::Store(e.to_string()))?;
+    match statuses.iter().find(|s| **s != 0) {
+        Some(s) => Err(DemoError::Store(format!(
+            "C-STORE answered status 0x{s:04X}"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Run the demo; `on_message` sees each `image`, `exam`, `skipped` and `error` message as it
 /// arrives. Returns once the exam message and the message of every refused input have arrived
 /// (the daemon is then stopped), or `Timeout` after `opts.timeout`.
@@ -357,7 +399,20 @@ pub async fn run(
     };
 
     // ---- the daemon's configuration
-    let config = daemon_config(&root, &model, &url)?;
+    let mut config = daemon_config(&root, &model, &url)?;
+    if opts.dicom {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(io("finding a free port for", Path::new("[dicom] listen")))?
+            .port();
+        config.dicom = Some(crate::edge::config::DicomConfig {
+            listen: format!("127.0.0.1:{port}"),
+            calling_ae_allow: vec![DEMO_CALLING_AE.into()],
+            ip_allow: vec!["127.0.0.1".into()],
+            ..Default::default()
+        });
+        config.validate()?;
+    }
     let cfg_path = root.join("config.toml");
     if let Ok(text) = toml::to_string(&config) {
         std::fs::write(&cfg_path, text).map_err(io("writing", &cfg_path))?;
@@ -474,7 +529,12 @@ pub async fn run(
                     export.display()
                 );
                 for i in &inputs {
-                    drop_in(&export, i)?;
+                    if !(opts.dicom && i.expect == Expect::Image) {
+                        drop_in(&export, i)?;
+                    }
+                }
+                if let Some(d) = config.dicom.as_ref().filter(|_| opts.dicom) {
+                    send_exam(d, &inputs).await?;
                 }
                 dropped = true;
             }

@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -351,4 +352,129 @@ fn objects_acknowledged_before_a_crash_are_scored_after_the_restart_once() {
     wait_for(10, "received objects removed", &s, || {
         received_files(&s).is_empty()
     });
+}
+
+#[test]
+fn demo_dicom_sends_its_exam_by_c_store_and_every_message_arrives() {
+    let broker = Broker::start();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sub = Subscriber::start(broker.port, "mammo/demo", "sub-demo-dicom", got);
+    let out = Command::new(BIN)
+        .args(["demo", "--dicom", "--json", "--broker"])
+        .arg(broker.url())
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("sending 4 images by C-STORE to 127.0.0.1:"),
+        "{err}"
+    );
+    assert!(
+        err.contains("dicom: association from MAMMO_DEMO at 127.0.0.1 accepted"),
+        "{err}"
+    );
+    sub.wait(30, "the demo's 4 images and its exam", |s| {
+        s.on("image").len() >= 4 && !s.on("exam").is_empty()
+    });
+    let exam = &sub.on("exam")[0];
+    assert_eq!(exam["complete"], true);
+    // the images came through the receiver: their file names are the received names
+    for m in sub.on("image") {
+        let f = m["file"].as_str().unwrap();
+        assert!(f.len() == 36 && f.ends_with(".dcm"), "{f}");
+    }
+}
+
+/// dcmtk's storescp on a free port writing into `dir`; killed on drop.
+struct StoreScp(std::process::Child);
+
+impl StoreScp {
+    fn start(dir: &std::path::Path, port: u16) -> StoreScp {
+        let child = Command::new("storescp")
+            .args(["-aet", "PACS", "+xa", "+B", "-od"])
+            .arg(dir)
+            .arg(port.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("storescp (dcmtk) not runnable");
+        wait_port(port, true);
+        StoreScp(child)
+    }
+}
+
+impl Drop for StoreScp {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn our_scu_stores_plain_and_compressed_files_at_dcmtk_storescp_unchanged() {
+    let src = tmp();
+    let files = exam(src.path(), 27);
+    let jls = src.path().join("jls.dcm");
+    encode(Codec::JpegLs, &files[1], &jls);
+    let out_dir = tmp();
+    let port = free_port();
+    let _scp = StoreScp::start(out_dir.path(), port);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let peer = mammo_edge::edge::dicom_scu::Peer {
+        address: format!("127.0.0.1:{port}"),
+        calling_ae: "MAMMO_EDGE".into(),
+        called_ae: "PACS".into(),
+        timeout: Duration::from_secs(30),
+    };
+    rt.block_on(mammo_edge::edge::dicom_scu::echo(&peer))
+        .unwrap();
+    let sent = vec![files[0].clone(), jls.clone()];
+    let statuses = rt
+        .block_on(mammo_edge::edge::dicom_scu::store_files(&peer, &sent))
+        .unwrap();
+    assert_eq!(statuses, [0, 0]);
+    // storescp names files <modality>.<SOPInstanceUID>; the data sets arrive byte for byte
+    let dataset = |p: &std::path::Path| {
+        let o = dicom_object::open_file(p).unwrap();
+        let ts = o
+            .meta()
+            .transfer_syntax()
+            .trim_end_matches('\0')
+            .to_string();
+        let uid = o
+            .meta()
+            .media_storage_sop_instance_uid()
+            .trim_end_matches('\0')
+            .to_string();
+        let mut bytes = Vec::new();
+        o.write_dataset(&mut bytes).unwrap();
+        (uid, ts, bytes)
+    };
+    let mut stored: Vec<_> = std::fs::read_dir(out_dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| dataset(&e.path()))
+        .collect();
+    let mut expected: Vec<_> = sent.iter().map(|p| dataset(p)).collect();
+    stored.sort();
+    expected.sort();
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored, expected);
+    assert!(expected
+        .iter()
+        .any(|(_, ts, _)| ts == "1.2.840.10008.1.2.4.80"));
+    // an unreachable peer is an association error naming the address
+    let gone = mammo_edge::edge::dicom_scu::Peer {
+        address: format!("127.0.0.1:{}", free_port()),
+        ..peer.clone()
+    };
+    let e = rt
+        .block_on(mammo_edge::edge::dicom_scu::store_files(&gone, &sent))
+        .unwrap_err();
+    assert!(
+        e.to_string().starts_with("association with 127.0.0.1:"),
+        "{e}"
+    );
 }

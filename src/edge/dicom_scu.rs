@@ -1,0 +1,318 @@
+//! A DICOM C-STORE SCU (issue 14): sends Part 10 files as they are stored (no transcoding) to
+//! a storage SCP over dicom-ul on tokio, and C-ECHO. Used by `mammo-edge demo --dicom` to send
+//! its phantom exam to the daemon's receiver; the Mammography CAD SR delivery is to use it too.
+//! Main items: [`store_files`], [`echo`], [`ScuError`].
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dicom_core::{DataElement, PrimitiveValue, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::InMemDicomObject;
+use dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN;
+use dicom_ul::association::client::AsyncClientAssociation;
+use dicom_ul::pdu::{PDataValueType, Pdu};
+use dicom_ul::ClientAssociationOptions;
+use thiserror::Error;
+use tokio::io::AsyncWriteExt;
+
+use crate::edge::dicom_scp::VERIFICATION;
+
+/// Why a send failed.
+#[derive(Debug, Error)]
+pub enum ScuError {
+    /// A file could not be read, or is not a Part 10 file with the UIDs a C-STORE needs.
+    #[error("{path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    /// The association could not be made (refused, unreachable, timed out).
+    #[error("association with {peer}: {reason}")]
+    Association { peer: String, reason: String },
+    /// The peer accepted no presentation context for a file's SOP class and transfer syntax.
+    #[error("{path}: the peer accepts no presentation context for SOP class {sop_class} in transfer syntax {transfer_syntax}")]
+    NoContext {
+        path: PathBuf,
+        sop_class: String,
+        transfer_syntax: String,
+    },
+    /// The exchange broke off (network error, unexpected PDU).
+    #[error("with {peer}: {reason}")]
+    Exchange { peer: String, reason: String },
+}
+
+/// Where to send: `host:port`, this node's AE title and the peer's.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub address: String,
+    pub calling_ae: String,
+    pub called_ae: String,
+    /// Connection, read and write time limit.
+    pub timeout: Duration,
+}
+
+/// One object ready to send: its UIDs and the byte offset of its data set in the file.
+struct Object {
+    path: PathBuf,
+    sop_class: String,
+    sop_instance: String,
+    transfer_syntax: String,
+    bytes: Vec<u8>,
+    dataset_at: usize,
+}
+
+fn read_object(path: &Path) -> Result<Object, ScuError> {
+    let bad = |reason: String| ScuError::File {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    if bytes.len() < 132 || &bytes[128..132] != b"DICM" {
+        return Err(bad("not a DICOM Part 10 file (no DICM prefix)".into()));
+    }
+    let meta = dicom_object::FileMetaTable::from_reader(&bytes[128..])
+        .map_err(|e| bad(format!("file meta: {e}")))?;
+    // the data set follows the group: 132 + (0002,0000) element (12 bytes) + its value
+    let dataset_at = 132 + 12 + meta.information_group_length as usize;
+    if dataset_at > bytes.len() {
+        return Err(bad("file meta group longer than the file".into()));
+    }
+    let clean = |s: &str| s.trim_end_matches(['\0', ' ']).to_string();
+    Ok(Object {
+        path: path.to_path_buf(),
+        sop_class: clean(meta.media_storage_sop_class_uid()),
+        sop_instance: clean(meta.media_storage_sop_instance_uid()),
+        transfer_syntax: clean(meta.transfer_syntax()),
+        bytes,
+        dataset_at,
+    })
+}
+
+/// Send `files` in one association (one presentation context per SOP class and transfer
+/// syntax found, each file in its own transfer syntax). Returns the C-STORE-RSP status of
+/// each file, in order (0x0000 = success). Errors: [`ScuError`]; a file refused by status is
+/// not an error.
+pub async fn store_files(peer: &Peer, files: &[PathBuf]) -> Result<Vec<u16>, ScuError> {
+    let objects = files
+        .iter()
+        .map(|f| read_object(f))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut contexts: Vec<(String, String)> = Vec::new();
+    for o in &objects {
+        let c = (o.sop_class.clone(), o.transfer_syntax.clone());
+        if !contexts.contains(&c) {
+            contexts.push(c);
+        }
+    }
+    let mut options = ClientAssociationOptions::new()
+        .calling_ae_title(peer.calling_ae.clone())
+        .called_ae_title(peer.called_ae.clone())
+        .connection_timeout(peer.timeout)
+        .read_timeout(peer.timeout)
+        .write_timeout(peer.timeout);
+    for (class, ts) in &contexts {
+        options = options.with_presentation_context(class.clone(), vec![ts.clone()]);
+    }
+    let mut a = options
+        .establish_async(peer.address.as_str())
+        .await
+        .map_err(|e| ScuError::Association {
+            peer: peer.address.clone(),
+            reason: e.to_string(),
+        })?;
+    let mut out = Vec::with_capacity(objects.len());
+    for (i, o) in objects.iter().enumerate() {
+        let message_id = u16::try_from(i + 1).unwrap_or(u16::MAX);
+        let result = store_one(&mut a, peer, o, message_id).await;
+        match result {
+            Ok(status) => out.push(status),
+            Err(e) => {
+                let _ = a.abort().await;
+                return Err(e);
+            }
+        }
+    }
+    let _ = a.release().await;
+    Ok(out)
+}
+
+async fn store_one(
+    a: &mut AsyncClientAssociation<tokio::net::TcpStream>,
+    peer: &Peer,
+    o: &Object,
+    message_id: u16,
+) -> Result<u16, ScuError> {
+    let exchange = |reason: String| ScuError::Exchange {
+        peer: peer.address.clone(),
+        reason,
+    };
+    let pc = a
+        .presentation_contexts()
+        .iter()
+        .find(|pc| {
+            pc.abstract_syntax.trim_end_matches('\0') == o.sop_class
+                && pc.transfer_syntax.trim_end_matches('\0') == o.transfer_syntax
+                && pc.reason == dicom_ul::pdu::PresentationContextResultReason::Acceptance
+        })
+        .map(|pc| pc.id)
+        .ok_or_else(|| ScuError::NoContext {
+            path: o.path.clone(),
+            sop_class: o.sop_class.clone(),
+            transfer_syntax: o.transfer_syntax.clone(),
+        })?;
+    let command = InMemDicomObject::command_from_element_iter([
+        DataElement::new(
+            tags::AFFECTED_SOP_CLASS_UID,
+            VR::UI,
+            PrimitiveValue::from(o.sop_class.as_str()),
+        ),
+        DataElement::new(
+            tags::COMMAND_FIELD,
+            VR::US,
+            PrimitiveValue::from(0x0001_u16),
+        ),
+        DataElement::new(tags::MESSAGE_ID, VR::US, PrimitiveValue::from(message_id)),
+        // priority medium
+        DataElement::new(tags::PRIORITY, VR::US, PrimitiveValue::from(0x0000_u16)),
+        // a data set follows
+        DataElement::new(
+            tags::COMMAND_DATA_SET_TYPE,
+            VR::US,
+            PrimitiveValue::from(0x0000_u16),
+        ),
+        DataElement::new(
+            tags::AFFECTED_SOP_INSTANCE_UID,
+            VR::UI,
+            PrimitiveValue::from(o.sop_instance.as_str()),
+        ),
+    ]);
+    let mut cmd = Vec::new();
+    command
+        .write_dataset_with_ts(&mut cmd, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
+        .map_err(|e| exchange(format!("command not encoded: {e}")))?;
+    a.send(&Pdu::PData {
+        data: vec![dicom_ul::pdu::PDataValue {
+            presentation_context_id: pc,
+            value_type: PDataValueType::Command,
+            is_last: true,
+            data: cmd,
+        }],
+    })
+    .await
+    .map_err(|e| exchange(e.to_string()))?;
+    {
+        let mut w = a.send_pdata(pc);
+        w.write_all(&o.bytes[o.dataset_at..])
+            .await
+            .map_err(|e| exchange(e.to_string()))?;
+        w.finish().await.map_err(|e| exchange(e.to_string()))?;
+    }
+    response_status(a, peer).await
+}
+
+/// Wait for the response command of the request just sent; its Status.
+async fn response_status(
+    a: &mut AsyncClientAssociation<tokio::net::TcpStream>,
+    peer: &Peer,
+) -> Result<u16, ScuError> {
+    let exchange = |reason: String| ScuError::Exchange {
+        peer: peer.address.clone(),
+        reason,
+    };
+    let mut bytes = Vec::new();
+    loop {
+        match a.receive().await.map_err(|e| exchange(e.to_string()))? {
+            Pdu::PData { data } => {
+                for pdv in data {
+                    if pdv.value_type == PDataValueType::Command {
+                        bytes.extend_from_slice(&pdv.data);
+                        if pdv.is_last {
+                            let obj = InMemDicomObject::read_dataset_with_ts(
+                                bytes.as_slice(),
+                                &IMPLICIT_VR_LITTLE_ENDIAN.erased(),
+                            )
+                            .map_err(|e| exchange(format!("unreadable response: {e}")))?;
+                            return obj
+                                .element(tags::STATUS)
+                                .ok()
+                                .and_then(|e| e.to_int::<u16>().ok())
+                                .ok_or_else(|| exchange("response without Status".into()));
+                        }
+                    }
+                }
+            }
+            Pdu::AbortRQ { .. } => return Err(exchange("aborted by the peer".into())),
+            other => {
+                return Err(exchange(format!(
+                    "unexpected {}",
+                    other.short_description()
+                )))
+            }
+        }
+    }
+}
+
+/// C-ECHO: `Ok(())` when the peer answers success. Errors: `Association`, `Exchange`.
+pub async fn echo(peer: &Peer) -> Result<(), ScuError> {
+    let mut a = ClientAssociationOptions::new()
+        .calling_ae_title(peer.calling_ae.clone())
+        .called_ae_title(peer.called_ae.clone())
+        .with_presentation_context(VERIFICATION, vec!["1.2.840.10008.1.2"])
+        .connection_timeout(peer.timeout)
+        .read_timeout(peer.timeout)
+        .write_timeout(peer.timeout)
+        .establish_async(peer.address.as_str())
+        .await
+        .map_err(|e| ScuError::Association {
+            peer: peer.address.clone(),
+            reason: e.to_string(),
+        })?;
+    let pc = a
+        .presentation_contexts()
+        .first()
+        .map(|pc| pc.id)
+        .unwrap_or(1);
+    let command = InMemDicomObject::command_from_element_iter([
+        DataElement::new(
+            tags::AFFECTED_SOP_CLASS_UID,
+            VR::UI,
+            PrimitiveValue::from(VERIFICATION),
+        ),
+        DataElement::new(
+            tags::COMMAND_FIELD,
+            VR::US,
+            PrimitiveValue::from(0x0030_u16),
+        ),
+        DataElement::new(tags::MESSAGE_ID, VR::US, PrimitiveValue::from(1_u16)),
+        DataElement::new(
+            tags::COMMAND_DATA_SET_TYPE,
+            VR::US,
+            PrimitiveValue::from(0x0101_u16),
+        ),
+    ]);
+    let mut cmd = Vec::new();
+    let _ = command.write_dataset_with_ts(&mut cmd, &IMPLICIT_VR_LITTLE_ENDIAN.erased());
+    let sent = a
+        .send(&Pdu::PData {
+            data: vec![dicom_ul::pdu::PDataValue {
+                presentation_context_id: pc,
+                value_type: PDataValueType::Command,
+                is_last: true,
+                data: cmd,
+            }],
+        })
+        .await;
+    if let Err(e) = sent {
+        return Err(ScuError::Exchange {
+            peer: peer.address.clone(),
+            reason: e.to_string(),
+        });
+    }
+    let status = response_status(&mut a, peer).await;
+    let _ = a.release().await;
+    match status? {
+        0 => Ok(()),
+        s => Err(ScuError::Exchange {
+            peer: peer.address.clone(),
+            reason: format!("C-ECHO status 0x{s:04X}"),
+        }),
+    }
+}
