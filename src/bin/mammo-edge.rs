@@ -142,6 +142,10 @@ enum Command {
         /// (e.g. a chest CR, to see the out-of-distribution flag at work); never the daemon's rule.
         #[arg(long)]
         any: bool,
+        /// Also write one Mammography CAD SR (DICOM, TID 4000) per study with scored images into
+        /// DIR (it carries the source images' patient module: keep it on the hospital network).
+        #[arg(long, value_name = "DIR")]
+        sr: Option<PathBuf>,
         /// Instead of DICOM files: one raw little-endian f32 model-input tensor [H*W] (for checks
         /// against other runtimes); prints the raw outputs.
         #[arg(long, value_name = "FILE")]
@@ -531,6 +535,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             model,
             json,
             any,
+            sr,
             tensor,
             files,
         } => {
@@ -566,17 +571,38 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             };
             let mut batch = mammo_edge::cli::infer::Batch::new(&model, opts);
             let mut rejected = 0;
+            let mut scored = Vec::new();
             for f in expand(&files)? {
                 let r = batch.file(&f);
                 if !r.scored {
                     rejected += 1;
                 }
                 show(&r.payload);
+                if r.scored {
+                    scored.push((f, r.payload));
+                }
             }
+            let mut exams = Vec::new();
             for e in batch.exams() {
                 match e {
-                    Ok(v) => show(&v),
+                    Ok(v) => {
+                        show(&v);
+                        exams.push(v);
+                    }
                     Err(e) => log::warn!("exam not aggregated: {e}"),
+                }
+            }
+            if let Some(dir) = &sr {
+                let written = mammo_edge::cli::infer::write_srs(
+                    dir,
+                    &scored,
+                    &exams,
+                    &model.sha256,
+                    std::time::SystemTime::now(),
+                )
+                .with_context(|| format!("--sr {}", dir.display()))?;
+                for p in written {
+                    eprintln!("SR written: {}", p.display());
                 }
             }
             if !json {

@@ -1,7 +1,7 @@
 //! `mammo-edge infer`: the payloads the daemon would publish for the same files, one per file,
 //! then one exam per DICOM study ([`Batch`]), scored by src/model/score.rs.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::edge::exam::{aggregate, ExamError};
 use crate::edge::message::{Messages, ModelInfo, Privacy, StoredScore};
@@ -153,4 +153,41 @@ impl<'a> Batch<'a> {
             })
             .collect()
     }
+}
+
+/// `infer --sr DIR`: one Mammography CAD SR per exam of `exams` ([`crate::edge::sr`]), from the
+/// DICOM files in `scored` (path + image payload) of that study, written to
+/// `DIR/<SOPInstanceUID of the SR>.dcm` (created if missing). Returns the files written.
+/// Errors: the folder, a source header, the SR build or the write (anyhow: a CLI helper).
+pub fn write_srs(
+    dir: &Path,
+    scored: &[(PathBuf, serde_json::Value)],
+    exams: &[serde_json::Value],
+    model_sha256: &str,
+    now: std::time::SystemTime,
+) -> anyhow::Result<Vec<PathBuf>> {
+    use crate::edge::sr;
+    std::fs::create_dir_all(dir)?;
+    let mut out = Vec::new();
+    for exam in exams {
+        let Some(study) = exam["study_instance_uid"].as_str() else {
+            continue;
+        };
+        let mut images = Vec::new();
+        for (path, payload) in scored {
+            if payload["study_instance_uid"].as_str() == Some(study) {
+                images.push((sr::SourceImage::read(path)?, payload.clone()));
+            }
+        }
+        if images.is_empty() {
+            continue;
+        }
+        let revision = exam["revision"].as_u64().unwrap_or(1);
+        let id = sr::identity(study, model_sha256, revision, sr::ContentTime::at(now));
+        let obj = sr::build(&images, exam, &id)?;
+        let path = dir.join(format!("{}.dcm", id.sop_instance_uid));
+        obj.write_to_file(&path)?;
+        out.push(path);
+    }
+    Ok(out)
 }

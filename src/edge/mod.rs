@@ -12,5 +12,6 @@ pub mod logging;
 pub mod message;
 pub mod publish;
 pub mod service;
+pub mod sr;
 pub mod store;
 pub mod watch;

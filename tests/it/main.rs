@@ -16,6 +16,7 @@ mod model;
 mod real_data;
 mod rejections;
 mod reported_cases;
+mod sr;
 mod store;
 mod synth;
 #[cfg(feature = "train")]
