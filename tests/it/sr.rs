@@ -200,7 +200,7 @@ fn a_phantom_exam_gives_a_cad_sr_that_dciodvfy_and_dsrdump_accept_with_the_exam_
         .unwrap()
         .block_on(mammo_edge::edge::dicom_scu::store_files(
             &peer,
-            &[sr.clone()],
+            std::slice::from_ref(sr),
         ))
         .unwrap();
     let _ = scp.kill();
