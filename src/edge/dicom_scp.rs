@@ -851,7 +851,7 @@ mod tests {
     fn the_part10_header_reads_back_with_its_transfer_syntax() {
         let h = part10_header(sop::MG_PRESENTATION, "1.2.3.4", "1.2.840.10008.1.2.4.90").unwrap();
         assert_eq!(&h[128..132], b"DICM");
-        let meta = dicom_object::FileMetaTable::from_reader(&h[132..]).unwrap();
+        let meta = dicom_object::FileMetaTable::from_reader(&h[128..]).unwrap();
         assert_eq!(meta.transfer_syntax(), "1.2.840.10008.1.2.4.90");
         assert_eq!(meta.media_storage_sop_instance_uid(), "1.2.3.4");
         assert!(IMPLEMENTATION_VERSION.len() <= 16);
