@@ -24,7 +24,7 @@ use dicom_ul::association::Association as _;
 use dicom_ul::pdu::{
     AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason,
     AssociationRJServiceUserReason, AssociationRJSource, PDataValue, PDataValueType, Pdu,
-    UserIdentity,
+    PresentationContextResultReason, UserIdentity,
 };
 use dicom_ul::ServerAssociationOptions;
 use ipnet::IpNet;
@@ -392,7 +392,15 @@ impl Association {
             Ok(a) => a,
             Err(e) => {
                 self.counters.refused.fetch_add(1, Ordering::Relaxed);
-                log::warn!("dicom: association from {} refused: {e}", self.peer.ip());
+                // only a rejection's reason is logged: other negotiation errors of dicom-ul
+                // print the offending PDU, which may hold data-set bytes
+                let why = match &e {
+                    dicom_ul::association::Error::Rejected { .. } => e.to_string(),
+                    _ => {
+                        "negotiation failed (not an A-ASSOCIATE-RQ, or the connection ended)".into()
+                    }
+                };
+                log::warn!("dicom: association from {} refused: {why}", self.peer.ip());
                 return;
             }
         };
@@ -521,9 +529,13 @@ impl Association {
                 let ts = a
                     .presentation_contexts()
                     .iter()
-                    .find(|pc| pc.id == context_id)
+                    .find(|pc| {
+                        pc.id == context_id
+                            && pc.reason == PresentationContextResultReason::Acceptance
+                            && pc.abstract_syntax.trim_end_matches('\0') == sop_class
+                    })
                     .map(|pc| pc.transfer_syntax.trim_end_matches('\0').to_string())
-                    .ok_or("C-STORE on a presentation context not negotiated")?;
+                    .ok_or("C-STORE on a presentation context not accepted for its SOP class")?;
                 let sink = self.open(&sop_class, &sop_instance, &ts).await;
                 Ok(Step::Expect(Incoming {
                     message_id,
@@ -712,10 +724,12 @@ impl Association {
                 log::debug!("dicom: stored {}", path.display());
                 Ok(())
             }
-            Err(why) => {
-                let _ = tokio::fs::remove_file(&path).await;
-                Err(why)
-            }
+            // the file stays: another association may have been answered for the same name,
+            // and the next rescan of received/ records and scores it (the sender, told of the
+            // failure, may resend: that copy is then a duplicate scored once)
+            Err(why) => Err(format!(
+                "{why}; the object is kept and recorded at the next rescan"
+            )),
         }
     }
 }

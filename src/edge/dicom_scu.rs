@@ -184,20 +184,7 @@ async fn store_one(
             PrimitiveValue::from(o.sop_instance.as_str()),
         ),
     ]);
-    let mut cmd = Vec::new();
-    command
-        .write_dataset_with_ts(&mut cmd, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
-        .map_err(|e| exchange(format!("command not encoded: {e}")))?;
-    a.send(&Pdu::PData {
-        data: vec![dicom_ul::pdu::PDataValue {
-            presentation_context_id: pc,
-            value_type: PDataValueType::Command,
-            is_last: true,
-            data: cmd,
-        }],
-    })
-    .await
-    .map_err(|e| exchange(e.to_string()))?;
+    send_command(a, pc, &command).await.map_err(exchange)?;
     {
         let mut w = a.send_pdata(pc);
         w.write_all(&o.bytes[o.dataset_at..])
@@ -206,6 +193,28 @@ async fn store_one(
         w.finish().await.map_err(|e| exchange(e.to_string()))?;
     }
     response_status(a, peer).await
+}
+
+/// A command set (Implicit VR Little Endian) as one P-DATA-TF PDU on context `pc`.
+async fn send_command(
+    a: &mut AsyncClientAssociation<tokio::net::TcpStream>,
+    pc: u8,
+    command: &InMemDicomObject,
+) -> Result<(), String> {
+    let mut data = Vec::new();
+    command
+        .write_dataset_with_ts(&mut data, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
+        .map_err(|e| format!("command not encoded: {e}"))?;
+    a.send(&Pdu::PData {
+        data: vec![dicom_ul::pdu::PDataValue {
+            presentation_context_id: pc,
+            value_type: PDataValueType::Command,
+            is_last: true,
+            data,
+        }],
+    })
+    .await
+    .map_err(|e| e.to_string())
 }
 
 /// Wait for the response command of the request just sent; its Status.
@@ -288,22 +297,10 @@ pub async fn echo(peer: &Peer) -> Result<(), ScuError> {
             PrimitiveValue::from(0x0101_u16),
         ),
     ]);
-    let mut cmd = Vec::new();
-    let _ = command.write_dataset_with_ts(&mut cmd, &IMPLICIT_VR_LITTLE_ENDIAN.erased());
-    let sent = a
-        .send(&Pdu::PData {
-            data: vec![dicom_ul::pdu::PDataValue {
-                presentation_context_id: pc,
-                value_type: PDataValueType::Command,
-                is_last: true,
-                data: cmd,
-            }],
-        })
-        .await;
-    if let Err(e) = sent {
+    if let Err(reason) = send_command(&mut a, pc, &command).await {
         return Err(ScuError::Exchange {
             peer: peer.address.clone(),
-            reason: e.to_string(),
+            reason,
         });
     }
     let status = response_status(&mut a, peer).await;

@@ -317,7 +317,11 @@ impl Item {
 fn decimal_string(v: f64) -> String {
     let s = format!("{v:.4}");
     let s = s.trim_end_matches('0').trim_end_matches('.');
-    s.chars().take(16).collect()
+    // NumericValue is Type 1: 0 (or a value rounded to it) must not come out empty
+    match s {
+        "" | "-" | "-0" => "0".into(),
+        s => s.chars().take(16).collect(),
+    }
 }
 
 fn algorithm(name: &str, version: &str) -> Vec<Item> {
@@ -732,5 +736,20 @@ impl ContentTime {
             date: s[0..10].replace('-', ""),
             time: s[11..19].replace(':', ""),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decimal_string;
+
+    #[test]
+    fn decimal_strings_are_never_empty_and_fit_a_ds() {
+        assert_eq!(decimal_string(0.0), "0");
+        assert_eq!(decimal_string(1e-7), "0");
+        assert_eq!(decimal_string(-0.0), "0");
+        assert_eq!(decimal_string(0.5), "0.5");
+        assert_eq!(decimal_string(41.25), "41.25");
+        assert_eq!(decimal_string(100.0), "100");
     }
 }

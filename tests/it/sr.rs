@@ -80,7 +80,10 @@ fn dsrdump(sr: &Path) -> String {
 
 fn pct(p: f64) -> String {
     let s = format!("{:.4}", p * 100.0);
-    s.trim_end_matches('0').trim_end_matches('.').to_string()
+    match s.trim_end_matches('0').trim_end_matches('.') {
+        "" | "-0" => "0".to_string(),
+        s => s.to_string(),
+    }
 }
 
 #[test]
