@@ -34,7 +34,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::ingest::dicom::{sop, DECODABLE_TRANSFER_SYNTAXES};
+use crate::ingest::dicom::{header_string, sop, DECODABLE_TRANSFER_SYNTAXES};
 
 /// Verification SOP class (C-ECHO).
 pub const VERIFICATION: &str = "1.2.840.10008.1.1";
@@ -502,13 +502,7 @@ impl Association {
         let obj = InMemDicomObject::read_dataset_with_ts(bytes, &ts)
             .map_err(|e| format!("unreadable command set: {e}"))?;
         let uint = |tag| obj.element(tag).ok().and_then(|e| e.to_int::<u16>().ok());
-        let text = |tag| {
-            obj.element(tag)
-                .ok()
-                .and_then(|e| e.to_str().ok())
-                .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
-                .unwrap_or_default()
-        };
+        let text = |tag| header_string(&obj, tag).unwrap_or_default();
         let field = uint(tags::COMMAND_FIELD).ok_or("command without Command Field")?;
         let message_id = uint(tags::MESSAGE_ID).unwrap_or(0);
         match field {

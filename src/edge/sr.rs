@@ -20,6 +20,8 @@ use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::{FileDicomObject, FileMetaTableBuilder, InMemDicomObject, OpenFileOptions};
 use serde_json::Value;
+
+use crate::ingest::dicom::header_string;
 use thiserror::Error;
 
 /// Mammography CAD SR Storage.
@@ -76,13 +78,7 @@ impl SourceImage {
             .read_until(tags::PIXEL_DATA)
             .open_file(path)
             .map_err(|e| bad(e.to_string()))?;
-        let text = |tag| {
-            obj.element(tag)
-                .ok()
-                .and_then(|e| e.to_str().ok())
-                .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
-                .unwrap_or_default()
-        };
+        let text = |tag| header_string(&obj, tag).unwrap_or_default();
         let need = |tag, name: &str| {
             let v = text(tag);
             if v.is_empty() {

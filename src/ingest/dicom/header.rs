@@ -109,8 +109,9 @@ fn bound(s: &str) -> String {
     cut.trim_end().to_string()
 }
 
-/// Trimmed, non-empty, bounded ([`bound`]) string value.
-fn string(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
+/// Trimmed, non-empty, bounded ([`bound`]) string value of a header element: what the ingest
+/// reads, and what the C-STORE receiver and the SR writer read from command sets and headers.
+pub fn string(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
     let s = bound(&elem(obj, tag)?.to_str().ok()?);
     (!s.is_empty()).then_some(s)
 }

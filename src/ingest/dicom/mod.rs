@@ -21,7 +21,7 @@ use thiserror::Error;
 
 use codestream::{CodestreamInfo, CodestreamKind};
 use grey::{GreyError, GreyImage, GreyPipeline, RangeSource, SampleFormat, Voi};
-pub use header::{MammoMeta, PixelSpacing};
+pub use header::{string as header_string, MammoMeta, PixelSpacing};
 pub use vendor::Vendor;
 pub use view::{Laterality, View, ViewModifier};
 
