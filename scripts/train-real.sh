@@ -9,7 +9,9 @@
 # Environment: EPOCHS (default 50), SENSITIVITY (0.8), PATIENCE (early stop after this many epochs without a better
 # validation cancer AUC; default 100 = let the cosine schedule anneal to the end), BIN (default target/release; build it with
 # `cargo build --release --features train,libtorch --bins`), SEED (default 1), PHANTOMS (192),
-# STANDARDIZE (0, 1 or window).
+# STANDARDIZE (0, 1 or window), VERSION (the model version written, default 0.4.0), MEMBERS (default 1: networks of seeds SEED, SEED+1, … trained
+# alike and exported as one ensemble, outputs averaged), OVERSAMPLE (JSON object source → draws per
+# epoch, default {}; e.g. '{"rsna-m29": 2}').
 # Steps whose output exists are skipped, and `fit` resumes from its checkpoint, so the same
 # command continues an interrupted run.
 set -euo pipefail
@@ -51,17 +53,27 @@ case "$STANDARDIZE" in
   window) std_json='"window"' ;;   # window only: keeps the breast's brightness (density)
   *) echo "STANDARDIZE is 0, 1 or window" >&2; exit 2 ;;
 esac
-echo "{\"patience\": $PATIENCE, \"standardize\": $std_json}" > "$W/fit-extra.json"
+OVERSAMPLE="${OVERSAMPLE:-{\}}"
+MEMBERS="${MEMBERS:-1}"
+echo "{\"patience\": $PATIENCE, \"standardize\": $std_json, \"oversample\": $OVERSAMPLE}" > "$W/fit-extra.json"
 fit_args=(--manifest "$W/all/manifest.csv" --config "$W/fit-extra.json" --epochs "$EPOCHS"
-  --height 256 --width 160 --batch-size 32 --lr 1e-3 --seed "$SEED")
-log "fit (multi-task)"
-resume=(); [ -d "$W/fit/checkpoint" ] && resume=(--resume)
-"$BIN/mammo-train" fit "${fit_args[@]}" --out "$W/fit" "${resume[@]}" 2>&1 | grep -v '^epoch' | tail -3
+  --height 256 --width 160 --batch-size 32 --lr 1e-3)
+# member k (0-based) trains with seed SEED+k into fit (k = 0) or fit-<k>; the first one is the
+# ablation's reference
+runs=()
+for k in $(seq 0 $((MEMBERS - 1))); do
+  dir="$W/fit"; [ "$k" -gt 0 ] && dir="$W/fit-$k"
+  runs+=(--run "$dir")
+  log "fit (multi-task), member $((k + 1)) of $MEMBERS, seed $((SEED + k))"
+  resume=(); [ -d "$dir/checkpoint" ] && resume=(--resume)
+  "$BIN/mammo-train" fit "${fit_args[@]}" --seed $((SEED + k)) --out "$dir" "${resume[@]}" 2>&1 \
+    | grep -v '^epoch' | tail -3
+done
 
 log "export float32 + int8"
 training="RSNA screening crops (8 machines less machine 21, held out), mini-MIAS, DDSM tissue masks, ${PHANTOMS} phantoms; research use only"
-"$BIN/mammo-train" export --run "$W/fit" --manifest "$W/all/manifest.csv" --out "$W/model.onnx" \
-  --name mammo-mtl-demo --version 0.3.0 --training-data "$training" \
+"$BIN/mammo-train" export "${runs[@]}" --manifest "$W/all/manifest.csv" --out "$W/model.onnx" \
+  --name mammo-mtl-demo --version "${VERSION:-0.4.0}" --training-data "$training" \
   --sensitivity "$SENSITIVITY" 2>&1 | tail -1
 "$BIN/mammo-train" quantize --model "$W/model.onnx" --manifest "$W/all/manifest.csv" --run "$W/fit" \
   --samples 128 --out "$W/model.int8.onnx" 2>&1 | tail -2

@@ -158,9 +158,10 @@ enum Command {
     /// Export a trained run (best.mpk) as an ONNX model following docs/model-contract.md, with the
     /// operating thresholds chosen on the manifest's validation split.
     Export {
-        /// The folder `fit --out` wrote.
-        #[arg(long)]
-        run: PathBuf,
+        /// The folder `fit --out` wrote. Repeated (`--run A --run B …`): an ensemble of runs of
+        /// the same network and data, whose outputs are the members' mean.
+        #[arg(long, required = true)]
+        run: Vec<PathBuf>,
         /// The manifest the run was trained on (its `val` rows set the thresholds).
         #[arg(long)]
         manifest: PathBuf,

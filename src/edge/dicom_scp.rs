@@ -274,6 +274,10 @@ impl Scp {
     pub async fn serve(self, tx: mpsc::Sender<Received>) {
         let options = Arc::new(options(&self.settings));
         let slots = Arc::new(Semaphore::new(self.settings.max_associations));
+        // refusals in flight: each holds a socket and a 16 KiB buffer for at most a few seconds;
+        // beyond this many the connection is closed without an answer (a flood cannot grow
+        // tasks without bound)
+        let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
         let seq = Arc::new(AtomicU64::new(0));
         loop {
             let (stream, peer) = match self.listener.accept().await {
@@ -284,6 +288,8 @@ impl Scp {
                     continue;
                 }
             };
+            // a listener on [::] sees IPv4 peers as ::ffff:a.b.c.d; the allow-list names them as IPv4
+            let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
             let s = self.settings.clone();
             let counters = self.counters.clone();
             if !s.ip_allow.iter().any(|n| n.contains(&peer.ip())) {
@@ -292,12 +298,13 @@ impl Scp {
                     "dicom: association from {} refused: address not in dicom.ip_allow",
                     peer.ip()
                 );
-                tokio::spawn(refuse(
+                spawn_refusal(
+                    &refusals,
                     stream,
                     s.timeout,
                     AssociationRJResult::Permanent,
                     AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::NoReasonGiven),
-                ));
+                );
                 continue;
             }
             let Ok(permit) = slots.clone().try_acquire_owned() else {
@@ -307,14 +314,15 @@ impl Scp {
                     peer.ip(),
                     s.max_associations
                 );
-                tokio::spawn(refuse(
+                spawn_refusal(
+                    &refusals,
                     stream,
                     s.timeout,
                     AssociationRJResult::Transient,
                     AssociationRJSource::ServiceProviderPresentation(
                         AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
                     ),
-                ));
+                );
                 continue;
             };
             let (options, tx, seq) = (options.clone(), tx.clone(), seq.clone());
@@ -330,6 +338,31 @@ impl Scp {
                 assoc.run(&options, stream).await;
             });
         }
+    }
+}
+
+/// Refusals answered at once at most; further refused connections are closed unanswered.
+const MAX_REFUSALS: usize = 64;
+
+/// Run [`refuse`] in a task of its own while fewer than [`MAX_REFUSALS`] are running; else close
+/// the connection at once (dropping the stream).
+fn spawn_refusal(
+    slots: &Arc<Semaphore>,
+    stream: TcpStream,
+    timeout: Duration,
+    result: AssociationRJResult,
+    source: AssociationRJSource,
+) {
+    match slots.clone().try_acquire_owned() {
+        Ok(permit) => {
+            // each step of a refusal is bounded: the rejection itself by at most 2 s
+            let timeout = timeout.min(Duration::from_secs(2));
+            tokio::spawn(async move {
+                let _permit = permit;
+                refuse(stream, timeout, result, source).await;
+            });
+        }
+        Err(_) => log::debug!("dicom: {MAX_REFUSALS} refusals in flight; connection closed"),
     }
 }
 

@@ -188,7 +188,7 @@ pub fn ablation(o: &AblationOptions) -> Result<AblationReport, AblationError> {
         .meta;
     let base_model = o.out.join("baseline.onnx");
     export_run(
-        &base_run,
+        std::slice::from_ref(&base_run),
         &o.manifest,
         &base_model,
         &ExportOptions {

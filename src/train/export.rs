@@ -358,13 +358,44 @@ fn value_info(name: &str, dims: &[Option<usize>]) -> pb::ValueInfoProto {
     }
 }
 
+/// The graph outputs of the model contract, in order (`ood_score` last, when present).
+const OUTPUTS: [&str; 10] = [
+    "cancer",
+    "normal",
+    "density",
+    "percent_density",
+    "vendor",
+    "view",
+    "dense_mask",
+    "reconstruction",
+    "recon_error",
+    OOD_OUTPUT,
+];
+
 /// Build the ONNX model of `net` with `meta` as `mammo.*` metadata.
 pub fn to_onnx<B: Backend>(
     net: &MtlNet<B>,
     meta: &ModelMeta,
     ood: Option<&OodStats>,
 ) -> Result<pb::ModelProto, ExportError> {
-    if ood.is_some() != meta.ood_threshold.is_some() {
+    to_onnx_ensemble(&[(net, ood)], meta)
+}
+
+/// Build the ONNX model of an ensemble: every member network reads the one `image` input and
+/// each output of the contract is the members' mean (ONNX `Mean`; `ood_score` and `recon_error`
+/// too: the mean of the members' scores). One member gives the plain network's graph. The
+/// members must share the input size and the class lists (`meta`); all or none have `ood`.
+pub fn to_onnx_ensemble<B: Backend>(
+    members: &[(&MtlNet<B>, Option<&OodStats>)],
+    meta: &ModelMeta,
+) -> Result<pb::ModelProto, ExportError> {
+    let with_ood = members.first().is_some_and(|(_, o)| o.is_some());
+    if members.is_empty() || members.iter().any(|(_, o)| o.is_some() != with_ood) {
+        return Err(ExportError::Ood(
+            "an ensemble needs at least one member, and ood statistics for all or none".into(),
+        ));
+    }
+    if with_ood != meta.ood_threshold.is_some() {
         return Err(ExportError::Ood(
             "the ood_score output and mammo.ood_threshold come together".into(),
         ));
@@ -385,66 +416,31 @@ pub fn to_onnx<B: Backend>(
             attr_ints("strides", &[4, 4]),
         ],
     );
-    let mut f = g.conv_bn("image", &net.stem)?;
-    let mut depth_scores = Vec::new();
-    for (i, layer) in net.encoder.iter().enumerate() {
-        f = g.conv_bn(&f, layer)?;
-        if let (Some(o), Some(k)) = (ood, OOD_LAYERS.iter().position(|&l| l == i)) {
-            let l = o.layers.get(k).ok_or_else(|| {
-                ExportError::Ood(format!(
-                    "{} layers of statistics, need {}",
-                    o.layers.len(),
-                    OOD_LAYERS.len()
-                ))
-            })?;
-            depth_scores.push(g.ood_depth(&f, l)?);
+    let single = members.len() == 1;
+    for (k, (net, ood)) in members.iter().enumerate() {
+        let name = |n: &str| {
+            if single {
+                n.to_string()
+            } else {
+                format!("member{k}_{n}")
+            }
+        };
+        member_graph(&mut g, net, *ood, &target, &name)?;
+    }
+    let n_outputs = if with_ood {
+        OUTPUTS.len()
+    } else {
+        OUTPUTS.len() - 1
+    };
+    if !single {
+        for out in &OUTPUTS[..n_outputs] {
+            let inputs: Vec<String> = (0..members.len())
+                .map(|k| format!("member{k}_{out}"))
+                .collect();
+            let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+            g.node("Mean", &refs, Some(*out), vec![]);
         }
     }
-    if ood.is_some() {
-        let mut total = depth_scores[0].clone();
-        for s in &depth_scores[1..] {
-            total = g.node("Add", &[&total, s], None, vec![]);
-        }
-        g.node("Identity", &[&total], Some(OOD_OUTPUT), vec![]);
-    }
-    let gap = g.node("GlobalAveragePool", &[&f], None, vec![]);
-    let pooled = g.node("Flatten", &[&gap], None, vec![attr_int("axis", 1)]);
-    let z = g.head(&pooled, &net.cancer)?;
-    g.node("Sigmoid", &[&z], Some("cancer"), vec![]);
-    let z = g.head(&pooled, &net.normal)?;
-    g.node("Sigmoid", &[&z], Some("normal"), vec![]);
-    let z = g.head(&pooled, &net.density)?;
-    g.node("Softmax", &[&z], Some("density"), vec![attr_int("axis", 1)]);
-    let z = g.head(&pooled, &net.percent)?;
-    let p = g.node("Sigmoid", &[&z], None, vec![]);
-    let hundred = g.init("hundred", &[], &[100.0]);
-    g.node("Mul", &[&p, &hundred], Some("percent_density"), vec![]);
-    let z = g.head(&pooled, &net.vendor)?;
-    g.node("Softmax", &[&z], Some("vendor"), vec![attr_int("axis", 1)]);
-    let z = g.head(&pooled, &net.view)?;
-    g.node("Softmax", &[&z], Some("view"), vec![attr_int("axis", 1)]);
-    let mut d = f;
-    for layer in &net.decoder {
-        d = g.up_bn(&d, layer)?;
-    }
-    let m = g.conv1x1(&d, &net.mask)?;
-    g.node("Sigmoid", &[&m], Some("dense_mask"), vec![]);
-    let r = g.conv1x1(&d, &net.recon)?;
-    let recon = g.node("Identity", &[&r], Some("reconstruction"), vec![]);
-    let diff = g.node("Sub", &[&recon, &target], None, vec![]);
-    let sq = g.node("Mul", &[&diff, &diff], None, vec![]);
-    let mean = g.node(
-        "ReduceMean",
-        &[&sq],
-        None,
-        vec![attr_ints("axes", &[1, 2, 3]), attr_int("keepdims", 1)],
-    );
-    g.node(
-        "Flatten",
-        &[&mean],
-        Some("recon_error"),
-        vec![attr_int("axis", 1)],
-    );
 
     let v = meta.vendor_classes.len();
     let mut outputs = vec![
@@ -458,7 +454,7 @@ pub fn to_onnx<B: Backend>(
         value_info("reconstruction", &[None, Some(1), Some(h), Some(w)]),
         value_info("recon_error", &[None, Some(1)]),
     ];
-    if ood.is_some() {
+    if with_ood {
         outputs.push(value_info(OOD_OUTPUT, &[None, Some(1)]));
     }
     Ok(pb::ModelProto {
@@ -488,6 +484,88 @@ pub fn to_onnx<B: Backend>(
             .collect(),
         ..Default::default()
     })
+}
+
+/// One network's nodes, from the graph input `image` (and `target`, its 4×4 average pool) to
+/// its outputs, named by `name` (the contract's names for a single network).
+fn member_graph<B: Backend>(
+    g: &mut Graph,
+    net: &MtlNet<B>,
+    ood: Option<&OodStats>,
+    target: &str,
+    name: &dyn Fn(&str) -> String,
+) -> Result<(), ExportError> {
+    let mut f = g.conv_bn("image", &net.stem)?;
+    let mut depth_scores = Vec::new();
+    for (i, layer) in net.encoder.iter().enumerate() {
+        f = g.conv_bn(&f, layer)?;
+        if let (Some(o), Some(k)) = (ood, OOD_LAYERS.iter().position(|&l| l == i)) {
+            let l = o.layers.get(k).ok_or_else(|| {
+                ExportError::Ood(format!(
+                    "{} layers of statistics, need {}",
+                    o.layers.len(),
+                    OOD_LAYERS.len()
+                ))
+            })?;
+            depth_scores.push(g.ood_depth(&f, l)?);
+        }
+    }
+    if ood.is_some() {
+        let mut total = depth_scores[0].clone();
+        for s in &depth_scores[1..] {
+            total = g.node("Add", &[&total, s], None, vec![]);
+        }
+        g.node("Identity", &[&total], Some(name(OOD_OUTPUT).as_str()), vec![]);
+    }
+    let gap = g.node("GlobalAveragePool", &[&f], None, vec![]);
+    let pooled = g.node("Flatten", &[&gap], None, vec![attr_int("axis", 1)]);
+    let z = g.head(&pooled, &net.cancer)?;
+    g.node("Sigmoid", &[&z], Some(name("cancer").as_str()), vec![]);
+    let z = g.head(&pooled, &net.normal)?;
+    g.node("Sigmoid", &[&z], Some(name("normal").as_str()), vec![]);
+    let z = g.head(&pooled, &net.density)?;
+    g.node(
+        "Softmax",
+        &[&z],
+        Some(name("density").as_str()),
+        vec![attr_int("axis", 1)],
+    );
+    let z = g.head(&pooled, &net.percent)?;
+    let p = g.node("Sigmoid", &[&z], None, vec![]);
+    let hundred = g.init("hundred", &[], &[100.0]);
+    g.node("Mul", &[&p, &hundred], Some(name("percent_density").as_str()), vec![]);
+    let z = g.head(&pooled, &net.vendor)?;
+    g.node(
+        "Softmax",
+        &[&z],
+        Some(name("vendor").as_str()),
+        vec![attr_int("axis", 1)],
+    );
+    let z = g.head(&pooled, &net.view)?;
+    g.node("Softmax", &[&z], Some(name("view").as_str()), vec![attr_int("axis", 1)]);
+    let mut d = f;
+    for layer in &net.decoder {
+        d = g.up_bn(&d, layer)?;
+    }
+    let m = g.conv1x1(&d, &net.mask)?;
+    g.node("Sigmoid", &[&m], Some(name("dense_mask").as_str()), vec![]);
+    let r = g.conv1x1(&d, &net.recon)?;
+    let recon = g.node("Identity", &[&r], Some(name("reconstruction").as_str()), vec![]);
+    let diff = g.node("Sub", &[&recon, target], None, vec![]);
+    let sq = g.node("Mul", &[&diff, &diff], None, vec![]);
+    let mean = g.node(
+        "ReduceMean",
+        &[&sq],
+        None,
+        vec![attr_ints("axes", &[1, 2, 3]), attr_int("keepdims", 1)],
+    );
+    g.node(
+        "Flatten",
+        &[&mean],
+        Some(name("recon_error").as_str()),
+        vec![attr_int("axis", 1)],
+    );
+    Ok(())
 }
 
 /// Export to `path` (no `ood_score` output).
@@ -714,16 +792,21 @@ pub struct ExportOptions {
 /// Export the training run in folder `run` (its `fit_config.json` and `best.mpk`) to the ONNX
 /// file `out` with the `ood_score` output fitted on the manifest's training rows, then set the
 /// thresholds with tract on that file from the `manifest`'s validation rows (training rows when
-/// there are none). Returns the metadata written.
+/// there are none). Several runs make an ensemble ([`to_onnx_ensemble`]): they must share the
+/// network shape, source classes and preprocessing (e.g. the same command with other seeds);
+/// `mammo.config` is then `{"ensemble": [config, …]}` and `mammo.seed` the first run's. Returns
+/// the metadata written.
 pub fn export_run(
-    run: &Path,
+    runs: &[std::path::PathBuf],
     manifest_path: &Path,
     out: &Path,
     o: &ExportOptions,
 ) -> Result<ModelMeta, ExportError> {
     use crate::model::labels::Split;
-    let cfg = super::fit::read_config(run)?;
-    let net = super::fit::load_net(&run.join("best.mpk"), &cfg.model)?;
+    let first = runs
+        .first()
+        .ok_or_else(|| ExportError::Data("no run to export".into()))?;
+    let cfg = super::fit::read_config(first)?;
     let rows = crate::dataset::manifest::read(manifest_path)?;
     let root = manifest_path.parent().unwrap_or(Path::new("."));
     let pick = |split| -> Vec<_> {
@@ -740,13 +823,27 @@ pub fn export_run(
         );
         val = pick(Split::Train);
     }
-    let cache = run.join("cache");
+    let cache = first.join("cache");
     let samples = super::data::load(root, &val, &cfg.preprocess(), Some(&cache), cfg.threads)?;
     let train = pick(Split::Train);
     let train_samples =
         super::data::load(root, &train, &cfg.preprocess(), Some(&cache), cfg.threads)?;
-    let features = stage_features(&net, &train_samples, cfg.model.height, cfg.model.width)?;
-    let ood = fit_ood(&features)?;
+    let mut nets = Vec::new();
+    let mut configs = Vec::new();
+    for run in runs {
+        let c = super::fit::read_config(run)?;
+        if c.model != cfg.model || c.preprocess() != cfg.preprocess() {
+            return Err(ExportError::Data(format!(
+                "{} and {} differ in network or preprocessing: not one ensemble",
+                first.display(),
+                run.display()
+            )));
+        }
+        let net = super::fit::load_net(&run.join("best.mpk"), &c.model)?;
+        let features = stage_features(&net, &train_samples, cfg.model.height, cfg.model.width)?;
+        nets.push((net, fit_ood(&features)?));
+        configs.push(c);
+    }
     let mut meta = meta_for(
         &cfg,
         &o.name,
@@ -757,12 +854,22 @@ pub fn export_run(
         o.sensitivity as f32,
         f32::INFINITY,
     );
+    if configs.len() > 1 {
+        meta.config = serde_json::json!({ "ensemble": configs }).to_string();
+    }
     meta.ood_threshold = Some(f32::INFINITY);
-    export_with(&net, &meta, Some(&ood), out)?;
+    let members: Vec<_> = nets.iter().map(|(n, ood)| (n, Some(ood))).collect();
+    let proto = to_onnx_ensemble(&members, &meta)?;
+    std::fs::write(out, proto.encode_to_vec()).map_err(|e| ExportError::Write {
+        path: out.display().to_string(),
+        detail: e.to_string(),
+    })?;
     let t = calibrate_thresholds(out, &samples, o.sensitivity)?;
     log::info!(
-        "export {}: cancer threshold {:.4} at sensitivity {} on {} validation images (tract), recon_error threshold {:.5}, ood_score threshold {:.3} (features of {} training images)",
+        "export {} ({} member{}): cancer threshold {:.4} at sensitivity {} on {} validation images (tract), recon_error threshold {:.5}, ood_score threshold {:.3} (features of {} training images)",
         out.display(),
+        runs.len(),
+        if runs.len() == 1 { "" } else { "s" },
         t.cancer,
         o.sensitivity,
         samples.len(),

@@ -79,6 +79,10 @@ pub struct FitConfig {
     /// Epochs without improvement of the primary metric before stopping.
     pub patience: usize,
     pub augment: bool,
+    /// Source-balanced sampling: each training image of a named source (the manifest's
+    /// `source`, e.g. `rsna-m29`) is drawn this many times per epoch (≥ 1; others once), so a
+    /// machine with few images weighs more than its share (an epoch then has more steps).
+    pub oversample: std::collections::BTreeMap<String, usize>,
     /// Threads for decoding and preprocessing.
     pub threads: usize,
     /// Backend, device and float type of training.
@@ -109,6 +113,7 @@ impl Default for FitConfig {
             uncertainty: false,
             patience: 6,
             augment: true,
+            oversample: Default::default(),
             threads: 2,
             backend: BackendKind::default(),
             device: Device::Cpu,
@@ -139,6 +144,11 @@ impl FitConfig {
             .map_err(|e| FitError::Config(e.to_string()))?;
         if self.epochs == 0 || self.batch_size == 0 {
             return Err(FitError::Config("epochs and batch_size must be > 0".into()));
+        }
+        if let Some((source, _)) = self.oversample.iter().find(|(_, &n)| n == 0) {
+            return Err(FitError::Config(format!(
+                "oversample.{source} = 0: a factor is at least 1"
+            )));
         }
         if self.devices == 0 || self.devices > self.batch_size {
             return Err(FitError::Config(format!(
@@ -569,12 +579,35 @@ fn fit_on<B: AutodiffBackend>(
         .as_ref()
         .map(|_| burn::collective::PeerId::from(0usize));
 
-    let steps_per_epoch = train.len().div_ceil(cfg.batch_size);
+    // Each training image once per epoch, or `oversample[source]` times.
+    let draws: Vec<usize> = train
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| {
+            let n = s
+                .labels
+                .source
+                .as_ref()
+                .and_then(|src| cfg.oversample.get(src))
+                .copied()
+                .unwrap_or(1);
+            std::iter::repeat_n(i, n)
+        })
+        .collect();
+    if draws.len() != train.len() {
+        log::info!(
+            "oversampling {:?}: {} draws per epoch from {} images",
+            cfg.oversample,
+            draws.len(),
+            train.len()
+        );
+    }
+    let steps_per_epoch = draws.len().div_ceil(cfg.batch_size);
     let total_steps = (steps_per_epoch * cfg.epochs).max(1);
     let mut rng = SplitMix64::from_state(progress.rng_state);
     for epoch in progress.epoch + 1..=cfg.epochs {
         let t0 = Instant::now();
-        let mut order: Vec<usize> = (0..train.len()).collect();
+        let mut order: Vec<usize> = draws.clone();
         for i in (1..order.len()).rev() {
             let j = (rng.next_u64() % (i as u64 + 1)) as usize;
             order.swap(i, j);

@@ -709,3 +709,80 @@ fn ood_score_in_the_graph_is_the_feature_distance_and_separates_foreign_images()
         "{e}"
     );
 }
+
+#[test]
+fn an_ensemble_export_averages_its_members_outputs_and_refuses_unlike_runs() {
+    use mammo_edge::train::export::{export_run, ExportOptions};
+    let (d, cfg) = trained();
+    let manifest = d.path().join("manifest.csv");
+    // a second member: the same network and data, another seed
+    let other = FitConfig { seed: 2, ..cfg.clone() };
+    fit(&manifest, &other, &d.path().join("run2"), false).unwrap();
+    let o = ExportOptions {
+        name: "test-ensemble".into(),
+        version: "0.0.1".into(),
+        intended_use: "research only, not for clinical use".into(),
+        training_data: "phantoms".into(),
+        sensitivity: 0.8,
+    };
+    let runs = [d.path().join("run"), d.path().join("run2")];
+    let paths: Vec<_> = ["a.onnx", "b.onnx", "ab.onnx"]
+        .iter()
+        .map(|f| d.path().join(f))
+        .collect();
+    export_run(&runs[..1], &manifest, &paths[0], &o).unwrap();
+    export_run(&runs[1..], &manifest, &paths[1], &o).unwrap();
+    let meta = export_run(&runs, &manifest, &paths[2], &o).unwrap();
+    let config: serde_json::Value = serde_json::from_str(&meta.config).unwrap();
+    assert_eq!(config["ensemble"].as_array().map(Vec::len), Some(2));
+    assert_eq!(config["ensemble"][1]["seed"], 2);
+    let [a, b, ab] = [0, 1, 2].map(|i| ModelRunner::load(&paths[i]).unwrap());
+
+    let rows = manifest::read(&manifest).unwrap();
+    let phantom = data::load_one(d.path(), 0, &rows[0], &cfg.preprocess(), None)
+        .unwrap()
+        .input;
+    let mut rng = SplitMix64::new(5);
+    let noise: Vec<f32> = (0..128 * 64).map(|_| rng.normal() as f32).collect();
+    for input in [&phantom, &noise] {
+        let (x, y, m) = (
+            a.run(input).unwrap(),
+            b.run(input).unwrap(),
+            ab.run(input).unwrap(),
+        );
+        // the two seeds give two networks, and the ensemble is their mean, output by output
+        assert!((x.cancer - y.cancer).abs() > 1e-4, "{} {}", x.cancer, y.cancer);
+        let mean = |p: f32, q: f32| (p + q) / 2.0;
+        assert!((m.cancer - mean(x.cancer, y.cancer)).abs() <= 1e-5);
+        assert!((m.percent_density - mean(x.percent_density, y.percent_density)).abs() <= 1e-3);
+        assert!((m.recon_error - mean(x.recon_error, y.recon_error)).abs() <= 1e-5);
+        let (ox, oy, om) = (
+            x.ood_score.unwrap(),
+            y.ood_score.unwrap(),
+            m.ood_score.unwrap(),
+        );
+        assert!((om - mean(ox, oy)).abs() <= 1e-3 * om.max(1.0), "{om} {ox} {oy}");
+        for (v, (p, q)) in m.density.iter().zip(x.density.iter().zip(&y.density)) {
+            assert!((v - mean(*p, *q)).abs() <= 1e-5);
+        }
+        assert!(max_diff(&m.dense_mask, &x.dense_mask) > 0.0);
+    }
+    // the thresholds are the ensemble's own, set with tract on its file
+    assert!(ab.meta.ood_threshold.unwrap().is_finite());
+
+    // a run of another network shape is not a member
+    let wider = FitConfig {
+        model: cfg.model.clone().with_hidden(8),
+        ..cfg.clone()
+    };
+    fit(&manifest, &wider, &d.path().join("run3"), false).unwrap();
+    let e = export_run(
+        &[runs[0].clone(), d.path().join("run3")],
+        &manifest,
+        &d.path().join("bad.onnx"),
+        &o,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("not one ensemble"), "{e}");
+}

@@ -287,6 +287,21 @@ fn associations_outside_the_allow_lists_or_over_the_limit_are_rejected() {
     assert!(s2
         .log_text()
         .contains("refused: address not in dicom.ip_allow"));
+
+    // a dual-stack listener on [::] sees an IPv4 modality as ::ffff:127.0.0.1, which the IPv4
+    // allow-list still admits (the address is compared in its canonical form)
+    let broker3 = Broker::start();
+    let port3 = free_port();
+    let dicom3 = format!(
+        "[dicom]\nlisten = \"[::]:{port3}\"\nae_title = \"{AE}\"\n\
+         calling_ae_allow = [\"{MODALITY}\"]\nip_allow = [\"127.0.0.1\"]\n"
+    );
+    let s3 = Setup::new(&broker3.url(), &dicom3);
+    let _d3 = s3.start();
+    wait_receiver(port3, &s3);
+    let mapped = echo(port3, MODALITY, AE);
+    assert!(mapped.status.success(), "{}", text(&mapped));
+    assert!(!s3.log_text().contains("refused"), "{}", s3.log_text());
 }
 
 #[test]
