@@ -515,7 +515,12 @@ fn member_graph<B: Backend>(
         for s in &depth_scores[1..] {
             total = g.node("Add", &[&total, s], None, vec![]);
         }
-        g.node("Identity", &[&total], Some(name(OOD_OUTPUT).as_str()), vec![]);
+        g.node(
+            "Identity",
+            &[&total],
+            Some(name(OOD_OUTPUT).as_str()),
+            vec![],
+        );
     }
     let gap = g.node("GlobalAveragePool", &[&f], None, vec![]);
     let pooled = g.node("Flatten", &[&gap], None, vec![attr_int("axis", 1)]);
@@ -533,7 +538,12 @@ fn member_graph<B: Backend>(
     let z = g.head(&pooled, &net.percent)?;
     let p = g.node("Sigmoid", &[&z], None, vec![]);
     let hundred = g.init("hundred", &[], &[100.0]);
-    g.node("Mul", &[&p, &hundred], Some(name("percent_density").as_str()), vec![]);
+    g.node(
+        "Mul",
+        &[&p, &hundred],
+        Some(name("percent_density").as_str()),
+        vec![],
+    );
     let z = g.head(&pooled, &net.vendor)?;
     g.node(
         "Softmax",
@@ -542,7 +552,12 @@ fn member_graph<B: Backend>(
         vec![attr_int("axis", 1)],
     );
     let z = g.head(&pooled, &net.view)?;
-    g.node("Softmax", &[&z], Some(name("view").as_str()), vec![attr_int("axis", 1)]);
+    g.node(
+        "Softmax",
+        &[&z],
+        Some(name("view").as_str()),
+        vec![attr_int("axis", 1)],
+    );
     let mut d = f;
     for layer in &net.decoder {
         d = g.up_bn(&d, layer)?;
@@ -550,7 +565,12 @@ fn member_graph<B: Backend>(
     let m = g.conv1x1(&d, &net.mask)?;
     g.node("Sigmoid", &[&m], Some(name("dense_mask").as_str()), vec![]);
     let r = g.conv1x1(&d, &net.recon)?;
-    let recon = g.node("Identity", &[&r], Some(name("reconstruction").as_str()), vec![]);
+    let recon = g.node(
+        "Identity",
+        &[&r],
+        Some(name("reconstruction").as_str()),
+        vec![],
+    );
     let diff = g.node("Sub", &[&recon, target], None, vec![]);
     let sq = g.node("Mul", &[&diff, &diff], None, vec![]);
     let mean = g.node(

@@ -716,7 +716,10 @@ fn an_ensemble_export_averages_its_members_outputs_and_refuses_unlike_runs() {
     let (d, cfg) = trained();
     let manifest = d.path().join("manifest.csv");
     // a second member: the same network and data, another seed
-    let other = FitConfig { seed: 2, ..cfg.clone() };
+    let other = FitConfig {
+        seed: 2,
+        ..cfg.clone()
+    };
     fit(&manifest, &other, &d.path().join("run2"), false).unwrap();
     let o = ExportOptions {
         name: "test-ensemble".into(),
@@ -751,7 +754,12 @@ fn an_ensemble_export_averages_its_members_outputs_and_refuses_unlike_runs() {
             ab.run(input).unwrap(),
         );
         // the two seeds give two networks, and the ensemble is their mean, output by output
-        assert!((x.cancer - y.cancer).abs() > 1e-4, "{} {}", x.cancer, y.cancer);
+        assert!(
+            (x.cancer - y.cancer).abs() > 1e-4,
+            "{} {}",
+            x.cancer,
+            y.cancer
+        );
         let mean = |p: f32, q: f32| (p + q) / 2.0;
         assert!((m.cancer - mean(x.cancer, y.cancer)).abs() <= 1e-5);
         assert!((m.percent_density - mean(x.percent_density, y.percent_density)).abs() <= 1e-3);
@@ -761,7 +769,10 @@ fn an_ensemble_export_averages_its_members_outputs_and_refuses_unlike_runs() {
             y.ood_score.unwrap(),
             m.ood_score.unwrap(),
         );
-        assert!((om - mean(ox, oy)).abs() <= 1e-3 * om.max(1.0), "{om} {ox} {oy}");
+        assert!(
+            (om - mean(ox, oy)).abs() <= 1e-3 * om.max(1.0),
+            "{om} {ox} {oy}"
+        );
         for (v, (p, q)) in m.density.iter().zip(x.density.iter().zip(&y.density)) {
             assert!((v - mean(*p, *q)).abs() <= 1e-5);
         }
