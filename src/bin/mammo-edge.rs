@@ -19,12 +19,14 @@ const EXIT_CONFIG: u8 = 3;
 const EXIT_MODEL: u8 = 4;
 const EXIT_BROKER: u8 = 5;
 const EXIT_STATE: u8 = 6;
+const EXIT_SR_DESTINATION: u8 = 7;
 
 const DAEMON_EXIT_HELP: &str = "Exit status: 0 ok (run: stopped by SIGTERM/SIGINT), \
     1 other failure, 2 usage error, 3 configuration refused (the message names the key) or a \
     watch.dirs folder that cannot be watched, 4 model refused (unreadable or not following docs/model-contract.md), \
     5 broker unreachable or TLS / credential files unusable, \
-    6 state folder or database unusable, or privacy.key_file unusable.";
+    6 state folder or database unusable, or privacy.key_file unusable, \
+    7 (check) an [[sr.destination]] does not answer C-ECHO.";
 
 #[derive(Parser)]
 #[command(
@@ -55,13 +57,14 @@ enum Command {
     /// Print the default configuration, every key commented, to edit into /etc/mammo-edge/config.toml.
     PrintDefaultConfig,
     /// Check a configuration: the config itself, the model contract, the state folder and,
-    /// unless --no-broker, that the broker answers (CONNACK within 10 s).
+    /// unless --no-broker, that the broker answers (CONNACK within 10 s) and each
+    /// [[sr.destination]] answers C-ECHO.
     #[command(after_help = DAEMON_EXIT_HELP)]
     Check {
         /// TOML configuration.
         #[arg(long, value_name = "PATH")]
         config: PathBuf,
-        /// Do not connect to the broker.
+        /// Do not connect to the broker or the SR destinations.
         #[arg(long)]
         no_broker: bool,
     },
@@ -238,7 +241,8 @@ enum Command {
         #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
         timeout: u64,
         /// Send the exam by DICOM C-STORE to the daemon's receiver (on a loopback port) instead
-        /// of dropping it into the export folder.
+        /// of dropping it into the export folder; the daemon writes the exam's Mammography CAD
+        /// SR into the demo folder's sr/ (see --keep).
         #[arg(long)]
         dicom: bool,
     },
@@ -358,6 +362,7 @@ fn daemon_failure(e: &mammo_edge::edge::daemon::DaemonError) -> ExitCode {
         D::Publish(_) => EXIT_BROKER,
         D::Store(_) | D::Privacy(_) => EXIT_STATE,
         D::Watch(_) | D::Scp(_) => EXIT_CONFIG,
+        D::SrDestination { .. } => EXIT_SR_DESTINATION,
         D::Runtime(_) => 1,
     })
 }
@@ -484,6 +489,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                             "not checked".into()
                         }
                     ));
+                    for key in &r.sr_echoed {
+                        emit(&format!("ok: SR destination {key} answers C-ECHO"));
+                    }
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => Ok(daemon_failure(&e)),
@@ -735,7 +743,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             eprintln!(
                 "demo: {} image, {} exam, {} skipped and {} error messages in {:.1} s from the daemon \
-                 via {} ({}, topics {}/…){}",
+                 via {} ({}, topics {}/…){}{}",
                 d.images,
                 d.exams,
                 d.skipped,
@@ -744,6 +752,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 d.broker_url,
                 if d.embedded_broker { "embedded broker" } else { "--broker" },
                 d.topic_prefix,
+                if d.sr_files > 0 {
+                    format!("; {} Mammography CAD SR written", d.sr_files)
+                } else {
+                    String::new()
+                },
                 d.kept
                     .as_ref()
                     .map(|k| format!("; files kept in {}", k.display()))

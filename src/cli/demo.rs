@@ -95,7 +95,8 @@ pub struct DemoOptions {
     pub seed: u64,
     /// How long to wait for all messages.
     pub timeout: Duration,
-    /// Send the exam to the daemon's C-STORE receiver (`[dicom]` on a loopback port) instead
+    /// Send the exam to the daemon's C-STORE receiver (`[dicom]` on a loopback port), and have
+    /// its Mammography CAD SR written to `<folder>/sr` (`[sr] folder`), instead
     /// of dropping it into the export folder; the refusals still go to the folder.
     pub dicom: bool,
 }
@@ -132,6 +133,8 @@ pub struct DemoSummary {
     pub model: String,
     pub intended_use: String,
     pub elapsed: Duration,
+    /// `--dicom`: the Mammography CAD SR files the daemon wrote to its `sr.folder`.
+    pub sr_files: usize,
 }
 
 /// A file the demo drops into the export folder and what the daemon must make of it.
@@ -411,6 +414,8 @@ pub async fn run(
             ip_allow: vec!["127.0.0.1".into()],
             ..Default::default()
         });
+        // and the exam's Mammography CAD SR comes back as a file (a PACS would get it by C-STORE)
+        config.sr.folder = root.join("sr");
         config.validate()?;
     }
     let cfg_path = root.join("config.toml");
@@ -590,6 +595,29 @@ pub async fn run(
         });
     }
 
+    // ---- with --dicom, the SR the daemon queued with the exam (written within moments)
+    let sr_files = if opts.dicom {
+        let dir = config.sr.folder.clone();
+        let count = || {
+            std::fs::read_dir(&dir)
+                .map(|rd| {
+                    rd.flatten()
+                        .filter(|e| e.file_name().to_string_lossy().ends_with(".dcm"))
+                        .count()
+                })
+                .unwrap_or(0)
+        };
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        while count() < exams && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let n = count();
+        log::info!("{n} Mammography CAD SR file(s) in {}", dir.display());
+        n
+    } else {
+        0
+    };
+
     // ---- stop the daemon, let the subscriber go
     let _ = stop_tx.send(());
     let stats = match tokio::time::timeout(Duration::from_secs(30), &mut daemon).await {
@@ -601,6 +629,7 @@ pub async fn run(
     let _ = client.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_millis(500), events.poll()).await;
     Ok(DemoSummary {
+        sr_files,
         images: seen_images.len(),
         exams,
         skipped,

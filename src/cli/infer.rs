@@ -183,7 +183,17 @@ pub fn write_srs(
             continue;
         }
         let revision = exam["revision"].as_u64().unwrap_or(1);
-        let id = sr::identity(study, model_sha256, revision, sr::ContentTime::at(now));
+        let sources: Vec<&str> = images
+            .iter()
+            .map(|(s, _)| s.sop_instance_uid.as_str())
+            .collect();
+        let id = sr::identity(
+            study,
+            model_sha256,
+            revision,
+            &sources,
+            sr::ContentTime::at(now),
+        );
         let obj = sr::build(&images, exam, &id)?;
         let path = dir.join(format!("{}.dcm", id.sop_instance_uid));
         obj.write_to_file(&path)?;

@@ -80,6 +80,121 @@ pub struct Config {
     /// `[dicom]`: the C-STORE receiver; absent = no listener (the default).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dicom: Option<DicomConfig>,
+    /// `[sr]`: where each exam's Mammography CAD SR goes; default nowhere.
+    #[serde(skip_serializing_if = "SrConfig::is_off")]
+    pub sr: SrConfig,
+}
+
+/// `[sr]`: the Mammography CAD SR of each exam revision (docs/conformance.md), delivered
+/// through the state database like the MQTT outbox: to each `[[sr.destination]]` by C-STORE
+/// and/or written to `folder`. The SR carries the patient module of its images, so while SR is
+/// on the state database keeps those header attributes of each scored image until its result
+/// is purged (`state.retention_days`); they go nowhere else.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SrConfig {
+    /// `[[sr.destination]]`: storage SCPs (PACS, viewer) sent every SR. Default none.
+    pub destination: Vec<SrDestination>,
+    /// Folder each SR is also written to, as `<SOPInstanceUID>.dcm`; empty = none (default).
+    pub folder: PathBuf,
+    /// Longest wait between two tries of one delivery, s (the wait doubles from 1 s up to
+    /// it). Default 300.
+    pub retry_max_secs: u64,
+}
+
+impl Default for SrConfig {
+    fn default() -> Self {
+        SrConfig {
+            destination: Vec::new(),
+            folder: PathBuf::new(),
+            retry_max_secs: 300,
+        }
+    }
+}
+
+impl SrConfig {
+    /// True when SRs go nowhere (no destination, no folder): none is made.
+    pub fn is_off(&self) -> bool {
+        self.destination.is_empty() && is_unset(&self.folder)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let ae_ok = |t: &str| {
+            !t.trim().is_empty()
+                && t.len() <= 16
+                && t.chars().all(|c| c.is_ascii_graphic() || c == ' ')
+                && !t.contains('\\')
+        };
+        for d in &self.destination {
+            if !ae_ok(&d.ae_title) {
+                return Err(invalid(
+                    "sr.destination.ae_title",
+                    format!(
+                        "{:?}: 1 to 16 printable ASCII characters, no backslash",
+                        d.ae_title
+                    ),
+                ));
+            }
+            if !ae_ok(&d.calling_ae) {
+                return Err(invalid(
+                    "sr.destination.calling_ae",
+                    format!(
+                        "{:?}: 1 to 16 printable ASCII characters, no backslash",
+                        d.calling_ae
+                    ),
+                ));
+            }
+            let port_ok = d
+                .address
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !port_ok {
+                return Err(invalid(
+                    "sr.destination.address",
+                    format!("{:?} is not host:port", d.address),
+                ));
+            }
+            if d.timeout_secs == 0 || d.timeout_secs > 3600 {
+                return Err(invalid("sr.destination.timeout_secs", "must be 1 to 3600"));
+            }
+        }
+        if self.retry_max_secs == 0 || self.retry_max_secs > 86_400 {
+            return Err(invalid("sr.retry_max_secs", "must be 1 to 86400"));
+        }
+        Ok(())
+    }
+}
+
+/// One `[[sr.destination]]`: a storage SCP the SR is sent to by C-STORE.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SrDestination {
+    /// The peer's AE title (called AE). Required.
+    pub ae_title: String,
+    /// `host:port` of the peer. Required.
+    pub address: String,
+    /// This node's AE title towards the peer. Default `MAMMO_EDGE`.
+    pub calling_ae: String,
+    /// Connection, read and write time limit, s. Default 30.
+    pub timeout_secs: u64,
+}
+
+impl Default for SrDestination {
+    fn default() -> Self {
+        SrDestination {
+            ae_title: String::new(),
+            address: String::new(),
+            calling_ae: "MAMMO_EDGE".into(),
+            timeout_secs: 30,
+        }
+    }
+}
+
+impl SrDestination {
+    /// The name of this destination in the state database and logs: `AE@host:port`.
+    pub fn key(&self) -> String {
+        format!("{}@{}", self.ae_title, self.address)
+    }
 }
 
 /// Largest `dicom.max_associations`.
@@ -624,6 +739,19 @@ publish_file_names = false
 # ip_allow = ["10.1.2.0/24"]
 # max_associations = 8
 # timeout_secs = 60
+
+# Mammography CAD SR of each exam revision (docs/conformance.md), sent through the state
+# database (nothing lost on a crash or a PACS outage; retried with a doubling wait). Absent =
+# no SR. While on, the state database keeps the patient and study attributes of each scored
+# image's header until its result is purged; the SR goes only to these destinations.
+# [sr]
+# folder = ""                   # also write <SOPInstanceUID>.dcm here ("" = no)
+# retry_max_secs = 300
+# [[sr.destination]]            # zero or more storage SCPs (PACS, viewer)
+# ae_title = "PACS"
+# address = "pacs.example:104"
+# calling_ae = "MAMMO_EDGE"
+# timeout_secs = 30
 "#;
 
 impl Config {
@@ -741,6 +869,7 @@ impl Config {
         if let Some(d) = &self.dicom {
             d.validate()?;
         }
+        self.sr.validate()?;
         if self.privacy.uids == UidMode::Hashed && is_unset(&self.privacy.key_file) {
             return Err(invalid(
                 "privacy.key_file",
@@ -821,6 +950,7 @@ impl Config {
             ("watch.dirs", self.watch.dirs != new.watch.dirs),
             ("state.dir", self.state.dir != new.state.dir),
             ("dicom", self.dicom != new.dicom),
+            ("sr", self.sr != new.sr),
             ("mqtt.url", o.url != n.url),
             ("mqtt.topic_prefix", o.topic_prefix != n.topic_prefix),
             ("mqtt.client_id", o.client_id != n.client_id),
@@ -850,6 +980,7 @@ impl Config {
         out.watch.dirs = self.watch.dirs.clone();
         out.state.dir = self.state.dir.clone();
         out.dicom = self.dicom.clone();
+        out.sr = self.sr.clone();
         out.privacy.uids = self.privacy.uids;
         out.privacy.key_file = self.privacy.key_file.clone();
         out.mqtt = MqttConfig {

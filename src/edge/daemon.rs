@@ -27,8 +27,11 @@ use crate::edge::health::{
 use crate::edge::message::{Messages, ModelInfo, Privacy, StoredScore};
 use crate::edge::publish::{probe, PublishError, Publisher, Retained, Topics};
 use crate::edge::service::{Liveness, Notifier};
+use crate::edge::sr::{self, SourceImage};
+use crate::edge::sr_delivery::SrSender;
 use crate::edge::store::{
-    result_id, Claim, Committed, ImageKey, StateLock, Status, Store, StoreError, Ticket, IO_REASON,
+    result_id, Claim, Committed, ImageKey, SrOutgoing, StateLock, Status, Store, StoreError,
+    Ticket, IO_REASON,
 };
 use crate::edge::watch::{scan, FsEvents, Stability, WatchError};
 use crate::ingest::dicom::{Category, IngestOptions, MammoMeta};
@@ -76,6 +79,9 @@ pub enum DaemonError {
     /// The DICOM receiver (`[dicom]`) could not start.
     #[error(transparent)]
     Scp(#[from] ScpError),
+    /// (In `check`) an `[[sr.destination]]` did not answer C-ECHO.
+    #[error("sr.destination {key}: {reason}")]
+    SrDestination { key: String, reason: String },
     /// A thread could not be started or a task failed.
     #[error("runtime: {0}")]
     Runtime(String),
@@ -158,11 +164,14 @@ pub struct CheckReport {
     pub model_sha256: String,
     /// False with `--no-broker`.
     pub broker_checked: bool,
+    /// The `[[sr.destination]]`s that answered C-ECHO (`AE@host:port`).
+    pub sr_echoed: Vec<String>,
 }
 
 /// `mammo-edge check`: model contract, state folder, privacy key, TLS / credential files and,
-/// when `broker` is true, a CONNACK from the broker within `broker_timeout`.
-/// Errors: `Model`, `Store`, `Privacy`, `Publish`.
+/// when `broker` is true, a CONNACK from the broker within `broker_timeout` and a C-ECHO
+/// answered by each `[[sr.destination]]` (within its `timeout_secs`).
+/// Errors: `Model`, `Store`, `Privacy`, `Publish`, `SrDestination`.
 pub async fn check(
     config: &Config,
     broker: bool,
@@ -173,10 +182,23 @@ pub async fn check(
     crate::edge::publish::mqtt_options(&config.mqtt)?;
     crate::edge::watch::check_dirs(&config.watch.dirs)?;
     Store::open(&config.state.dir, config.ingest.max_attempts)?;
+    let mut sr_echoed = Vec::new();
     if broker {
         probe(&config.mqtt, broker_timeout).await?;
+        for d in crate::edge::sr_delivery::Destination::from_config(&config.sr) {
+            if let crate::edge::sr_delivery::Destination::Scu { key, peer } = d {
+                crate::edge::dicom_scu::echo(&peer).await.map_err(|e| {
+                    DaemonError::SrDestination {
+                        key: key.clone(),
+                        reason: e.to_string(),
+                    }
+                })?;
+                sr_echoed.push(key);
+            }
+        }
     }
     Ok(CheckReport {
+        sr_echoed,
         model_name: model.runner.meta.model_name.clone(),
         model_version: model.runner.meta.model_version.clone(),
         model_sha256: model.sha256,
@@ -438,6 +460,8 @@ struct Pipeline {
     last_reload: Option<crate::edge::health::Reload>,
     /// The tick periods changed (reload): the loop rebuilds its intervals.
     ticks_changed: bool,
+    /// The SR sender's waker, while `[sr]` is on (SRs are made only then).
+    sr_waker: Option<Arc<Notify>>,
 }
 
 /// Run the daemon until `shutdown` resolves: recover the ledger, start the publisher, watch,
@@ -525,10 +549,32 @@ pub async fn run_with(
         .ok_or_else(|| DaemonError::Runtime("publisher handles taken".into()))?;
     let health_request = retained.health_request.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut publisher = tokio::spawn(publisher.run(stop_rx));
+    let mut publisher = tokio::spawn(publisher.run(stop_rx.clone()));
     // the publisher's end, once seen in the loop (it ends early only on a database error other
     // than lack of storage: results would pile up unpublished, so the daemon stops; review #23)
     let mut publisher_ended = None;
+
+    // the Mammography CAD SR sender, when [sr] names a destination
+    let sr_sender = if config.sr.is_off() {
+        None
+    } else {
+        let sender = SrSender::new(
+            Store::open(&config.state.dir, config.ingest.max_attempts)?,
+            &config.sr,
+        );
+        let wake = sender.waker();
+        log::info!(
+            "SR on: {} destination(s){}",
+            config.sr.destination.len(),
+            if config.sr.folder.as_os_str().is_empty() {
+                ""
+            } else {
+                " and a folder"
+            }
+        );
+        Some((tokio::spawn(sender.run(stop_rx.clone())), wake))
+    };
+    let (mut sr_task, mut sr_ended) = (None, None);
 
     let (_fs, mut fs_rx) = FsEvents::start(&config.watch.dirs)?;
     // the DICOM receiver: objects it stored are recorded and queued by this loop
@@ -603,7 +649,11 @@ pub async fn run_with(
         reload_again: false,
         last_reload: None,
         ticks_changed: false,
+        sr_waker: sr_sender.as_ref().map(|(_, w)| w.clone()),
     };
+    if let Some((task, _)) = sr_sender {
+        sr_task = Some(task);
+    }
     log::info!(
         "watching {} folder(s); broker {}; topics {}/…",
         p.config.watch.dirs.len(),
@@ -701,6 +751,17 @@ pub async fn run_with(
                 p.fatal = Some(why);
                 publisher_ended = Some(ended);
             }
+            ended = async { sr_task.as_mut().expect("guarded").await },
+                if sr_task.is_some() && sr_ended.is_none() => {
+                let why = match &ended {
+                    Ok(Ok(_)) => "the SR sender stopped".to_string(),
+                    Ok(Err(e)) => format!("the SR sender stopped: {e}"),
+                    Err(e) => format!("the SR sender task failed: {e}"),
+                };
+                log::error!("{why}; stopping, for systemd to restart the daemon (SRs are kept in the state database)");
+                p.fatal = Some(why);
+                sr_ended = Some(());
+            }
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)),
                 if deadline.is_some() => p.timed_out(),
         }
@@ -740,6 +801,18 @@ pub async fn run_with(
         Ok(Ok(Err(e))) => log::error!("publisher stopped: {e}"),
         Ok(Err(e)) => log::error!("publisher task: {e}"),
         Err(_) => log::warn!("publisher did not stop within 5 s"),
+    }
+    if let (Some(task), None) = (sr_task, sr_ended) {
+        match tokio::time::timeout(Duration::from_secs(5), task).await {
+            Ok(Ok(Ok(s))) => log::info!(
+                "SR sender stopped: {} delivered, {} failed tries",
+                s.delivered,
+                s.failures
+            ),
+            Ok(Ok(Err(e))) => log::error!("SR sender stopped: {e}"),
+            Ok(Err(e)) => log::error!("SR sender task: {e}"),
+            Err(_) => log::warn!("SR sender did not stop within 5 s"),
+        }
     }
     log::info!("stopped: {:?}", p.stats);
     match p.fatal {
@@ -1222,10 +1295,14 @@ impl Pipeline {
                     result_id: result_id(&s.meta.sop_instance_uid, &self.msgs.model.sha256),
                 };
                 let payload = msg.payload.clone();
-                match self
-                    .store
-                    .commit_result(&ticket, &key, &payload, std::slice::from_ref(&msg))
-                {
+                let source = self.sr_source(&path, &label);
+                match self.store.commit_result_with_source(
+                    &ticket,
+                    &key,
+                    &payload,
+                    std::slice::from_ref(&msg),
+                    source.as_deref(),
+                ) {
                     Ok(Committed::Stored(id)) => {
                         self.stats.scored += 1;
                         log::info!(
@@ -1442,16 +1519,109 @@ impl Pipeline {
             return Ok(());
         }
         let msg = self.msgs.exam(study, &exam, &ids);
-        self.store.commit_exam(study, revision, &exam, &[msg])?;
+        let srs = self.exam_srs(study, revision, &msg.payload)?;
+        self.store
+            .commit_exam_with_srs(study, revision, &exam, &[msg], &srs)?;
         self.stats.exams_published += 1;
         log::info!(
-            "exam published: revision {revision}, {} image(s), complete {}, triage {:?}",
+            "exam published: revision {revision}, {} image(s), complete {}, triage {:?}{}",
             exam.images,
             exam.complete,
-            exam.triage
+            exam.triage,
+            match srs.first() {
+                Some(sr) => format!(
+                    "; SR {} queued for {} destination(s)",
+                    sr.sop_instance_uid,
+                    srs.len()
+                ),
+                None => String::new(),
+            }
         );
         self.waker.notify_one();
+        if let (Some(w), false) = (&self.sr_waker, srs.is_empty()) {
+            w.notify_one();
+        }
         Ok(())
+    }
+
+    /// The header attributes the SR copies from a scored file, as JSON, while `[sr]` is on.
+    /// A header that cannot be read leaves the image out of the SR (logged without the path
+    /// or the reason's text, which may name the patient).
+    fn sr_source(&self, path: &Path, label: &str) -> Option<String> {
+        self.sr_waker.as_ref()?;
+        match SourceImage::read(path) {
+            Ok(s) => Some(s.to_json().to_string()),
+            Err(_) => {
+                log::warn!(
+                    "{label}: header not readable again for the SR; the image is left out of it"
+                );
+                None
+            }
+        }
+    }
+
+    /// The SR of an exam revision, one copy per destination of `[sr]` (none when it is off or
+    /// no image of the study has its SR source). `exam` is the exam message's payload. A
+    /// failure to build it is logged and leaves the exam without SR (its MQTT message goes).
+    fn exam_srs(
+        &self,
+        study: &str,
+        revision: u32,
+        exam: &serde_json::Value,
+    ) -> Result<Vec<SrOutgoing>, StoreError> {
+        if self.sr_waker.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut images = Vec::new();
+        for (src, result) in self
+            .store
+            .study_sr_sources(study, &self.msgs.model.sha256)?
+        {
+            let parsed = serde_json::from_str::<serde_json::Value>(&src)
+                .ok()
+                .and_then(|v| SourceImage::from_json(&v).ok())
+                .zip(serde_json::from_str::<serde_json::Value>(&result).ok());
+            match parsed {
+                Some(pair) => images.push(pair),
+                None => log::warn!("an SR source or result in the state database is unreadable; left out of the SR"),
+            }
+        }
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sources: Vec<&str> = images
+            .iter()
+            .map(|(s, _)| s.sop_instance_uid.as_str())
+            .collect();
+        let id = sr::identity(
+            &images[0].0.study_instance_uid,
+            &self.msgs.model.sha256,
+            u64::from(revision),
+            &sources,
+            sr::ContentTime::at(SystemTime::now()),
+        );
+        let mut bytes = Vec::new();
+        let built = sr::build(&images, exam, &id)
+            .map_err(|e| e.to_string())
+            .and_then(|o| o.write_all(&mut bytes).map_err(|e| e.to_string()));
+        if let Err(e) = built {
+            log::error!(
+                "exam revision {revision}: SR not made ({e}); the exam is published without it"
+            );
+            return Ok(Vec::new());
+        }
+        let mut keys: Vec<String> = self.config.sr.destination.iter().map(|d| d.key()).collect();
+        if !self.config.sr.folder.as_os_str().is_empty() {
+            keys.push(crate::edge::sr_delivery::FOLDER_KEY.to_string());
+        }
+        Ok(keys
+            .into_iter()
+            .map(|destination| SrOutgoing {
+                destination,
+                sop_instance_uid: id.sop_instance_uid.clone(),
+                object: bytes.clone(),
+            })
+            .collect())
     }
 
     fn quiet_exams(&mut self) {

@@ -1,8 +1,10 @@
 //! A DICOM C-STORE SCU (issue 14): sends Part 10 files as they are stored (no transcoding) to
 //! a storage SCP over dicom-ul on tokio, and C-ECHO. Used by `mammo-edge demo --dicom` to send
-//! its phantom exam to the daemon's receiver; the Mammography CAD SR delivery is to use it too.
-//! Main items: [`store_files`], [`echo`], [`ScuError`].
+//! its phantom exam to the daemon's receiver, and by the daemon's SR delivery
+//! ([`crate::edge::sr_delivery`]). Main items: [`store_files`], [`store_bytes`], [`echo`],
+//! [`ScuError`].
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -49,54 +51,114 @@ pub struct Peer {
     pub timeout: Duration,
 }
 
-/// One object ready to send: its UIDs and the byte offset of its data set in the file.
+/// One object to send: where its bytes come from, its UIDs and transfer syntax. A file's bytes
+/// are read only when it is its turn, so a batch never sits in memory at once.
 struct Object {
-    path: PathBuf,
+    label: PathBuf,
+    source: Source,
     sop_class: String,
     sop_instance: String,
     transfer_syntax: String,
-    bytes: Vec<u8>,
-    dataset_at: usize,
 }
 
+enum Source {
+    File,
+    Bytes(Vec<u8>),
+}
+
+/// The file meta group of a Part 10 stream (`bytes` from its start; at least the preamble,
+/// `DICM` and the group) and the offset of its data set. Errors: the reason, as text.
+fn parse_meta(bytes: &[u8]) -> Result<(dicom_object::FileMetaTable, usize), String> {
+    if bytes.len() < 132 || &bytes[128..132] != b"DICM" {
+        return Err("not a DICOM Part 10 file (no DICM prefix)".into());
+    }
+    let meta = dicom_object::FileMetaTable::from_reader(&bytes[128..])
+        .map_err(|e| format!("file meta: {e}"))?;
+    // the data set follows the group: 132 + (0002,0000) element (12 bytes) + its value
+    let dataset_at = 132 + 12 + meta.information_group_length as usize;
+    Ok((meta, dataset_at))
+}
+
+fn object_of(label: &Path, source: Source, meta: &dicom_object::FileMetaTable) -> Object {
+    let clean = |s: &str| s.trim_end_matches(['\0', ' ']).to_string();
+    Object {
+        label: label.to_path_buf(),
+        source,
+        sop_class: clean(meta.media_storage_sop_class_uid()),
+        sop_instance: clean(meta.media_storage_sop_instance_uid()),
+        transfer_syntax: clean(meta.transfer_syntax()),
+    }
+}
+
+/// The meta group of a file (read up to 64 KiB of its start, not the whole file).
 fn read_object(path: &Path) -> Result<Object, ScuError> {
+    use std::io::Read;
     let bad = |reason: String| ScuError::File {
         path: path.to_path_buf(),
         reason,
     };
-    let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-    if bytes.len() < 132 || &bytes[128..132] != b"DICM" {
-        return Err(bad("not a DICOM Part 10 file (no DICM prefix)".into()));
+    let mut head = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(64 * 1024).read_to_end(&mut head))
+        .map_err(|e| bad(e.to_string()))?;
+    let (meta, _) = parse_meta(&head).map_err(bad)?;
+    Ok(object_of(path, Source::File, &meta))
+}
+
+impl Object {
+    /// The data set's bytes (a file is read now). Errors: `File`.
+    fn dataset(&self) -> Result<Cow<'_, [u8]>, ScuError> {
+        let bad = |reason: String| ScuError::File {
+            path: self.label.clone(),
+            reason,
+        };
+        let all: Cow<'_, [u8]> = match &self.source {
+            Source::Bytes(b) => Cow::Borrowed(b),
+            Source::File => Cow::Owned(std::fs::read(&self.label).map_err(|e| bad(e.to_string()))?),
+        };
+        let (_, at) = parse_meta(&all).map_err(bad)?;
+        if at > all.len() {
+            return Err(bad("file meta group longer than the file".into()));
+        }
+        Ok(match all {
+            Cow::Borrowed(b) => Cow::Borrowed(&b[at..]),
+            Cow::Owned(mut v) => {
+                v.drain(..at);
+                Cow::Owned(v)
+            }
+        })
     }
-    let meta = dicom_object::FileMetaTable::from_reader(&bytes[128..])
-        .map_err(|e| bad(format!("file meta: {e}")))?;
-    // the data set follows the group: 132 + (0002,0000) element (12 bytes) + its value
-    let dataset_at = 132 + 12 + meta.information_group_length as usize;
-    if dataset_at > bytes.len() {
-        return Err(bad("file meta group longer than the file".into()));
-    }
-    let clean = |s: &str| s.trim_end_matches(['\0', ' ']).to_string();
-    Ok(Object {
-        path: path.to_path_buf(),
-        sop_class: clean(meta.media_storage_sop_class_uid()),
-        sop_instance: clean(meta.media_storage_sop_instance_uid()),
-        transfer_syntax: clean(meta.transfer_syntax()),
-        bytes,
-        dataset_at,
-    })
 }
 
 /// Send `files` in one association (one presentation context per SOP class and transfer
-/// syntax found, each file in its own transfer syntax). Returns the C-STORE-RSP status of
-/// each file, in order (0x0000 = success). Errors: [`ScuError`]; a file refused by status is
-/// not an error.
+/// syntax found, each file in its own transfer syntax; a file is read when its turn comes).
+/// Returns the C-STORE-RSP status of each file, in order (0x0000 = success). Errors:
+/// [`ScuError`]; a file refused by status is not an error.
 pub async fn store_files(peer: &Peer, files: &[PathBuf]) -> Result<Vec<u16>, ScuError> {
     let objects = files
         .iter()
         .map(|f| read_object(f))
         .collect::<Result<Vec<_>, _>>()?;
+    store_objects(peer, &objects).await
+}
+
+/// Send one Part 10 object held in memory (`bytes`: the whole file, preamble included);
+/// `label` names it in errors. Returns its C-STORE-RSP status (0x0000 = success). Errors:
+/// `File` (not Part 10), the others as [`store_files`].
+pub async fn store_bytes(peer: &Peer, label: &str, bytes: Vec<u8>) -> Result<u16, ScuError> {
+    let label = Path::new(label);
+    let (meta, _) = parse_meta(&bytes).map_err(|reason| ScuError::File {
+        path: label.to_path_buf(),
+        reason,
+    })?;
+    let o = object_of(label, Source::Bytes(bytes), &meta);
+    let statuses = store_objects(peer, std::slice::from_ref(&o)).await?;
+    Ok(statuses.first().copied().unwrap_or(0xFFFF))
+}
+
+async fn store_objects(peer: &Peer, objects: &[Object]) -> Result<Vec<u16>, ScuError> {
     let mut contexts: Vec<(String, String)> = Vec::new();
-    for o in &objects {
+    for o in objects {
         let c = (o.sop_class.clone(), o.transfer_syntax.clone());
         if !contexts.contains(&c) {
             contexts.push(c);
@@ -154,7 +216,7 @@ async fn store_one(
         })
         .map(|pc| pc.id)
         .ok_or_else(|| ScuError::NoContext {
-            path: o.path.clone(),
+            path: o.label.clone(),
             sop_class: o.sop_class.clone(),
             transfer_syntax: o.transfer_syntax.clone(),
         })?;
@@ -184,10 +246,11 @@ async fn store_one(
             PrimitiveValue::from(o.sop_instance.as_str()),
         ),
     ]);
+    let dataset = o.dataset()?;
     send_command(a, pc, &command).await.map_err(exchange)?;
     {
         let mut w = a.send_pdata(pc);
-        w.write_all(&o.bytes[o.dataset_at..])
+        w.write_all(&dataset)
             .await
             .map_err(|e| exchange(e.to_string()))?;
         w.finish().await.map_err(|e| exchange(e.to_string()))?;

@@ -95,6 +95,55 @@ impl SourceImage {
             patient_study: COPIED.iter().map(|(t, vr)| (*t, *vr, text(*t))).collect(),
         })
     }
+
+    /// As JSON, for the daemon's state database until the exam's SR is made: the four UIDs and
+    /// the copied attributes keyed by tag (`"00100010"`).
+    pub fn to_json(&self) -> Value {
+        let attrs: serde_json::Map<String, Value> = self
+            .patient_study
+            .iter()
+            .map(|(t, _, v)| {
+                (
+                    format!("{:04X}{:04X}", t.group(), t.element()),
+                    Value::from(v.as_str()),
+                )
+            })
+            .collect();
+        serde_json::json!({
+            "sop_class_uid": self.sop_class_uid,
+            "sop_instance_uid": self.sop_instance_uid,
+            "series_instance_uid": self.series_instance_uid,
+            "study_instance_uid": self.study_instance_uid,
+            "attributes": attrs,
+        })
+    }
+
+    /// The inverse of [`SourceImage::to_json`]; an attribute missing from `v` is empty.
+    /// Errors: `Source` (a UID missing).
+    pub fn from_json(v: &Value) -> Result<SourceImage, SrError> {
+        let need = |k: &str| {
+            v[k].as_str()
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .ok_or_else(|| SrError::Source {
+                    path: "state database".into(),
+                    reason: format!("no {k}"),
+                })
+        };
+        let attr = |t: Tag| {
+            v["attributes"][format!("{:04X}{:04X}", t.group(), t.element())]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        };
+        Ok(SourceImage {
+            sop_class_uid: need("sop_class_uid")?,
+            sop_instance_uid: need("sop_instance_uid")?,
+            series_instance_uid: need("series_instance_uid")?,
+            study_instance_uid: need("study_instance_uid")?,
+            patient_study: COPIED.iter().map(|(t, vr)| (*t, *vr, attr(*t))).collect(),
+        })
+    }
 }
 
 /// Identity of the SR object: its series and instance UIDs and when it was made.
@@ -690,25 +739,32 @@ pub fn build(
     Ok(o.with_exact_meta(meta))
 }
 
-/// UIDs of an exam's SR, derived (UUIDv5 under 2.25) from the study, the model's sha256 and
-/// the exam revision: the same exam revision gives the same SR instance, so a resend is a
-/// duplicate a PACS recognises, and a new revision is a new instance in the same series.
+/// UIDs of an exam's SR, derived (UUIDv5 under 2.25) from the study, the model's sha256, the
+/// exam revision and the SOPInstanceUIDs of the images it reports (in any order): the same
+/// exam revision of the same images gives the same SR instance, so a resend is a duplicate a
+/// PACS recognises; a new revision, or other images under a revision number used before (a
+/// study purged past retention and sent again), is a new instance in the same series.
 pub fn identity(
     study_instance_uid: &str,
     model_sha256: &str,
     revision: u64,
+    sources: &[&str],
     now: ContentTime,
 ) -> SrIdentity {
     let uid = |key: String| {
         let u = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, key.as_bytes());
         format!("2.25.{}", u.as_u128())
     };
+    let mut sources: Vec<&str> = sources.iter().map(|s| s.trim()).collect();
+    sources.sort_unstable();
+    sources.dedup();
     SrIdentity {
         series_instance_uid: uid(format!(
             "mammo-edge-sr-series/{study_instance_uid}/{model_sha256}"
         )),
         sop_instance_uid: uid(format!(
-            "mammo-edge-sr/{study_instance_uid}/{model_sha256}/{revision}"
+            "mammo-edge-sr/{study_instance_uid}/{model_sha256}/{revision}/{}",
+            sources.join("\\")
         )),
         date: now.date,
         time: now.time,

@@ -1,6 +1,7 @@
 //! The daemon's SQLite state (`<state.dir>/state.sqlite`, WAL, `synchronous=FULL`): the ledger of
 //! input files, one result row per SOPInstanceUID and model, the outbox of MQTT messages drained
-//! in order, and the exam state used for aggregation. Implements DESIGN.md, "Storage guarantees";
+//! in order, the exam state used for aggregation, and the SR outbox of the Mammography CAD SRs
+//! (with the header attributes they copy). Implements DESIGN.md, "Storage guarantees";
 //! tables and guarantees are described in docs/daemon-store.md.
 
 use std::path::{Path, PathBuf};
@@ -82,6 +83,28 @@ const MIGRATIONS: &[&str] = &[
         status TEXT NOT NULL,
         purged_at INTEGER NOT NULL
     );",
+    // 4: Mammography CAD SR (issue 14). `sr_sources`: the header attributes an SR copies from
+    // each scored image (patient module: PHI, kept only while `[sr]` is on, deleted with the
+    // result); `sr_outbox`: each SR to deliver, per destination, drained in order with a
+    // doubling wait after a failure; the object is dropped once delivered.
+    "CREATE TABLE sr_sources (
+        result_id TEXT PRIMARY KEY,
+        source_json TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE sr_outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        destination TEXT NOT NULL,
+        sop_instance_uid TEXT NOT NULL,
+        object BLOB,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_try_at INTEGER NOT NULL,
+        last_error TEXT,
+        created_at INTEGER NOT NULL,
+        delivered_at INTEGER
+    );
+    CREATE INDEX sr_outbox_undelivered ON sr_outbox (destination, id)
+        WHERE delivered_at IS NULL;",
 ];
 
 /// Prefix of an identifier kept (and published) as a keyed hash: `hmac-sha256:<64 hex>`. No
@@ -91,6 +114,29 @@ pub const HASHED_PREFIX: &str = "hmac-sha256:";
 /// Ledger reason of a file whose content was handled before its rows were purged past
 /// retention: finished again with the status it had, without decoding or a message.
 pub const PURGED_BEFORE_REASON: &str = "handled_before_purge";
+
+/// An SR to deliver, given to [`Store::commit_exam_with_srs`].
+#[derive(Debug, Clone)]
+pub struct SrOutgoing {
+    /// The destination's key (`AE@host:port`, or `folder`).
+    pub destination: String,
+    /// The SR's SOPInstanceUID.
+    pub sop_instance_uid: String,
+    /// The Part 10 file's bytes.
+    pub object: Vec<u8>,
+}
+
+/// An undelivered SR row ([`Store::sr_next`]).
+#[derive(Debug, Clone)]
+pub struct SrRow {
+    pub id: i64,
+    pub sop_instance_uid: String,
+    pub object: Vec<u8>,
+    /// Tries so far.
+    pub attempts: u32,
+    /// Not to be tried before this time, Unix ms.
+    pub next_try_at_ms: i64,
+}
 
 /// Why a state operation failed.
 #[derive(Debug, Error)]
@@ -724,6 +770,21 @@ impl Store {
         result: &T,
         messages: &[OutboxMessage],
     ) -> Result<Committed, StoreError> {
+        self.commit_result_with_source(ticket, key, result, messages, None)
+    }
+
+    /// [`Store::commit_result`], and in the same transaction, when the result is new,
+    /// `sr_source` (the image's header attributes an SR copies, JSON of
+    /// [`crate::edge::sr::SourceImage::to_json`]) kept under its result id until the result
+    /// is purged. Errors: as `commit_result`.
+    pub fn commit_result_with_source<T: Serialize>(
+        &mut self,
+        ticket: &Ticket,
+        key: &ImageKey,
+        result: &T,
+        messages: &[OutboxMessage],
+        sr_source: Option<&str>,
+    ) -> Result<Committed, StoreError> {
         let json = serde_json::to_string(result)?;
         let sha = key.model_sha256.trim().to_ascii_lowercase();
         let id = key.result_id;
@@ -764,6 +825,13 @@ impl Store {
              last_image_at = excluded.last_image_at",
             params![key.study_instance_uid, now],
         )?;
+        if let Some(src) = sr_source {
+            tx.execute(
+                "INSERT OR REPLACE INTO sr_sources (result_id, source_json, created_at)
+                 VALUES (?1, ?2, ?3)",
+                params![id.to_string(), src, now],
+            )?;
+        }
         push(&tx, messages, now)?;
         tx.commit()?;
         Ok(Committed::Stored(id))
@@ -1027,8 +1095,10 @@ impl Store {
     ///   retried, `quarantined`); their content hashes go to `purged_content` for one retention
     ///   period more, so a file left in a watched folder, claimed again, is finished again
     ///   without decoding or a message ([`Store::purged_content`]);
-    /// - results, except those of a study whose exam is still pending;
-    /// - published exams with no pending image.
+    /// - results, except those of a study whose exam is still pending, and the SR sources of
+    ///   the results deleted;
+    /// - published exams with no pending image;
+    /// - delivered SR outbox rows.
     ///
     /// Undelivered messages, rows `new` or `in_progress` and the quarantine's content hashes are
     /// kept. An image of a study purged earlier starts its exam again (revision 1).
@@ -1063,6 +1133,14 @@ impl Store {
         let exams = tx.execute(
             "DELETE FROM exams WHERE pending = 0 AND last_image_at <= ?1
              AND COALESCE(published_at, 0) <= ?1",
+            [cutoff],
+        )?;
+        tx.execute(
+            "DELETE FROM sr_sources WHERE result_id NOT IN (SELECT result_id FROM results)",
+            [],
+        )?;
+        tx.execute(
+            "DELETE FROM sr_outbox WHERE delivered_at IS NOT NULL AND delivered_at <= ?1",
             [cutoff],
         )?;
         tx.commit()?;
@@ -1295,6 +1373,19 @@ impl Store {
         exam: &T,
         messages: &[OutboxMessage],
     ) -> Result<(), StoreError> {
+        self.commit_exam_with_srs(study_instance_uid, revision, exam, messages, &[])
+    }
+
+    /// [`Store::commit_exam`], and in the same transaction `srs` appended to the SR outbox
+    /// (due now). Errors: as `commit_exam`.
+    pub fn commit_exam_with_srs<T: Serialize>(
+        &mut self,
+        study_instance_uid: &str,
+        revision: u32,
+        exam: &T,
+        messages: &[OutboxMessage],
+        srs: &[SrOutgoing],
+    ) -> Result<(), StoreError> {
         let json = serde_json::to_string(exam)?;
         let now = now_ms();
         let tx = self.write_tx()?;
@@ -1322,8 +1413,94 @@ impl Store {
             params![study_instance_uid, revision, now, json],
         )?;
         push(&tx, messages, now)?;
+        for sr in srs {
+            tx.execute(
+                "INSERT INTO sr_outbox (destination, sop_instance_uid, object, next_try_at,
+                 created_at) VALUES (?1, ?2, ?3, ?4, ?4)",
+                params![sr.destination, sr.sop_instance_uid, sr.object, now],
+            )?;
+        }
         tx.commit()?;
         Ok(())
+    }
+
+    /// The SR sources ([`Store::commit_result_with_source`]) of a study's results for one
+    /// model, with each result's JSON, in commit order. Results kept without a source are left
+    /// out.
+    pub fn study_sr_sources(
+        &self,
+        study_instance_uid: &str,
+        model_sha256: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT s.source_json, r.result_json FROM results r
+             JOIN sr_sources s ON s.result_id = r.result_id
+             WHERE r.study_instance_uid = ?1 AND r.model_sha256 = ?2
+             ORDER BY r.created_at, r.rowid",
+        )?;
+        let rows = st.query_map(
+            params![study_instance_uid, model_sha256.trim().to_ascii_lowercase()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The oldest undelivered SR of `destination` (due or not), if any.
+    pub fn sr_next(&self, destination: &str) -> Result<Option<SrRow>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id, sop_instance_uid, object, attempts, next_try_at FROM sr_outbox
+                 WHERE destination = ?1 AND delivered_at IS NULL ORDER BY id LIMIT 1",
+                [destination],
+                |r| {
+                    Ok(SrRow {
+                        id: r.get(0)?,
+                        sop_instance_uid: r.get(1)?,
+                        object: r.get::<_, Option<Vec<u8>>>(2)?.unwrap_or_default(),
+                        attempts: r.get(3)?,
+                        next_try_at_ms: r.get(4)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Mark an SR delivered and drop its object (it holds patient data). False if it was
+    /// delivered already or does not exist.
+    pub fn sr_delivered(&mut self, id: i64) -> Result<bool, StoreError> {
+        let n = self.conn.execute(
+            "UPDATE sr_outbox SET delivered_at = ?2, object = NULL, last_error = NULL
+             WHERE id = ?1 AND delivered_at IS NULL",
+            params![id, now_ms()],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Record a failed try of an SR: one more attempt, not to be tried again before
+    /// `next_try_at_ms`, and why (no patient data in `error`).
+    pub fn sr_failed(
+        &mut self,
+        id: i64,
+        next_try_at_ms: i64,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE sr_outbox SET attempts = attempts + 1, next_try_at = ?2, last_error = ?3
+             WHERE id = ?1 AND delivered_at IS NULL",
+            params![id, next_try_at_ms, error],
+        )?;
+        Ok(())
+    }
+
+    /// Undelivered SRs, per destination key.
+    pub fn sr_undelivered(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT destination, COUNT(*) FROM sr_outbox WHERE delivered_at IS NULL
+             GROUP BY destination ORDER BY destination",
+        )?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 }
 

@@ -43,6 +43,60 @@ fn the_dicom_receiver_is_off_by_default_and_its_section_parses() {
 }
 
 #[test]
+fn sr_is_off_by_default_and_its_destinations_parse_and_are_checked() {
+    assert!(Config::default().sr.is_off());
+    let c = Config::parse(
+        "[sr]\nfolder = \"/var/lib/mammo-edge/sr\"\n\
+         [[sr.destination]]\nae_title = \"PACS\"\naddress = \"pacs.example:104\"\n\
+         [[sr.destination]]\nae_title = \"VIEWER\"\naddress = \"10.1.2.3:11112\"\n\
+         calling_ae = \"EDGE_2\"\ntimeout_secs = 5\n",
+        "(test)",
+    )
+    .unwrap();
+    assert!(!c.sr.is_off());
+    assert_eq!(c.sr.retry_max_secs, 300);
+    let d = &c.sr.destination;
+    assert_eq!(d.len(), 2);
+    assert_eq!(
+        (d[0].calling_ae.as_str(), d[0].timeout_secs),
+        ("MAMMO_EDGE", 30)
+    );
+    assert_eq!(d[0].key(), "PACS@pacs.example:104");
+    assert_eq!((d[1].calling_ae.as_str(), d[1].timeout_secs), ("EDGE_2", 5));
+    for (bad, key) in [
+        (
+            "ae_title = \"\"\naddress = \"a:104\"",
+            "sr.destination.ae_title",
+        ),
+        (
+            "ae_title = \"A_TITLE_LONGER_THAN_16\"\naddress = \"a:104\"",
+            "sr.destination.ae_title",
+        ),
+        (
+            "ae_title = \"PACS\"\naddress = \"pacs.example\"",
+            "sr.destination.address",
+        ),
+        (
+            "ae_title = \"PACS\"\naddress = \"pacs:0\"",
+            "sr.destination.address",
+        ),
+        (
+            "ae_title = \"PACS\"\naddress = \"a:104\"\ncalling_ae = \"A\\\\B\"",
+            "sr.destination.calling_ae",
+        ),
+        (
+            "ae_title = \"PACS\"\naddress = \"a:104\"\ntimeout_secs = 0",
+            "sr.destination.timeout_secs",
+        ),
+    ] {
+        let e = Config::parse(&format!("[[sr.destination]]\n{bad}\n"), "(test)").unwrap_err();
+        assert!(e.to_string().contains(key), "{bad}: {e}");
+    }
+    let e = Config::parse("[sr]\nretry_max_secs = 0\n", "(test)").unwrap_err();
+    assert!(e.to_string().contains("sr.retry_max_secs"), "{e}");
+}
+
+#[test]
 fn default_toml_parses_back_to_defaults() {
     let text = Config::default_toml();
     let parsed = Config::parse(&text, "(default)").expect("default config parses");

@@ -45,7 +45,7 @@ fn infer_sr(dir: &Path, files: &[PathBuf]) -> (Vec<Value>, Vec<PathBuf>) {
 
 /// dciodvfy's report: no line with "Error" (warnings about DICOMDIR attributes the source
 /// lacks are allowed).
-fn dciodvfy_clean(sr: &Path) -> String {
+pub(crate) fn dciodvfy_clean(sr: &Path) -> String {
     let out = Command::new("dciodvfy")
         .arg("-new")
         .arg(sr)
@@ -62,9 +62,9 @@ fn dciodvfy_clean(sr: &Path) -> String {
 }
 
 /// dsrdump's tree (code values printed): it must parse without an error.
-fn dsrdump(sr: &Path) -> String {
+pub(crate) fn dsrdump(sr: &Path) -> String {
     let out = Command::new("dsrdump")
-        .args(["+Pc", "+Pl"])
+        .args(["+Pc", "+Pl", "+Pu"])
         .arg(sr)
         .output()
         .expect("dsrdump (dcmtk) not runnable");
@@ -78,7 +78,7 @@ fn dsrdump(sr: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn pct(p: f64) -> String {
+pub(crate) fn pct(p: f64) -> String {
     let s = format!("{:.4}", p * 100.0);
     match s.trim_end_matches('0').trim_end_matches('.') {
         "" | "-0" => "0".to_string(),

@@ -63,7 +63,7 @@ fn open_sets_wal_full_sync_and_schema_version() {
     let s = Store::open(&state, 3).unwrap();
     assert_eq!(s.path(), state.join(DB_FILE));
     assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
-    assert_eq!(SCHEMA_VERSION, 3);
+    assert_eq!(SCHEMA_VERSION, 4);
     drop(s);
     // Read back by a separate connection: WAL is persistent, user_version is in the header.
     let c = rusqlite::Connection::open(state.join(DB_FILE)).unwrap();
@@ -264,7 +264,7 @@ fn a_version_1_database_is_migrated_keeping_its_rows() {
         .unwrap();
     }
     let mut s = Store::open(dir.path(), 3).unwrap();
-    assert_eq!(s.schema_version().unwrap(), 3);
+    assert_eq!(s.schema_version().unwrap(), 4);
     let old = PathBuf::from("/x/old.dcm");
     assert_eq!(status(&s, &old), Status::Done);
     assert_eq!(
@@ -697,5 +697,98 @@ fn a_transient_read_error_is_retried_after_a_back_off_and_reported_once() {
     assert_eq!(
         s.claim(&g, 10, mtime(0)).unwrap(),
         Claim::Finished(Status::Error)
+    );
+}
+
+#[test]
+fn the_sr_outbox_keeps_sources_with_results_and_drains_each_destination_in_order() {
+    use mammo_edge::edge::store::SrOutgoing;
+    let dir = tmp();
+    let mut s = Store::open(dir.path(), 3).unwrap();
+    // two images of one study, one kept with its SR source, one without
+    let t = process(s.claim(Path::new("/x/a.dcm"), 1, mtime(0)).unwrap());
+    s.commit_result_with_source(
+        &t,
+        &key_in("1.1", "7.1"),
+        &json!({ "laterality": "L" }),
+        &[],
+        Some(r#"{"sop_instance_uid":"1.1"}"#),
+    )
+    .unwrap();
+    let t = process(s.claim(Path::new("/x/b.dcm"), 1, mtime(0)).unwrap());
+    s.commit_result(
+        &t,
+        &key_in("1.2", "7.1"),
+        &json!({ "laterality": "R" }),
+        &[],
+    )
+    .unwrap();
+    let sources = s.study_sr_sources("7.1", SHA).unwrap();
+    assert_eq!(
+        sources,
+        [(
+            r#"{"sop_instance_uid":"1.1"}"#.to_string(),
+            r#"{"laterality":"L"}"#.to_string()
+        )]
+    );
+    // two revisions' SRs for the PACS, one for the folder, committed with their exams
+    let sr = |dest: &str, uid: &str| SrOutgoing {
+        destination: dest.into(),
+        sop_instance_uid: uid.into(),
+        object: uid.as_bytes().to_vec(),
+    };
+    s.commit_exam_with_srs(
+        "7.1",
+        1,
+        &json!({}),
+        &[],
+        &[sr("PACS", "9.1"), sr("folder", "9.1")],
+    )
+    .unwrap();
+    s.commit_exam_with_srs("7.1", 2, &json!({}), &[], &[sr("PACS", "9.2")])
+        .unwrap();
+    // a revision conflict writes no SR
+    assert!(s
+        .commit_exam_with_srs("7.1", 2, &json!({}), &[], &[sr("PACS", "9.x")])
+        .is_err());
+    assert_eq!(
+        s.sr_undelivered().unwrap(),
+        [("PACS".to_string(), 2), ("folder".to_string(), 1)]
+    );
+    // the PACS head fails: it stays the head, with its try counted and its next time
+    let head = s.sr_next("PACS").unwrap().unwrap();
+    assert_eq!((head.sop_instance_uid.as_str(), head.attempts), ("9.1", 0));
+    assert_eq!(head.object, b"9.1");
+    s.sr_failed(head.id, 4_000_000_000_000, "association refused")
+        .unwrap();
+    let again = s.sr_next("PACS").unwrap().unwrap();
+    assert_eq!((again.id, again.attempts), (head.id, 1));
+    assert_eq!(again.next_try_at_ms, 4_000_000_000_000);
+    // delivered: the next revision becomes the head; the object is dropped
+    assert!(s.sr_delivered(head.id).unwrap());
+    assert!(!s.sr_delivered(head.id).unwrap());
+    assert_eq!(s.sr_next("PACS").unwrap().unwrap().sop_instance_uid, "9.2");
+    let dropped: Option<Vec<u8>> = rusqlite::Connection::open(dir.path().join(DB_FILE))
+        .unwrap()
+        .query_row(
+            "SELECT object FROM sr_outbox WHERE id = ?1",
+            [head.id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(dropped, None);
+    // purge past retention: the delivered row, the results and with them their SR source;
+    // undelivered SRs stay
+    std::thread::sleep(Duration::from_millis(5));
+    s.purge(Duration::ZERO).unwrap();
+    assert!(s.study_sr_sources("7.1", SHA).unwrap().is_empty());
+    let n: i64 = rusqlite::Connection::open(dir.path().join(DB_FILE))
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM sr_sources", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 0);
+    assert_eq!(
+        s.sr_undelivered().unwrap(),
+        [("PACS".to_string(), 1), ("folder".to_string(), 1)]
     );
 }

@@ -390,6 +390,8 @@ fn demo_dicom_sends_its_exam_by_c_store_and_every_message_arrives() {
         err.contains("dicom: association from MAMMO_DEMO at 127.0.0.1 accepted"),
         "{err}"
     );
+    // the exam's Mammography CAD SR came back (to the demo's SR folder)
+    assert!(err.contains("1 Mammography CAD SR written"), "{err}");
     sub.wait(30, "the demo's 4 images and its exam", |s| {
         s.on("image").len() >= 4 && !s.on("exam").is_empty()
     });
@@ -492,4 +494,165 @@ fn our_scu_stores_plain_and_compressed_files_at_dcmtk_storescp_unchanged() {
         e.to_string().starts_with("association with 127.0.0.1:"),
         "{e}"
     );
+}
+
+/// The `.dcm` files of a folder (storescp's output, the SR folder).
+fn dcm_files(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    v.retain(|p| {
+        p.is_file()
+            && !p
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+    });
+    v.sort();
+    v
+}
+
+#[test]
+fn the_exam_sr_reaches_storescp_through_a_pacs_outage_and_a_crash_and_check_echoes_it() {
+    let broker = Broker::start();
+    let pacs_port = free_port();
+    let sr_dir = tmp();
+    let pacs_dir = tmp();
+    let (mut dicom, port) = dicom_section(free_port(), "");
+    dicom.push_str(&format!(
+        "[sr]\nfolder = {:?}\nretry_max_secs = 2\n\
+         [[sr.destination]]\nae_title = \"PACS\"\naddress = \"127.0.0.1:{pacs_port}\"\n\
+         timeout_secs = 5\n",
+        sr_dir.path()
+    ));
+    let s = Setup::new(&broker.url(), &dicom);
+    let pacs_key = format!("PACS@127.0.0.1:{pacs_port}");
+
+    // `check` names the destination that does not answer C-ECHO (exit 7)
+    let check = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&s.config)
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(7), "{}", text(&check));
+    assert!(
+        text(&check).contains(&format!("sr.destination {pacs_key}")),
+        "{}",
+        text(&check)
+    );
+
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sub = Subscriber::start(broker.port, &s.prefix, "sub-sr", got);
+    let mut d = s.start();
+    wait_receiver(port, &s);
+    let src = tmp();
+    let files = exam(src.path(), 31);
+    let (name, id) = patient(&files[0]);
+    let sops: Vec<String> = files
+        .iter()
+        .map(|f| {
+            let o = dicom_object::open_file(f).unwrap();
+            o.meta()
+                .media_storage_sop_instance_uid()
+                .trim_end_matches('\0')
+                .to_string()
+        })
+        .collect();
+    let out = store(port, &[], &files);
+    assert!(out.status.success(), "{}", text(&out));
+    sub.wait(60, "the exam", |s| !s.on("exam").is_empty());
+    // the PACS is down: the folder copy is written, the PACS copy waits in the state database
+    wait_for(30, "the SR in the folder", &s, || {
+        dcm_files(sr_dir.path()).len() == 1
+    });
+    wait_for(30, "a failed try at the PACS", &s, || {
+        s.log_text()
+            .contains(&format!("not delivered to {pacs_key} (try 1)"))
+    });
+    assert_eq!(
+        s.count("SELECT COUNT(*) FROM sr_outbox WHERE delivered_at IS NULL"),
+        1
+    );
+    // a crash during the outage, then the PACS comes back and the daemon restarts
+    d.kill9();
+    let _pacs = StoreScp::start(pacs_dir.path(), pacs_port);
+    let _d = s.start();
+    wait_for(60, "the SR at the PACS", &s, || {
+        dcm_files(pacs_dir.path()).len() == 1
+    });
+    wait_for(10, "the SR row delivered", &s, || {
+        s.count("SELECT COUNT(*) FROM sr_outbox WHERE delivered_at IS NOT NULL AND object IS NULL")
+            == 2
+    });
+    let at_pacs = &dcm_files(pacs_dir.path())[0];
+    let in_folder = &dcm_files(sr_dir.path())[0];
+    let obj = dicom_object::open_file(at_pacs).unwrap();
+    let get = |t| {
+        obj.element(t)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .trim_end_matches('\0')
+            .trim()
+            .to_string()
+    };
+    use dicom_dictionary_std::tags;
+    assert_eq!(
+        get(tags::SOP_CLASS_UID),
+        mammo_edge::edge::sr::MAMMOGRAPHY_CAD_SR
+    );
+    let source = dicom_object::open_file(&files[0]).unwrap();
+    let study = source
+        .element(tags::STUDY_INSTANCE_UID)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim_end_matches('\0')
+        .to_string();
+    assert_eq!(get(tags::STUDY_INSTANCE_UID), study);
+    assert_eq!(get(tags::PATIENT_NAME), name);
+    assert_eq!(get(tags::PATIENT_ID), id);
+    assert_eq!(get(tags::COMPLETION_FLAG), "COMPLETE");
+    // the same object in the folder and at the PACS (one instance, sent twice if need be)
+    let folder_obj = dicom_object::open_file(in_folder).unwrap();
+    assert_eq!(
+        folder_obj
+            .element(tags::SOP_INSTANCE_UID)
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        obj.element(tags::SOP_INSTANCE_UID)
+            .unwrap()
+            .to_str()
+            .unwrap()
+    );
+    // a valid Mammography CAD SR whose tree references the four scored images
+    crate::sr::dciodvfy_clean(at_pacs);
+    let tree = crate::sr::dsrdump(at_pacs);
+    for sop in &sops {
+        assert!(tree.contains(sop.as_str()), "{sop} not in the SR:\n{tree}");
+    }
+    let exam_msg = &sub.on("exam")[0];
+    let p = crate::sr::pct(exam_msg["cancer_probability"].as_f64().unwrap());
+    assert!(
+        tree.contains(&format!(
+            "\"Probability of cancer\")=\"{p}\" (%,UCUM,\"Percent\")"
+        )),
+        "exam probability {p} not in the SR:\n{tree}"
+    );
+    // the log names neither the patient nor the file; the SR only by its UID
+    let log = s.log_text();
+    assert!(!log.contains(name.as_str()) && !log.contains(id.as_str()));
+    assert!(
+        log.contains(&format!("delivered to {pacs_key} at try")),
+        "{log}"
+    );
+
+    // check now echoes the destination
+    let check = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&s.config)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", text(&check));
+    assert!(text(&check).contains(&format!("ok: SR destination {pacs_key} answers C-ECHO")));
 }
