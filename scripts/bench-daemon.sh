@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Daemon benchmark (release build): latency file close → PUBACK on the real mammograms of
-# MAMMO_TEST_DATA, the same files sent by C-STORE (storescu → PUBACK), and the burst of BURST (500) phantoms (peak RSS, throughput).
+# MAMMO_TEST_DATA, the same files sent by C-STORE (storescu → PUBACK, → SR at storescp), a four-view
+# exam by C-STORE, and the burst of BURST (500) phantoms (peak RSS, throughput).
 # Usage: MAMMO_TEST_DATA=../shared/data scripts/bench-daemon.sh > docs/bench-daemon.md
 # Env: BIN (skip the build), MODEL (default the int8 demo model), BURST, SCALE, THREADS.
 set -euo pipefail

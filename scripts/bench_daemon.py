@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Daemon benchmark: per-image latency from file close to PUBACK on real mammograms, and the
-500-file burst (peak RSS, throughput, latency spread). Drives the real `mammo-edge run` against
+"""Daemon benchmark: per-image latency from file close to PUBACK on real mammograms, the same
+files and a four-view exam sent by C-STORE (to PUBACK, and to the Mammography CAD SR stored at
+dcmtk's storescp playing the PACS), and the 500-file burst (peak RSS, throughput, latency spread). Drives the real `mammo-edge run` against
 a real mosquitto on a free loopback port; READY=1 comes over an sd_notify socket; latencies come
 from the daemon's own state.sqlite (ledger.mtime_ns = file close, outbox.delivered_at = PUBACK).
 
@@ -101,6 +102,23 @@ def wait_delivered(db, n, timeout):
     sys.exit(f"only part of {n} images delivered within {timeout} s")
 
 
+def wait_sr(db, n, timeout):
+    """Unix ms at which the n-th SR was delivered (sr_outbox.delivered_at)."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        try:
+            con = sqlite3.connect(db)
+            rows = con.execute("SELECT delivered_at FROM sr_outbox WHERE delivered_at IS NOT NULL "
+                               "ORDER BY id").fetchall()
+            con.close()
+            if len(rows) >= n:
+                return rows[n - 1][0]
+        except sqlite3.OperationalError:
+            pass
+        time.sleep(0.05)
+    sys.exit(f"SR {n} not delivered within {timeout} s")
+
+
 def pct(xs, q):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
@@ -173,16 +191,28 @@ def main():
         print(f"\nMedian latency over {len(lat)} real mammograms: **{statistics.median(lat):.0f} ms**; "
               f"peak RSS of the daemon: {peak / 1024:.0f} MiB.\n")
 
-    # 1b. the same files sent by storescu to the C-STORE receiver (no settle wait)
+    # 1b. the same files sent by storescu to the C-STORE receiver (no settle wait), each
+    # exam's Mammography CAD SR sent back to dcmtk's storescp playing the PACS
     if reals and shutil.which("storescu"):
-        scp_port = free_port()
+        scp_port, pacs_port = free_port(), free_port()
+        (root / "pacs").mkdir()
+        pacs = subprocess.Popen(["storescp", "-aet", "PACS", "+xa", "-od", str(root / "pacs"),
+                                 str(pacs_port)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        wait_port(pacs_port)
         c, _, db = config("net", f'[dicom]\nlisten = "127.0.0.1:{scp_port}"\n'
-                          'calling_ae_allow = ["BENCH"]\nip_allow = ["127.0.0.1"]\n')
+                          'calling_ae_allow = ["BENCH"]\nip_allow = ["127.0.0.1"]\n'
+                          f'[[sr.destination]]\nae_title = "PACS"\n'
+                          f'address = "127.0.0.1:{pacs_port}"\n')
         d = Daemon(a.bin, c, root / "net")
         print("## Real mammograms sent by C-STORE (storescu), one at a time\n")
-        print("| file | transfer syntax | C-STORE answered ms | latency ms (storescu start → PUBACK) |")
-        print("|---|---|---:|---:|")
-        lat = []
+        print("Each file is its own exam here, incomplete (one view), so its exam and SR wait "
+              "`exam.quiet_secs = 5` before publication (the exam rule); the four-view exam "
+              "below has no such wait.\n")
+        print("| file | transfer syntax | C-STORE answered ms | latency ms (storescu start → PUBACK) "
+              "| storescu start → SR stored at the PACS ms |")
+        print("|---|---|---:|---:|---:|")
+        lat, sr_lat = [], []
         for i, f in enumerate(reals):
             ts = subprocess.run(["dcmdump", "-M", "+P", "0002,0010", str(f)], capture_output=True,
                                 text=True).stdout.split("=", 1)[-1].split()[0]
@@ -201,11 +231,39 @@ def main():
             con.close()
             ms = puback - t_send * 1000
             lat.append(ms)
-            print(f"| {f.name} | {ts} | {answered:.0f} | {ms:.0f} |")
-        d.stop()
+            sr_ms = wait_sr(db, i + 1, 120) - t_send * 1000
+            sr_lat.append(sr_ms)
+            print(f"| {f.name} | {ts} | {answered:.0f} | {ms:.0f} | {sr_ms:.0f} |")
         print(f"\nMedian latency over {len(lat)} real mammograms received by C-STORE: "
-              f"**{statistics.median(lat):.0f} ms** (no settle wait; the folder path above "
-              "includes `stable_secs = 1`).\n")
+              f"**{statistics.median(lat):.0f} ms** to the image's PUBACK (no settle wait; the "
+              "folder path above includes `stable_secs = 1`); "
+              f"{statistics.median(sr_lat):.0f} ms to the SR at the PACS (with the 5 s quiet "
+              "period of an incomplete exam).\n")
+
+        # 1c. a complete four-view exam (phantoms, scale 0.25) in one association
+        src = root / "exam-src"
+        subprocess.run([a.bin, "synth", "--out", str(src), "--count", "4", "--seed", "91",
+                        "--scale", str(a.scale)], check=True, stdout=subprocess.DEVNULL)
+        four = [str(f) for f in sorted(src.rglob("*.dcm"))]
+        t_send = time.time()
+        r = subprocess.run(["storescu", "-aet", "BENCH", "-aec", "MAMMO_EDGE", "127.0.0.1",
+                            str(scp_port), *four], capture_output=True, text=True)
+        answered = (time.time() - t_send) * 1000
+        if r.returncode != 0:
+            sys.exit(f"storescu failed on the four-view exam: {r.stdout}{r.stderr}")
+        sr_at = wait_sr(db, len(reals) + 1, 120)
+        con = sqlite3.connect(db)
+        (exam_at,) = con.execute("SELECT MAX(delivered_at) FROM outbox WHERE topic LIKE '%/exam'").fetchone()
+        con.close()
+        d.stop()
+        pacs.terminate()
+        pacs.wait()
+        print("## A four-view exam sent by C-STORE in one association\n")
+        print(f"4 phantoms (scale {a.scale}), complete, so the exam is published when its fourth "
+              "image is scored.\n")
+        print("| C-STORE of 4 answered ms | storescu start → exam PUBACK ms | storescu start → SR stored at the PACS ms |")
+        print("|---:|---:|---:|")
+        print(f"| {answered:.0f} | {exam_at - t_send * 1000:.0f} | {sr_at - t_send * 1000:.0f} |\n")
 
     # 2. burst: N phantoms copied in at once
     if a.burst > 0:

@@ -361,7 +361,7 @@ fn daemon_failure(e: &mammo_edge::edge::daemon::DaemonError) -> ExitCode {
         D::Model { .. } => EXIT_MODEL,
         D::Publish(_) => EXIT_BROKER,
         D::Store(_) | D::Privacy(_) => EXIT_STATE,
-        D::Watch(_) | D::Scp(_) => EXIT_CONFIG,
+        D::Watch(_) | D::Scp(_) | D::Tls(_) => EXIT_CONFIG,
         D::SrDestination { .. } => EXIT_SR_DESTINATION,
         D::Runtime(_) => 1,
     })

@@ -333,6 +333,7 @@ async fn send_exam(
         calling_ae: DEMO_CALLING_AE.into(),
         called_ae: d.ae_title.clone(),
         timeout: Duration::from_secs(30),
+        tls: None,
     };
     log::info!(
         "sending {} images by C-STORE to {} ({})",

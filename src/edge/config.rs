@@ -157,6 +157,18 @@ impl SrConfig {
             if d.timeout_secs == 0 || d.timeout_secs > 3600 {
                 return Err(invalid("sr.destination.timeout_secs", "must be 1 to 3600"));
             }
+            if is_unset(&d.tls_cert) != is_unset(&d.tls_key) {
+                return Err(invalid(
+                    "sr.destination.tls_cert",
+                    "tls_cert and tls_key go together",
+                ));
+            }
+            if !is_unset(&d.tls_cert) && is_unset(&d.tls_ca) {
+                return Err(invalid(
+                    "sr.destination.tls_ca",
+                    "required with a client certificate",
+                ));
+            }
         }
         if self.retry_max_secs == 0 || self.retry_max_secs > 86_400 {
             return Err(invalid("sr.retry_max_secs", "must be 1 to 86400"));
@@ -177,6 +189,13 @@ pub struct SrDestination {
     pub calling_ae: String,
     /// Connection, read and write time limit, s. Default 30.
     pub timeout_secs: u64,
+    /// DICOM TLS: the CA bundle (PEM) the peer's certificate must chain to (its name checked
+    /// against the host of `address`). Set = TLS. Default "" (plain).
+    pub tls_ca: PathBuf,
+    /// This node's client certificate chain and key (PEM), both or neither, for a peer that
+    /// asks for one.
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
 }
 
 impl Default for SrDestination {
@@ -186,6 +205,9 @@ impl Default for SrDestination {
             address: String::new(),
             calling_ae: "MAMMO_EDGE".into(),
             timeout_secs: 30,
+            tls_ca: PathBuf::new(),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
         }
     }
 }
@@ -219,6 +241,15 @@ pub struct DicomConfig {
     pub max_associations: u32,
     /// An association silent for this long is aborted, s. Default 60.
     pub timeout_secs: u64,
+    /// DICOM TLS (PS3.15 B.1): this node's certificate chain and key (PEM). Set = every
+    /// association is TLS (no plain DICOM on `listen`). Default "" (plain).
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// CA bundle (PEM) a client certificate must chain to; required with `tls_cert`.
+    pub tls_client_ca: PathBuf,
+    /// SHA-256 fingerprints of the client certificates allowed (64 hex digits, colons and case
+    /// ignored: `openssl x509 -noout -fingerprint -sha256 -in client.pem`). Empty = refuse all.
+    pub tls_client_allow: Vec<String>,
 }
 
 impl Default for DicomConfig {
@@ -230,6 +261,10 @@ impl Default for DicomConfig {
             ip_allow: Vec::new(),
             max_associations: 8,
             timeout_secs: 60,
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            tls_client_ca: PathBuf::new(),
+            tls_client_allow: Vec::new(),
         }
     }
 }
@@ -293,7 +328,38 @@ impl DicomConfig {
         if self.timeout_secs == 0 || self.timeout_secs > 3600 {
             return Err(invalid("dicom.timeout_secs", "must be 1 to 3600"));
         }
+        if self.tls() {
+            if is_unset(&self.tls_key) {
+                return Err(invalid("dicom.tls_key", "required with dicom.tls_cert"));
+            }
+            if is_unset(&self.tls_client_ca) {
+                return Err(invalid(
+                    "dicom.tls_client_ca",
+                    "required with dicom.tls_cert (client certificates are checked)",
+                ));
+            }
+        } else if !is_unset(&self.tls_key) || !is_unset(&self.tls_client_ca) {
+            return Err(invalid(
+                "dicom.tls_cert",
+                "required with dicom.tls_key / dicom.tls_client_ca",
+            ));
+        }
+        if let Some(f) = self
+            .tls_client_allow
+            .iter()
+            .find(|f| crate::edge::tls::normalise_fingerprint(f).is_none())
+        {
+            return Err(invalid(
+                "dicom.tls_client_allow",
+                format!("{f:?} is not a SHA-256 fingerprint (64 hex digits)"),
+            ));
+        }
         Ok(())
+    }
+
+    /// True when the receiver speaks DICOM TLS (`tls_cert` set).
+    pub fn tls(&self) -> bool {
+        !is_unset(&self.tls_cert)
     }
 }
 
@@ -739,6 +805,12 @@ publish_file_names = false
 # ip_allow = ["10.1.2.0/24"]
 # max_associations = 8
 # timeout_secs = 60
+# DICOM TLS (all associations): certificate and key, the CA of the modalities' client
+# certificates, and the SHA-256 fingerprints of those allowed (empty = refuse all).
+# tls_cert = "/etc/mammo-edge/dicom.crt"
+# tls_key = "/etc/mammo-edge/dicom.key"
+# tls_client_ca = "/etc/mammo-edge/modalities-ca.pem"
+# tls_client_allow = ["3f:a2:…"]
 
 # Mammography CAD SR of each exam revision (docs/conformance.md), sent through the state
 # database (nothing lost on a crash or a PACS outage; retried with a doubling wait). Absent =
@@ -752,6 +824,9 @@ publish_file_names = false
 # address = "pacs.example:104"
 # calling_ae = "MAMMO_EDGE"
 # timeout_secs = 30
+# tls_ca = ""                   # DICOM TLS to this peer: its CA bundle ("" = plain)
+# tls_cert = ""                 # client certificate and key, if the peer asks for one
+# tls_key = ""
 "#;
 
 impl Config {

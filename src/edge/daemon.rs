@@ -79,6 +79,9 @@ pub enum DaemonError {
     /// The DICOM receiver (`[dicom]`) could not start.
     #[error(transparent)]
     Scp(#[from] ScpError),
+    /// The DICOM TLS files of an `[[sr.destination]]` are unusable.
+    #[error(transparent)]
+    Tls(#[from] crate::edge::tls::TlsError),
     /// (In `check`) an `[[sr.destination]]` did not answer C-ECHO.
     #[error("sr.destination {key}: {reason}")]
     SrDestination { key: String, reason: String },
@@ -182,10 +185,12 @@ pub async fn check(
     crate::edge::publish::mqtt_options(&config.mqtt)?;
     crate::edge::watch::check_dirs(&config.watch.dirs)?;
     Store::open(&config.state.dir, config.ingest.max_attempts)?;
+    // the receiver's TLS files
+    ScpSettings::from_config(config)?;
     let mut sr_echoed = Vec::new();
     if broker {
         probe(&config.mqtt, broker_timeout).await?;
-        for d in crate::edge::sr_delivery::Destination::from_config(&config.sr) {
+        for d in crate::edge::sr_delivery::Destination::from_config(&config.sr)? {
             if let crate::edge::sr_delivery::Destination::Scu { key, peer } = d {
                 crate::edge::dicom_scu::echo(&peer).await.map_err(|e| {
                     DaemonError::SrDestination {
@@ -536,6 +541,28 @@ pub async fn run_with(
         model: info.clone(),
         privacy,
     };
+    // the DICOM receiver, bound before the publisher announces `online` (a sender waiting for
+    // it finds the port open); objects it stored are recorded and queued by this loop
+    let (received_tx, mut received_rx) = mpsc::channel::<Received>(16);
+    let scp = match ScpSettings::from_config(&config)? {
+        Some(settings) => {
+            let scp = Scp::bind(settings).await?;
+            log::info!(
+                "DICOM receiver on {} as {}",
+                scp.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+                config
+                    .dicom
+                    .as_ref()
+                    .map(|d| d.ae_title.as_str())
+                    .unwrap_or("")
+            );
+            Some(tokio::spawn(scp.serve(received_tx)))
+        }
+        None => {
+            drop(received_tx);
+            None
+        }
+    };
     let publisher = Publisher::new(
         config.mqtt.clone(),
         Store::open(&config.state.dir, config.ingest.max_attempts)?,
@@ -561,7 +588,7 @@ pub async fn run_with(
         let sender = SrSender::new(
             Store::open(&config.state.dir, config.ingest.max_attempts)?,
             &config.sr,
-        );
+        )?;
         let wake = sender.waker();
         log::info!(
             "SR on: {} destination(s){}",
@@ -577,27 +604,6 @@ pub async fn run_with(
     let (mut sr_task, mut sr_ended) = (None, None);
 
     let (_fs, mut fs_rx) = FsEvents::start(&config.watch.dirs)?;
-    // the DICOM receiver: objects it stored are recorded and queued by this loop
-    let (received_tx, mut received_rx) = mpsc::channel::<Received>(16);
-    let scp = match ScpSettings::from_config(&config) {
-        Some(settings) => {
-            let scp = Scp::bind(settings).await?;
-            log::info!(
-                "DICOM receiver on {} as {}",
-                scp.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-                config
-                    .dicom
-                    .as_ref()
-                    .map(|d| d.ae_title.as_str())
-                    .unwrap_or("")
-            );
-            Some(tokio::spawn(scp.serve(received_tx)))
-        }
-        None => {
-            drop(received_tx);
-            None
-        }
-    };
     let runner = Arc::new(model.runner);
     let opts = config.ingest_options();
     let (replies_tx, mut replies_rx) = mpsc::unbounded_channel();

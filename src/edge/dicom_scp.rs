@@ -106,6 +106,9 @@ pub enum ScpError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The DICOM TLS files (`dicom.tls_*`) are unusable.
+    #[error(transparent)]
+    Tls(#[from] crate::edge::tls::TlsError),
 }
 
 /// What the receiver needs, from `[dicom]`, `[state]` and `[ingest]`.
@@ -126,29 +129,52 @@ pub struct ScpSettings {
     pub min_free_bytes: u64,
     /// Largest object stored, bytes (the ingest's `max_file_bytes`).
     pub max_object_bytes: u64,
+    /// DICOM TLS: every association is TLS with a client certificate checked against
+    /// `dicom.tls_client_ca` and `dicom.tls_client_allow`; `None` = plain DICOM.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl ScpSettings {
-    /// Settings from a validated configuration with a `[dicom]` section (`None` without one).
-    pub fn from_config(config: &crate::edge::config::Config) -> Option<ScpSettings> {
-        let d = config.dicom.as_ref()?;
-        Some(ScpSettings {
+    /// Settings from a validated configuration with a `[dicom]` section (`Ok(None)` without
+    /// one); the TLS files are read now. Errors: `Tls`.
+    pub fn from_config(
+        config: &crate::edge::config::Config,
+    ) -> Result<Option<ScpSettings>, ScpError> {
+        let Some(d) = config.dicom.as_ref() else {
+            return Ok(None);
+        };
+        let tls = if d.tls() {
+            Some(Arc::new(crate::edge::tls::server_config(
+                ("dicom.tls_cert", &d.tls_cert),
+                ("dicom.tls_key", &d.tls_key),
+                ("dicom.tls_client_ca", &d.tls_client_ca),
+                &d.tls_client_allow,
+                "dicom",
+            )?))
+        } else {
+            None
+        };
+        let (Ok(listen), Ok(ip_allow)) = (d.listen_addr(), d.ip_blocks()) else {
             // validated by Config::validate
-            listen: d.listen_addr().ok()?,
+            return Ok(None);
+        };
+        Ok(Some(ScpSettings {
+            tls,
+            listen,
             ae_title: d.ae_title.trim().to_string(),
             calling_ae_allow: d
                 .calling_ae_allow
                 .iter()
                 .map(|t| t.trim().to_string())
                 .collect(),
-            ip_allow: d.ip_blocks().ok()?,
+            ip_allow,
             max_associations: d.max_associations as usize,
             timeout: Duration::from_secs(d.timeout_secs),
             dir: received_dir(&config.state.dir),
             state_dir: config.state.dir.clone(),
             min_free_bytes: config.state.min_free_bytes(),
             max_object_bytes: config.ingest_options().max_file_bytes,
-        })
+        }))
     }
 }
 
@@ -233,6 +259,9 @@ fn options(s: &ScpSettings) -> Options {
     }
     for ts in DECODABLE_TRANSFER_SYNTAXES {
         o = o.with_transfer_syntax(*ts);
+    }
+    if let Some(tls) = &s.tls {
+        o = o.tls_config(tls.clone());
     }
     o
 }
@@ -420,23 +449,41 @@ struct Association {
 }
 
 impl Association {
+    /// Negotiate (over TLS when configured), then serve the association.
     async fn run(&mut self, options: &Options, stream: TcpStream) {
-        let mut a = match options.establish_async(stream).await {
-            Ok(a) => a,
-            Err(e) => {
-                self.counters.refused.fetch_add(1, Ordering::Relaxed);
-                // only a rejection's reason is logged: other negotiation errors of dicom-ul
-                // print the offending PDU, which may hold data-set bytes
-                let why = match &e {
-                    dicom_ul::association::Error::Rejected { .. } => e.to_string(),
-                    _ => {
-                        "negotiation failed (not an A-ASSOCIATE-RQ, or the connection ended)".into()
-                    }
-                };
-                log::warn!("dicom: association from {} refused: {why}", self.peer.ip());
-                return;
+        let established = if self.settings.tls.is_some() {
+            match options.establish_tls_async(stream).await {
+                Ok(a) => return self.serve(a).await,
+                Err(e) => e,
+            }
+        } else {
+            match options.establish_async(stream).await {
+                Ok(a) => return self.serve(a).await,
+                Err(e) => e,
             }
         };
+        self.counters.refused.fetch_add(1, Ordering::Relaxed);
+        // only a rejection's reason and a TLS failure are logged: other negotiation errors of
+        // dicom-ul print the offending PDU, which may hold data-set bytes
+        use dicom_ul::association::Error as E;
+        let why = match &established {
+            E::Rejected { .. } => established.to_string(),
+            E::TlsHandshake { .. } | E::TlsConnection { .. } => format!(
+                "TLS handshake failed: {}",
+                std::error::Error::source(&established)
+                    .map(|c| c.to_string())
+                    .unwrap_or_default()
+            ),
+            _ => "negotiation failed (not an A-ASSOCIATE-RQ, or the connection ended)".into(),
+        };
+        log::warn!("dicom: association from {} refused: {why}", self.peer.ip());
+    }
+
+    /// Serve one accepted association until it is released, aborted or times out.
+    async fn serve<S>(&mut self, mut a: dicom_ul::association::server::AsyncServerAssociation<S>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    {
         self.counters.associations.fetch_add(1, Ordering::Relaxed);
         let calling = a.peer_ae_title().to_string();
         log::info!(

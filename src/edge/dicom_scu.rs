@@ -6,6 +6,7 @@
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use dicom_core::{DataElement, PrimitiveValue, VR};
@@ -19,6 +20,10 @@ use thiserror::Error;
 use tokio::io::AsyncWriteExt;
 
 use crate::edge::dicom_scp::VERIFICATION;
+
+/// The byte streams an association runs on: TCP, or TLS over TCP.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
 
 /// Why a send failed.
 #[derive(Debug, Error)]
@@ -49,6 +54,58 @@ pub struct Peer {
     pub called_ae: String,
     /// Connection, read and write time limit.
     pub timeout: Duration,
+    /// DICOM TLS: the client configuration (trust anchors, client certificate); the peer's
+    /// certificate must name the host of `address`. `None` = plain DICOM.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Peer {
+    /// The host part of `address` (`host:port`, `[v6]:port`), the TLS server name.
+    fn host(&self) -> &str {
+        let host = self
+            .address
+            .rsplit_once(':')
+            .map_or(self.address.as_str(), |(h, _)| h);
+        host.trim_start_matches('[').trim_end_matches(']')
+    }
+
+    fn association_error(&self, e: impl std::fmt::Display) -> ScuError {
+        ScuError::Association {
+            peer: self.address.clone(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// Connect `options` to `peer` (TLS when configured) and run `f` on the association.
+macro_rules! with_association {
+    ($peer:expr, $options:expr, |$a:ident| $body:expr) => {{
+        let peer: &Peer = $peer;
+        let options = $options;
+        match &peer.tls {
+            None => {
+                let mut $a = options
+                    .establish_async(peer.address.as_str())
+                    .await
+                    .map_err(|e| peer.association_error(e))?;
+                $body
+            }
+            Some(tls) => {
+                let mut $a = options
+                    .tls_config(tls.clone())
+                    .server_name(peer.host())
+                    .establish_tls_async(peer.address.as_str())
+                    .await
+                    .map_err(|e| {
+                        let detail = std::error::Error::source(&e)
+                            .map(|c| format!(": {c}"))
+                            .unwrap_or_default();
+                        peer.association_error(format!("{e}{detail}"))
+                    })?;
+                $body
+            }
+        }
+    }};
 }
 
 /// One object to send: where its bytes come from, its UIDs and transfer syntax. A file's bytes
@@ -173,31 +230,26 @@ async fn store_objects(peer: &Peer, objects: &[Object]) -> Result<Vec<u16>, ScuE
     for (class, ts) in &contexts {
         options = options.with_presentation_context(class.clone(), vec![ts.clone()]);
     }
-    let mut a = options
-        .establish_async(peer.address.as_str())
-        .await
-        .map_err(|e| ScuError::Association {
-            peer: peer.address.clone(),
-            reason: e.to_string(),
-        })?;
-    let mut out = Vec::with_capacity(objects.len());
-    for (i, o) in objects.iter().enumerate() {
-        let message_id = u16::try_from(i + 1).unwrap_or(u16::MAX);
-        let result = store_one(&mut a, peer, o, message_id).await;
-        match result {
-            Ok(status) => out.push(status),
-            Err(e) => {
-                let _ = a.abort().await;
-                return Err(e);
+    with_association!(peer, options, |a| {
+        let mut out = Vec::with_capacity(objects.len());
+        for (i, o) in objects.iter().enumerate() {
+            let message_id = u16::try_from(i + 1).unwrap_or(u16::MAX);
+            let result = store_one(&mut a, peer, o, message_id).await;
+            match result {
+                Ok(status) => out.push(status),
+                Err(e) => {
+                    let _ = a.abort().await;
+                    return Err(e);
+                }
             }
         }
-    }
-    let _ = a.release().await;
-    Ok(out)
+        let _ = a.release().await;
+        Ok(out)
+    })
 }
 
-async fn store_one(
-    a: &mut AsyncClientAssociation<tokio::net::TcpStream>,
+async fn store_one<S: Stream>(
+    a: &mut AsyncClientAssociation<S>,
     peer: &Peer,
     o: &Object,
     message_id: u16,
@@ -259,8 +311,8 @@ async fn store_one(
 }
 
 /// A command set (Implicit VR Little Endian) as one P-DATA-TF PDU on context `pc`.
-async fn send_command(
-    a: &mut AsyncClientAssociation<tokio::net::TcpStream>,
+async fn send_command<S: Stream>(
+    a: &mut AsyncClientAssociation<S>,
     pc: u8,
     command: &InMemDicomObject,
 ) -> Result<(), String> {
@@ -281,8 +333,8 @@ async fn send_command(
 }
 
 /// Wait for the response command of the request just sent; its Status.
-async fn response_status(
-    a: &mut AsyncClientAssociation<tokio::net::TcpStream>,
+async fn response_status<S: Stream>(
+    a: &mut AsyncClientAssociation<S>,
     peer: &Peer,
 ) -> Result<u16, ScuError> {
     let exchange = |reason: String| ScuError::Exchange {
@@ -324,19 +376,24 @@ async fn response_status(
 
 /// C-ECHO: `Ok(())` when the peer answers success. Errors: `Association`, `Exchange`.
 pub async fn echo(peer: &Peer) -> Result<(), ScuError> {
-    let mut a = ClientAssociationOptions::new()
+    let options = ClientAssociationOptions::new()
         .calling_ae_title(peer.calling_ae.clone())
         .called_ae_title(peer.called_ae.clone())
         .with_presentation_context(VERIFICATION, vec!["1.2.840.10008.1.2"])
         .connection_timeout(peer.timeout)
         .read_timeout(peer.timeout)
-        .write_timeout(peer.timeout)
-        .establish_async(peer.address.as_str())
-        .await
-        .map_err(|e| ScuError::Association {
-            peer: peer.address.clone(),
-            reason: e.to_string(),
-        })?;
+        .write_timeout(peer.timeout);
+    with_association!(peer, options, |a| {
+        let r = echo_on(&mut a, peer).await;
+        let _ = a.release().await;
+        r
+    })
+}
+
+async fn echo_on<S: Stream>(
+    a: &mut AsyncClientAssociation<S>,
+    peer: &Peer,
+) -> Result<(), ScuError> {
     let pc = a
         .presentation_contexts()
         .first()
@@ -360,15 +417,13 @@ pub async fn echo(peer: &Peer) -> Result<(), ScuError> {
             PrimitiveValue::from(0x0101_u16),
         ),
     ]);
-    if let Err(reason) = send_command(&mut a, pc, &command).await {
+    if let Err(reason) = send_command(a, pc, &command).await {
         return Err(ScuError::Exchange {
             peer: peer.address.clone(),
             reason,
         });
     }
-    let status = response_status(&mut a, peer).await;
-    let _ = a.release().await;
-    match status? {
+    match response_status(a, peer).await? {
         0 => Ok(()),
         s => Err(ScuError::Exchange {
             peer: peer.address.clone(),

@@ -15,4 +15,5 @@ pub mod service;
 pub mod sr;
 pub mod sr_delivery;
 pub mod store;
+pub mod tls;
 pub mod watch;

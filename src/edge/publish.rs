@@ -21,8 +21,6 @@ use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
     TlsConfiguration, Transport,
 };
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use thiserror::Error;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
@@ -30,6 +28,7 @@ use tokio::time::Instant;
 use crate::edge::config::{Broker, ConfigError, MqttConfig};
 use crate::edge::service::Liveness;
 use crate::edge::store::{Store, StoreError};
+use crate::edge::tls::TlsError;
 
 /// Outbox rows handed to the client before their PUBACKs (publication order is kept: the broker
 /// forwards QoS 1 messages of one connection in order).
@@ -168,55 +167,16 @@ fn read_file(key: &'static str, path: &Path) -> Result<Vec<u8>, PublishError> {
 
 /// The rustls client configuration of `mqtts://`: the CA bundle of `mqtt.ca_file` as the only
 /// trust anchors and, when set, the client certificate chain and key (PEM) of
-/// `mqtt.client_cert` / `mqtt.client_key`. Uses the ring provider.
+/// `mqtt.client_cert` / `mqtt.client_key` ([`crate::edge::tls::client_config`], ring).
 pub fn tls_config(m: &MqttConfig) -> Result<rustls::ClientConfig, PublishError> {
-    let file_err = |key, path: &Path, detail: String| PublishError::File {
-        key,
-        path: path.to_path_buf(),
-        detail,
-    };
-    let ca = read_file("mqtt.ca_file", &m.ca_file)?;
-    let mut roots = rustls::RootCertStore::empty();
-    let mut n = 0;
-    for cert in CertificateDer::pem_slice_iter(&ca) {
-        let cert = cert.map_err(|e| file_err("mqtt.ca_file", &m.ca_file, e.to_string()))?;
-        roots
-            .add(cert)
-            .map_err(|e| file_err("mqtt.ca_file", &m.ca_file, e.to_string()))?;
-        n += 1;
-    }
-    if n == 0 {
-        return Err(file_err(
-            "mqtt.ca_file",
-            &m.ca_file,
-            "no PEM certificate in it".into(),
-        ));
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| PublishError::Tls(e.to_string()))?
-        .with_root_certificates(roots);
-    if m.client_cert.as_os_str().is_empty() {
-        return Ok(builder.with_no_client_auth());
-    }
-    let pem = read_file("mqtt.client_cert", &m.client_cert)?;
-    let chain = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_err("mqtt.client_cert", &m.client_cert, e.to_string()))?;
-    if chain.is_empty() {
-        return Err(file_err(
-            "mqtt.client_cert",
-            &m.client_cert,
-            "no PEM certificate in it".into(),
-        ));
-    }
-    let key_pem = read_file("mqtt.client_key", &m.client_key)?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| file_err("mqtt.client_key", &m.client_key, e.to_string()))?;
-    builder
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| PublishError::Tls(e.to_string()))
+    let client = (!m.client_cert.as_os_str().is_empty()).then_some((
+        ("mqtt.client_cert", m.client_cert.as_path()),
+        ("mqtt.client_key", m.client_key.as_path()),
+    ));
+    crate::edge::tls::client_config(("mqtt.ca_file", &m.ca_file), client).map_err(|e| match e {
+        TlsError::File { key, path, detail } => PublishError::File { key, path, detail },
+        TlsError::Config(c) => PublishError::Tls(c),
+    })
 }
 
 /// rumqttc options of `[mqtt]`: broker, client id, clean session, keep-alive, the retained

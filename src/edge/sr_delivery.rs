@@ -17,6 +17,7 @@ use tokio::sync::{watch, Notify};
 use crate::edge::config::SrConfig;
 use crate::edge::dicom_scu::{self, Peer};
 use crate::edge::store::{Store, StoreError};
+use crate::edge::tls::TlsError;
 
 /// Key of the `[sr] folder` destination in the SR outbox.
 pub const FOLDER_KEY: &str = "folder";
@@ -40,25 +41,38 @@ pub enum Destination {
 }
 
 impl Destination {
-    /// The destinations of `[sr]`, in the order of the configuration, folder last.
-    pub fn from_config(c: &SrConfig) -> Vec<Destination> {
-        let mut out: Vec<Destination> = c
-            .destination
-            .iter()
-            .map(|d| Destination::Scu {
+    /// The destinations of `[sr]`, in the order of the configuration, folder last; the TLS
+    /// files of a destination with `tls_ca` are read now. Errors: [`TlsError`].
+    pub fn from_config(c: &SrConfig) -> Result<Vec<Destination>, TlsError> {
+        let mut out = Vec::new();
+        for d in &c.destination {
+            let tls = if d.tls_ca.as_os_str().is_empty() {
+                None
+            } else {
+                let client = (!d.tls_cert.as_os_str().is_empty()).then_some((
+                    ("sr.destination.tls_cert", d.tls_cert.as_path()),
+                    ("sr.destination.tls_key", d.tls_key.as_path()),
+                ));
+                Some(Arc::new(crate::edge::tls::client_config(
+                    ("sr.destination.tls_ca", &d.tls_ca),
+                    client,
+                )?))
+            };
+            out.push(Destination::Scu {
                 key: d.key(),
                 peer: Peer {
                     address: d.address.clone(),
                     calling_ae: d.calling_ae.clone(),
                     called_ae: d.ae_title.clone(),
                     timeout: Duration::from_secs(d.timeout_secs),
+                    tls,
                 },
-            })
-            .collect();
+            });
+        }
         if !c.folder.as_os_str().is_empty() {
             out.push(Destination::Folder(c.folder.clone()));
         }
-        out
+        Ok(out)
     }
 
     /// The destination's key in the SR outbox and the logs (`AE@host:port`, or `folder`).
@@ -136,14 +150,15 @@ pub struct SrSender {
 }
 
 impl SrSender {
-    /// A sender of `[sr]`'s destinations over `store` (a connection of its own).
-    pub fn new(store: Store, config: &SrConfig) -> SrSender {
-        SrSender {
+    /// A sender of `[sr]`'s destinations over `store` (a connection of its own). Errors: a
+    /// destination's TLS files ([`TlsError`]).
+    pub fn new(store: Store, config: &SrConfig) -> Result<SrSender, TlsError> {
+        Ok(SrSender {
             store,
-            destinations: Destination::from_config(config),
+            destinations: Destination::from_config(config)?,
             retry_max: Duration::from_secs(config.retry_max_secs),
             wake: Arc::new(Notify::new()),
-        }
+        })
     }
 
     /// Notify it after committing SRs, so it looks at once.

@@ -94,6 +94,42 @@ fn sr_is_off_by_default_and_its_destinations_parse_and_are_checked() {
     }
     let e = Config::parse("[sr]\nretry_max_secs = 0\n", "(test)").unwrap_err();
     assert!(e.to_string().contains("sr.retry_max_secs"), "{e}");
+    let e = Config::parse(
+        "[[sr.destination]]\nae_title = \"P\"\naddress = \"a:104\"\ntls_cert = \"c.pem\"\n",
+        "(test)",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("sr.destination.tls_cert"), "{e}");
+}
+
+#[test]
+fn dicom_tls_needs_its_key_and_client_ca_and_takes_sha256_fingerprints() {
+    let base = "[dicom]\ncalling_ae_allow = [\"M\"]\nip_allow = [\"127.0.0.1\"]\n";
+    let fp = vec!["AB"; 32].join(":");
+    let c = Config::parse(
+        &format!(
+            "{base}tls_cert = \"s.pem\"\ntls_key = \"s.key\"\ntls_client_ca = \"ca.pem\"\n\
+             tls_client_allow = [\"{fp}\"]\n"
+        ),
+        "(test)",
+    )
+    .unwrap();
+    assert!(c.dicom.unwrap().tls());
+    for (keys, named) in [
+        (
+            "tls_cert = \"s.pem\"\ntls_client_ca = \"ca.pem\"",
+            "dicom.tls_key",
+        ),
+        (
+            "tls_cert = \"s.pem\"\ntls_key = \"s.key\"",
+            "dicom.tls_client_ca",
+        ),
+        ("tls_key = \"s.key\"", "dicom.tls_cert"),
+        ("tls_client_allow = [\"abcd\"]", "dicom.tls_client_allow"),
+    ] {
+        let e = Config::parse(&format!("{base}{keys}\n"), "(test)").unwrap_err();
+        assert!(e.to_string().contains(named), "{keys}: {e}");
+    }
 }
 
 #[test]

@@ -198,6 +198,7 @@ fn a_phantom_exam_gives_a_cad_sr_that_dciodvfy_and_dsrdump_accept_with_the_exam_
         calling_ae: "MAMMO_EDGE".into(),
         called_ae: "PACS".into(),
         timeout: Duration::from_secs(30),
+        tls: None,
     };
     let statuses = tokio::runtime::Runtime::new()
         .unwrap()

@@ -409,8 +409,15 @@ struct StoreScp(std::process::Child);
 
 impl StoreScp {
     fn start(dir: &std::path::Path, port: u16) -> StoreScp {
+        StoreScp::start_with(dir, port, &[])
+    }
+
+    /// With more options (`+tls key cert +cf ca`: DICOM TLS requiring a client certificate).
+    fn start_with(dir: &std::path::Path, port: u16, more: &[&std::ffi::OsStr]) -> StoreScp {
         let child = Command::new("storescp")
-            .args(["-aet", "PACS", "+xa", "+B", "-od"])
+            .args(["-aet", "PACS", "+xa", "+B"])
+            .args(more)
+            .arg("-od")
             .arg(dir)
             .arg(port.to_string())
             .stdout(std::process::Stdio::null())
@@ -444,6 +451,7 @@ fn our_scu_stores_plain_and_compressed_files_at_dcmtk_storescp_unchanged() {
         calling_ae: "MAMMO_EDGE".into(),
         called_ae: "PACS".into(),
         timeout: Duration::from_secs(30),
+        tls: None,
     };
     rt.block_on(mammo_edge::edge::dicom_scu::echo(&peer))
         .unwrap();
@@ -655,4 +663,110 @@ fn the_exam_sr_reaches_storescp_through_a_pacs_outage_and_a_crash_and_check_echo
         .unwrap();
     assert!(check.status.success(), "{}", text(&check));
     assert!(text(&check).contains(&format!("ok: SR destination {pacs_key} answers C-ECHO")));
+}
+
+/// `openssl x509 -noout -fingerprint -sha256` of a certificate, as an operator copies it into
+/// `dicom.tls_client_allow` (`AB:CD:…`).
+fn openssl_fingerprint(cert: &std::path::Path) -> String {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(cert)
+        .output()
+        .expect("openssl CLI");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim().rsplit('=').next().unwrap().to_string()
+}
+
+#[test]
+fn dicom_tls_admits_only_an_allowed_client_certificate_and_the_sr_goes_to_a_tls_pacs() {
+    let pki = Pki::generate();
+    let broker = Broker::start();
+    // dcmtk's storescp as a TLS PACS that requires a client certificate of the test CA
+    let pacs_port = free_port();
+    let pacs_dir = tmp();
+    let tls_args = |key: &std::path::Path, cert: &std::path::Path| -> Vec<std::ffi::OsString> {
+        vec![
+            "+tls".into(),
+            key.into(),
+            cert.into(),
+            "+cf".into(),
+            pki.ca.clone().into(),
+        ]
+    };
+    let server_tls = tls_args(&pki.server_key, &pki.server_cert);
+    let refs: Vec<&std::ffi::OsStr> = server_tls.iter().map(|a| a.as_os_str()).collect();
+    let _pacs = StoreScp::start_with(pacs_dir.path(), pacs_port, &refs);
+    let fp = openssl_fingerprint(&pki.client_cert);
+    assert_eq!(fp.len(), 95, "{fp}");
+    let (mut dicom, port) = dicom_section(
+        free_port(),
+        &format!(
+            "tls_cert = {:?}\ntls_key = {:?}\ntls_client_ca = {:?}\ntls_client_allow = [{fp:?}]\n",
+            pki.server_cert, pki.server_key, pki.ca
+        ),
+    );
+    dicom.push_str(&format!(
+        "[[sr.destination]]\nae_title = \"PACS\"\naddress = \"127.0.0.1:{pacs_port}\"\n\
+         tls_ca = {:?}\ntls_cert = {:?}\ntls_key = {:?}\n",
+        pki.ca, pki.client_cert, pki.client_key
+    ));
+    let s = Setup::new(&broker.url(), &dicom);
+    let pacs_key = format!("PACS@127.0.0.1:{pacs_port}");
+    // check: the receiver's TLS files load and the PACS answers C-ECHO over TLS
+    let check = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&s.config)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", text(&check));
+    assert!(text(&check).contains(&format!("ok: SR destination {pacs_key} answers C-ECHO")));
+
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sub = Subscriber::start(broker.port, &s.prefix, "sub-tls", got);
+    let _d = s.start();
+    let with_tls = |program: &str, key: &std::path::Path, cert: &std::path::Path, rest: &[&str]| {
+        let mut c = Command::new(program);
+        c.args(tls_args(key, cert));
+        c.args(["-aet", MODALITY, "-aec", AE, "127.0.0.1", &port.to_string()]);
+        c.args(rest);
+        c.output().unwrap()
+    };
+    wait_for(30, "a C-ECHO over TLS from the allowed client", &s, || {
+        with_tls("echoscu", &pki.client_key, &pki.client_cert, &[])
+            .status
+            .success()
+    });
+    // plain DICOM on the TLS port, and a client certificate of the same CA not in the
+    // allow-list, are refused
+    assert!(!echo(port, MODALITY, AE).status.success());
+    let other = with_tls("echoscu", &pki.client2_key, &pki.client2_cert, &[]);
+    assert!(!other.status.success(), "{}", text(&other));
+    // the exam over TLS: scored, published, and its SR stored at the TLS PACS
+    let src = tmp();
+    let files = exam(src.path(), 33);
+    let names: Vec<&str> = files.iter().map(|f| f.to_str().unwrap()).collect();
+    let out = with_tls("storescu", &pki.client_key, &pki.client_cert, &names);
+    assert!(out.status.success(), "{}", text(&out));
+    sub.wait(60, "4 images and the exam", |s| {
+        s.on("image").len() >= 4 && !s.on("exam").is_empty()
+    });
+    wait_for(30, "the SR at the TLS PACS", &s, || {
+        dcm_files(pacs_dir.path()).len() == 1
+    });
+    crate::sr::dciodvfy_clean(&dcm_files(pacs_dir.path())[0]);
+    let log = s.log_text();
+    let fp2 = openssl_fingerprint(&pki.client2_cert)
+        .replace(':', "")
+        .to_ascii_lowercase();
+    assert!(
+        log.contains(&format!(
+            "TLS client certificate sha256 {fp2} refused: not in the allow-list"
+        )),
+        "{log}"
+    );
+    assert!(log.contains("TLS handshake failed"), "{log}");
+    // storescp writes the file before it answers: the row is marked a moment later
+    wait_for(10, "the SR marked delivered", &s, || {
+        s.log_text().contains(&format!("delivered to {pacs_key}"))
+    });
 }

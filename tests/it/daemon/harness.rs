@@ -798,7 +798,7 @@ pub(crate) fn distinct_result_ids(msgs: &[Value]) -> Vec<String> {
 // ---------------------------------------------------------------- TLS (ops.rs)
 
 /// A test PKI made with the `openssl` CLI (EC P-256): a CA, a server certificate for
-/// 127.0.0.1 / localhost, a client certificate, and an unrelated second CA (the "wrong CA").
+/// 127.0.0.1 / localhost, two client certificates, and an unrelated second CA (the "wrong CA").
 pub(crate) struct Pki {
     pub(crate) _dir: tempfile::TempDir,
     pub(crate) ca: PathBuf,
@@ -806,6 +806,9 @@ pub(crate) struct Pki {
     pub(crate) server_key: PathBuf,
     pub(crate) client_cert: PathBuf,
     pub(crate) client_key: PathBuf,
+    /// A second client certificate of the same CA (for allow-lists that name only the first).
+    pub(crate) client2_cert: PathBuf,
+    pub(crate) client2_key: PathBuf,
     pub(crate) other_ca: PathBuf,
 }
 
@@ -864,6 +867,7 @@ impl Pki {
                 "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
             ),
             ("client", "clientAuth", ""),
+            ("client2", "clientAuth", ""),
         ] {
             let (key, csr, pem, ext, subj) = (
                 format!("{name}.key"),
@@ -919,6 +923,8 @@ impl Pki {
             server_key: d.join("server.key"),
             client_cert: d.join("client.pem"),
             client_key: d.join("client.key"),
+            client2_cert: d.join("client2.pem"),
+            client2_key: d.join("client2.key"),
             other_ca: d.join("other-ca.pem"),
             _dir: dir,
         }
