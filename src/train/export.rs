@@ -358,20 +358,6 @@ fn value_info(name: &str, dims: &[Option<usize>]) -> pb::ValueInfoProto {
     }
 }
 
-/// The graph outputs of the model contract, in order (`ood_score` last, when present).
-const OUTPUTS: [&str; 10] = [
-    "cancer",
-    "normal",
-    "density",
-    "percent_density",
-    "vendor",
-    "view",
-    "dense_mask",
-    "reconstruction",
-    "recon_error",
-    OOD_OUTPUT,
-];
-
 /// Build the ONNX model of `net` with `meta` as `mammo.*` metadata.
 pub fn to_onnx<B: Backend>(
     net: &MtlNet<B>,
@@ -427,18 +413,15 @@ pub fn to_onnx_ensemble<B: Backend>(
         };
         member_graph(&mut g, net, *ood, &target, &name)?;
     }
-    let n_outputs = if with_ood {
-        OUTPUTS.len()
-    } else {
-        OUTPUTS.len() - 1
-    };
+    // the contract's outputs in order, `ood_score` last when present
+    let ood = with_ood.then_some(OOD_OUTPUT);
     if !single {
-        for out in &OUTPUTS[..n_outputs] {
+        for out in crate::model::contract::OUTPUTS.iter().copied().chain(ood) {
             let inputs: Vec<String> = (0..members.len())
                 .map(|k| format!("member{k}_{out}"))
                 .collect();
             let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-            g.node("Mean", &refs, Some(*out), vec![]);
+            g.node("Mean", &refs, Some(out), vec![]);
         }
     }
 

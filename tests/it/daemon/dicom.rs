@@ -536,11 +536,7 @@ fn the_exam_sr_reaches_storescp_through_a_pacs_outage_and_a_crash_and_check_echo
     let pacs_key = format!("PACS@127.0.0.1:{pacs_port}");
 
     // `check` names the destination that does not answer C-ECHO (exit 7)
-    let check = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&s.config)
-        .output()
-        .unwrap();
+    let check = s.state_tool("check", &[]);
     assert_eq!(check.status.code(), Some(7), "{}", text(&check));
     assert!(
         text(&check).contains(&format!("sr.destination {pacs_key}")),
@@ -594,29 +590,17 @@ fn the_exam_sr_reaches_storescp_through_a_pacs_outage_and_a_crash_and_check_echo
     let at_pacs = &dcm_files(pacs_dir.path())[0];
     let in_folder = &dcm_files(sr_dir.path())[0];
     let obj = dicom_object::open_file(at_pacs).unwrap();
-    let get = |t| {
-        obj.element(t)
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .trim_end_matches('\0')
-            .trim()
-            .to_string()
-    };
+    let get = |t| element_text(&obj, t);
     use dicom_dictionary_std::tags;
     assert_eq!(
         get(tags::SOP_CLASS_UID),
         mammo_edge::edge::sr::MAMMOGRAPHY_CAD_SR
     );
     let source = dicom_object::open_file(&files[0]).unwrap();
-    let study = source
-        .element(tags::STUDY_INSTANCE_UID)
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .trim_end_matches('\0')
-        .to_string();
-    assert_eq!(get(tags::STUDY_INSTANCE_UID), study);
+    assert_eq!(
+        get(tags::STUDY_INSTANCE_UID),
+        element_text(&source, tags::STUDY_INSTANCE_UID)
+    );
     assert_eq!(get(tags::PATIENT_NAME), name);
     assert_eq!(get(tags::PATIENT_ID), id);
     assert_eq!(get(tags::COMPLETION_FLAG), "COMPLETE");
@@ -656,11 +640,7 @@ fn the_exam_sr_reaches_storescp_through_a_pacs_outage_and_a_crash_and_check_echo
     );
 
     // check now echoes the destination
-    let check = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&s.config)
-        .output()
-        .unwrap();
+    let check = s.state_tool("check", &[]);
     assert!(check.status.success(), "{}", text(&check));
     assert!(text(&check).contains(&format!("ok: SR destination {pacs_key} answers C-ECHO")));
 }
@@ -713,11 +693,7 @@ fn dicom_tls_admits_only_an_allowed_client_certificate_and_the_sr_goes_to_a_tls_
     let s = Setup::new(&broker.url(), &dicom);
     let pacs_key = format!("PACS@127.0.0.1:{pacs_port}");
     // check: the receiver's TLS files load and the PACS answers C-ECHO over TLS
-    let check = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&s.config)
-        .output()
-        .unwrap();
+    let check = s.state_tool("check", &[]);
     assert!(check.status.success(), "{}", text(&check));
     assert!(text(&check).contains(&format!("ok: SR destination {pacs_key} answers C-ECHO")));
 
@@ -753,6 +729,10 @@ fn dicom_tls_admits_only_an_allowed_client_certificate_and_the_sr_goes_to_a_tls_
     wait_for(30, "the SR at the TLS PACS", &s, || {
         dcm_files(pacs_dir.path()).len() == 1
     });
+    // storescp writes the file before it answers: read it once the row is marked delivered
+    wait_for(10, "the SR marked delivered", &s, || {
+        s.log_text().contains(&format!("delivered to {pacs_key}"))
+    });
     crate::sr::dciodvfy_clean(&dcm_files(pacs_dir.path())[0]);
     let log = s.log_text();
     let fp2 = openssl_fingerprint(&pki.client2_cert)
@@ -765,8 +745,4 @@ fn dicom_tls_admits_only_an_allowed_client_certificate_and_the_sr_goes_to_a_tls_
         "{log}"
     );
     assert!(log.contains("TLS handshake failed"), "{log}");
-    // storescp writes the file before it answers: the row is marked a moment later
-    wait_for(10, "the SR marked delivered", &s, || {
-        s.log_text().contains(&format!("delivered to {pacs_key}"))
-    });
 }

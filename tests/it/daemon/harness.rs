@@ -762,6 +762,17 @@ pub(crate) fn drop_in(watch: &Path, src: &Path, name: &str) -> PathBuf {
 }
 
 /// PatientName and PatientID of a DICOM file.
+/// A data set element as text, trailing NUL padding and spaces removed (panics if absent).
+pub(crate) fn element_text(obj: &dicom_object::InMemDicomObject, tag: dicom_core::Tag) -> String {
+    obj.element(tag)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim_end_matches('\0')
+        .trim()
+        .to_string()
+}
+
 pub(crate) fn patient(path: &Path) -> (String, String) {
     let obj = dicom_object::open_file(path).unwrap();
     let get = |t| obj.element(t).unwrap().to_str().unwrap().trim().to_string();

@@ -1343,13 +1343,7 @@ fn the_log_names_no_folder_and_no_uid_with_hashed_uids() {
         assert!(!r.payload.contains("DOE^JANE") && !r.payload.contains(sop.as_str()));
     }
     // review #13: nor does the state database: no path, no folder name, no plain UID
-    let study = obj
-        .element(tags::STUDY_INSTANCE_UID)
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .trim_end_matches('\0')
-        .to_string();
+    let study = element_text(&obj, tags::STUDY_INSTANCE_UID);
     let db = crate::util::database_text(&s.state.join("state.sqlite"));
     assert!(db.contains("hmac-sha256:"), "{db}");
     let watch = s.watch.to_string_lossy().into_owned();
