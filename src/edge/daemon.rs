@@ -465,8 +465,9 @@ struct Pipeline {
     last_reload: Option<crate::edge::health::Reload>,
     /// The tick periods changed (reload): the loop rebuilds its intervals.
     ticks_changed: bool,
-    /// The SR sender's waker, while `[sr]` is on (SRs are made only then).
-    sr_waker: Option<Arc<Notify>>,
+    /// While `[sr]` is on (SRs are made only then): the SR sender's waker and its destination
+    /// keys (each SR is queued once per key).
+    sr: Option<(Arc<Notify>, Vec<String>)>,
 }
 
 /// Run the daemon until `shutdown` resolves: recover the ledger, start the publisher, watch,
@@ -582,14 +583,14 @@ pub async fn run_with(
     let mut publisher_ended = None;
 
     // the Mammography CAD SR sender, when [sr] names a destination
-    let sr_sender = if config.sr.is_off() {
-        None
+    let (mut sr_task, sr) = if config.sr.is_off() {
+        (None, None)
     } else {
         let sender = SrSender::new(
             Store::open(&config.state.dir, config.ingest.max_attempts)?,
             &config.sr,
         )?;
-        let wake = sender.waker();
+        let handles = (sender.waker(), sender.keys());
         log::info!(
             "SR on: {} destination(s){}",
             config.sr.destination.len(),
@@ -599,9 +600,12 @@ pub async fn run_with(
                 " and a folder"
             }
         );
-        Some((tokio::spawn(sender.run(stop_rx.clone())), wake))
+        (
+            Some(tokio::spawn(sender.run(stop_rx.clone()))),
+            Some(handles),
+        )
     };
-    let (mut sr_task, mut sr_ended) = (None, None);
+    let mut sr_ended = None;
 
     let (_fs, mut fs_rx) = FsEvents::start(&config.watch.dirs)?;
     let runner = Arc::new(model.runner);
@@ -655,11 +659,8 @@ pub async fn run_with(
         reload_again: false,
         last_reload: None,
         ticks_changed: false,
-        sr_waker: sr_sender.as_ref().map(|(_, w)| w.clone()),
+        sr,
     };
-    if let Some((task, _)) = sr_sender {
-        sr_task = Some(task);
-    }
     log::info!(
         "watching {} folder(s); broker {}; topics {}/…",
         p.config.watch.dirs.len(),
@@ -1544,7 +1545,7 @@ impl Pipeline {
             }
         );
         self.waker.notify_one();
-        if let (Some(w), false) = (&self.sr_waker, srs.is_empty()) {
+        if let (Some((w, _)), false) = (&self.sr, srs.is_empty()) {
             w.notify_one();
         }
         Ok(())
@@ -1554,7 +1555,7 @@ impl Pipeline {
     /// A header that cannot be read leaves the image out of the SR (logged without the path
     /// or the reason's text, which may name the patient).
     fn sr_source(&self, path: &Path, label: &str) -> Option<String> {
-        self.sr_waker.as_ref()?;
+        self.sr.as_ref()?;
         match SourceImage::read(path) {
             Ok(s) => Some(s.to_json().to_string()),
             Err(_) => {
@@ -1575,9 +1576,9 @@ impl Pipeline {
         revision: u32,
         exam: &serde_json::Value,
     ) -> Result<Vec<SrOutgoing>, StoreError> {
-        if self.sr_waker.is_none() {
+        let Some((_, keys)) = &self.sr else {
             return Ok(Vec::new());
-        }
+        };
         let mut images = Vec::new();
         for (src, result) in self
             .store
@@ -1616,14 +1617,10 @@ impl Pipeline {
             );
             return Ok(Vec::new());
         }
-        let mut keys: Vec<String> = self.config.sr.destination.iter().map(|d| d.key()).collect();
-        if !self.config.sr.folder.as_os_str().is_empty() {
-            keys.push(crate::edge::sr_delivery::FOLDER_KEY.to_string());
-        }
         Ok(keys
-            .into_iter()
+            .iter()
             .map(|destination| SrOutgoing {
-                destination,
+                destination: destination.clone(),
                 sop_instance_uid: id.sop_instance_uid.clone(),
                 object: bytes.clone(),
             })

@@ -166,6 +166,14 @@ impl SrSender {
         self.wake.clone()
     }
 
+    /// The keys of its destinations, in order: each SR is queued once per key.
+    pub fn keys(&self) -> Vec<String> {
+        self.destinations
+            .iter()
+            .map(|d| d.key().to_string())
+            .collect()
+    }
+
     /// Run until `stop` turns true. A database error ends it (the daemon stops, as for the
     /// MQTT publisher: SRs would pile up undelivered). An SR being sent when `stop` turns
     /// is abandoned and sent again at the next start.
