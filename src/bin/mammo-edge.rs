@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use mammo_edge::cli::inspect::{self, Outputs};
-use mammo_edge::ingest::dicom::{IngestOptions, Vendor, View};
+use mammo_edge::ingest::dicom::{IngestOptions, Resolution, Vendor, View};
 use mammo_edge::ingest::preprocess::PreprocessConfig;
 use mammo_edge::synth::generator::{generate, image_count, SynthConfig};
 use mammo_edge::synth::style::styled_vendors;
@@ -149,6 +149,11 @@ enum Command {
         /// DIR (it carries the source images' patient module: keep it on the hospital network).
         #[arg(long, value_name = "DIR")]
         sr: Option<PathBuf>,
+        /// Decode JPEG 2000 at full resolution (default: the coarsest wavelet level that keeps
+        /// four times the model's input per side, as the daemon does unless `ingest.reduced_decode =
+        /// false`).
+        #[arg(long)]
+        full_resolution: bool,
         /// Instead of DICOM files: one raw little-endian f32 model-input tensor [H*W] (for checks
         /// against other runtimes); prints the raw outputs.
         #[arg(long, value_name = "FILE")]
@@ -544,6 +549,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             json,
             any,
             sr,
+            full_resolution,
             tensor,
             files,
         } => {
@@ -572,11 +578,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     emit(&mammo_edge::edge::message::summary(v));
                 }
             };
-            let opts = if any {
+            let mut opts = if any {
                 IngestOptions::any_image()
             } else {
                 IngestOptions::default()
             };
+            if full_resolution {
+                opts.resolution = Resolution::Full;
+            }
             let mut batch = mammo_edge::cli::infer::Batch::new(&model, opts);
             let mut rejected = 0;
             let mut scored = Vec::new();

@@ -150,6 +150,17 @@ impl Default for PreprocessConfig {
 
 impl PreprocessConfig {
     /// Check ranges; the error names the key.
+    /// The decoded size this preprocessing needs, (rows, columns): four times the model input
+    /// per side, so that the breast crop (at least half the image) is still reduced at least 2×
+    /// by the area filter of the resize, as it is from a full decode. A JPEG 2000 image is
+    /// decoded at the coarsest wavelet level that keeps it (`ingest::dicom::Resolution`).
+    /// Measured: at twice the input (one level more) the shipped model's density probabilities
+    /// moved by up to 0.11 on phantoms; at four times by ≤ 0.03 (tests/it/codecs.rs and
+    /// real_data.rs bound the change against a full decode).
+    pub fn decode_at_least(&self) -> (usize, usize) {
+        (4 * self.height, 4 * self.width)
+    }
+
     pub fn validate(&self) -> Result<(), PreprocessError> {
         let bad = |k: &str, v: String| Err(PreprocessError::Config(format!("{k} = {v}")));
         if self.height < 8 || self.height > 8192 {

@@ -10,8 +10,8 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::ingest::dicom::{
-    read_mammogram_detailed, Category, IngestError, IngestOptions, Laterality, MammoMeta, Vendor,
-    View,
+    read_mammogram_detailed, Category, IngestError, IngestOptions, Laterality, MammoMeta,
+    Resolution, Vendor, View,
 };
 use crate::ingest::files::sha256_hex;
 use crate::ingest::image_file::{read_bounded, read_image_bytes, ImageFileError, ImageFileReport};
@@ -156,6 +156,7 @@ pub fn infer_file_detailed(
     opts: &IngestOptions,
 ) -> Result<Scored, (Option<Box<MammoMeta>>, InferError)> {
     let t0 = Instant::now();
+    let opts = &for_model(runner, opts);
     let m = read_mammogram_detailed(path, opts).map_err(|(meta, e)| (meta, e.into()))?;
     let t1 = Instant::now();
     let with_meta = |e: InferError| (Some(Box::new(m.meta.clone())), e);
@@ -175,6 +176,16 @@ pub fn infer_file_detailed(
         meta: m.meta,
         result: r,
     })
+}
+
+/// `opts` with [`Resolution::ForModel`] made concrete for `runner`'s input size.
+pub fn for_model(runner: &ModelRunner, opts: &IngestOptions) -> IngestOptions {
+    let mut opts = opts.clone();
+    if opts.resolution == Resolution::ForModel {
+        let (rows, columns) = runner.meta.preprocess().decode_at_least();
+        opts.resolution = Resolution::AtLeast { rows, columns };
+    }
+    opts
 }
 
 /// A scored image file with what the reader found (format, bits, polarity).

@@ -369,3 +369,47 @@ fn the_shipped_model_flags_other_x_rays_out_of_distribution_and_not_mammograms()
     );
     assert_eq!(batch.file(&crop).payload["ood"], false);
 }
+
+/// The two real Hologic JPEG 2000 mammograms (26 MP) decoded at reduced resolution, as the daemon and `infer` do by default: two wavelet levels
+/// skipped for the shipped 256 × 160 model, and the float32 and int8 models' outputs agree with a
+/// full decode within the tolerance of `codecs::assert_outputs_agree`.
+#[test]
+fn jpeg2000_at_reduced_resolution_keeps_the_models_outputs_on_real_hologic_files() {
+    use mammo_edge::ingest::dicom::Resolution;
+    let Some(dir) = data_dir() else { return };
+    let f32_model = mammo_edge::model::score::load_model(Some(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("models/mammo-mtl-demo.onnx"),
+    ))
+    .unwrap();
+    let int8_model = mammo_edge::model::score::load_model(None).unwrap();
+    let full_opts = IngestOptions {
+        resolution: Resolution::Full,
+        ..IngestOptions::default()
+    };
+    for name in ["hologic_selenia_L_CC_j2k.dcm", "hologic_selenia_R_MLO_j2k.dcm"] {
+        let path = file(&dir, "real-mammo", name);
+        let (rows, columns) = int8_model.runner.meta.preprocess().decode_at_least();
+        let small = read_mammogram(
+            &path,
+            &IngestOptions {
+                resolution: Resolution::AtLeast { rows, columns },
+                ..IngestOptions::default()
+            },
+        )
+        .unwrap();
+        let (r, c) = (small.meta.rows as usize, small.meta.columns as usize);
+        assert_eq!(small.grey.reduce, 2, "{name}: {r}x{c}");
+        assert_eq!(
+            (small.image.height, small.image.width),
+            (r.div_ceil(4), c.div_ceil(4))
+        );
+        for model in [&f32_model, &int8_model] {
+            let mut full = mammo_edge::cli::infer::Batch::new(model, full_opts.clone());
+            let mut reduced = mammo_edge::cli::infer::Batch::new(model, IngestOptions::default());
+            let a = full.file(&path);
+            let b = reduced.file(&path);
+            assert!(a.scored && b.scored, "{name}");
+            crate::codecs::assert_outputs_agree(name, &a.payload, &b.payload);
+        }
+    }
+}

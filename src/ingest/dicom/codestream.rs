@@ -100,6 +100,33 @@ fn sniff_siz(cs: &[u8], jp2_wrapped: bool) -> Option<CodestreamInfo> {
     })
 }
 
+/// The number of wavelet decomposition levels of a JPEG 2000 codestream (bare or JP2-wrapped):
+/// the NL field of the COD marker of the main header (ITU-T T.800 A.6.1), i.e. how many times
+/// the decoder can halve the resolution (`reduce` ≤ NL). `None` when no COD marker precedes the
+/// first tile (SOT) or the header is cut short. A COC marker may lower NL for one component;
+/// mammograms have one component and the caller falls back to a full decode on any error.
+pub fn j2k_decomposition_levels(fragment: &[u8]) -> Option<u8> {
+    let start = match sniff_kind(fragment) {
+        CodestreamKind::Jpeg2000 { jp2_wrapped: false } => 0,
+        CodestreamKind::Jpeg2000 { jp2_wrapped: true } => find(fragment, &[0xff, 0x4f, 0xff, 0x51])?,
+        _ => return None,
+    };
+    let cs = &fragment[start..];
+    let mut i = 2; // after SOC
+    while i + 4 <= cs.len() {
+        if cs[i] != 0xff {
+            return None;
+        }
+        let marker = cs[i + 1];
+        match marker {
+            0x52 => return cs.get(i + 9).copied(), // COD: Lcod(2) Scod(1) SGcod(4) SPcod: NL …
+            0x90 | 0x93 | 0xd9 => return None,     // SOT, SOD, EOC: main header over
+            _ => i += 2 + be16(cs, i + 2)? as usize,
+        }
+    }
+    None
+}
+
 fn sniff_jpeg(b: &[u8]) -> Option<CodestreamInfo> {
     let mut i = 2;
     while i + 4 <= b.len() {
@@ -209,5 +236,11 @@ mod tests {
         assert_eq!(info.kind, CodestreamKind::Jpeg2000 { jp2_wrapped: false });
         assert_eq!((info.width, info.height, info.precision), (640, 480, 16));
         assert_eq!(sniff_kind(b"garbage"), CodestreamKind::Unknown);
+        assert_eq!(j2k_decomposition_levels(&j2k), None, "no COD before the end");
+        // COD: Lcod 12, Scod 0, LRCP, 1 layer, no MCT, NL 5, then SOT
+        j2k.extend_from_slice(&[0xff, 0x52, 0, 12, 0, 0, 0, 1, 0, 5, 4, 4, 0, 0]);
+        j2k.extend_from_slice(&[0xff, 0x90, 0, 10]);
+        assert_eq!(j2k_decomposition_levels(&j2k), Some(5));
+        assert_eq!(j2k_decomposition_levels(&jpeg), None);
     }
 }

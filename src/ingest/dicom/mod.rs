@@ -6,6 +6,7 @@
 pub mod codestream;
 pub mod grey;
 mod header;
+pub mod j2k;
 pub mod structure;
 pub mod vendor;
 pub mod view;
@@ -204,6 +205,25 @@ pub struct IngestOptions {
     /// true; false only for inspection ([`IngestOptions::any_image`]). Not a configuration key.
     #[serde(skip)]
     pub require_uids: bool,
+    /// The resolution JPEG 2000 is decoded at ([`Resolution`]; other transfer syntaxes are
+    /// always decoded whole). Default [`Resolution::ForModel`]. Not a configuration key
+    /// (`ingest.reduced_decode = false` makes it `Full` in the daemon).
+    #[serde(skip)]
+    pub resolution: Resolution,
+}
+
+/// At which resolution a JPEG 2000 image is decoded ([`j2k`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub enum Resolution {
+    /// Every sample (inspection previews, `inspect`'s PNGs).
+    Full,
+    /// The coarsest wavelet level that keeps at least this many rows and columns.
+    AtLeast { rows: usize, columns: usize },
+    /// What the model scoring the image needs: the scorer turns it into `AtLeast` four times
+    /// the model's input (`PreprocessConfig::decode_at_least`); a reader with no model (the
+    /// trainer's cache, `inspect`) decodes in full.
+    #[default]
+    ForModel,
 }
 
 impl Default for IngestOptions {
@@ -215,6 +235,7 @@ impl Default for IngestOptions {
             accept_for_processing: false,
             accept_any_view: false,
             require_uids: true,
+            resolution: Resolution::ForModel,
         }
     }
 }
@@ -245,11 +266,15 @@ pub struct GreyReport {
     pub modality_max: f64,
     /// Time to decompress, in ms.
     pub decode_ms: f64,
+    /// JPEG 2000 resolution reduction the image was decoded at (0 = full resolution): the image
+    /// is ⌈Rows / 2^reduce⌉ × ⌈Columns / 2^reduce⌉ ([`IngestOptions::resolution`]).
+    pub reduce: u32,
     /// Time for the grey-level pipeline, in ms.
     pub grey_ms: f64,
 }
 
 /// A decoded mammogram: metadata plus grey levels in [0, 1] at source resolution (`[Rows, Columns]`),
+/// or ⌈Rows / 2^r⌉ × ⌈Columns / 2^r⌉ for JPEG 2000 decoded at reduction r = `grey.reduce`;
 /// 0 = background / black after MONOCHROME1 inversion.
 #[derive(Debug, Clone)]
 pub struct Mammogram {
@@ -311,7 +336,11 @@ pub fn read_mammogram_detailed(
     )
     .map_err(|e| fail(&meta, e))?;
     let keep = meta.clone();
-    decode(&obj, meta).map_err(|e| (Some(Box::new(keep)), e))
+    let at_least = match opts.resolution {
+        Resolution::AtLeast { rows, columns } => Some((rows, columns)),
+        Resolution::Full | Resolution::ForModel => None,
+    };
+    decode(&obj, meta, at_least).map_err(|e| (Some(Box::new(keep)), e))
 }
 
 /// Parse the whole file (header and pixel data) after the structural pre-check
@@ -681,10 +710,21 @@ fn check_rle(fragment: &[u8], meta: &MammoMeta) -> Result<(), IngestError> {
 fn decode_pixels<'a>(
     obj: &'a DefaultDicomObject,
     meta: &MammoMeta,
+    at_least: Option<(usize, usize)>,
 ) -> Result<Decoded<'a>, IngestError> {
     match meta.transfer_syntax.as_str() {
         ts::JPEG_LS_LOSSLESS | ts::JPEG_LS_NEAR_LOSSLESS => {
             decode_jpeg_ls(obj, meta).map(Decoded::Samples)
+        }
+        ts::JPEG2000_LOSSLESS | ts::JPEG2000 if at_least.is_some() => {
+            match decode_jpeg2000_reduced(obj, meta, at_least.unwrap_or_default()) {
+                Some(Ok(r)) => Ok(Decoded::Reduced(r)),
+                Some(Err(e)) => {
+                    log::debug!("{e}; decoding at full resolution");
+                    decode_pixels(obj, meta, None)
+                }
+                None => decode_pixels(obj, meta, None),
+            }
         }
         _ => obj
             .decode_pixel_data()
@@ -697,6 +737,39 @@ fn decode_pixels<'a>(
 enum Decoded<'a> {
     Pixeldata(dicom_pixeldata::DecodedPixelData<'a>),
     Samples(Vec<u8>),
+    Reduced(j2k::Reduced),
+}
+
+impl Decoded<'_> {
+    /// (columns, rows, reduction) of the samples.
+    fn size(&self, meta: &MammoMeta) -> (usize, usize, u32) {
+        match self {
+            Decoded::Reduced(r) => (r.width, r.height, r.reduce),
+            _ => (meta.columns as usize, meta.rows as usize, 0),
+        }
+    }
+}
+
+/// The frame's JPEG 2000 codestream (its fragments joined) decoded at the coarsest level that
+/// keeps `at_least` samples ([`j2k::plan`]); `None` when that is full resolution.
+fn decode_jpeg2000_reduced(
+    obj: &DefaultDicomObject,
+    meta: &MammoMeta,
+    at_least: (usize, usize),
+) -> Option<Result<j2k::Reduced, IngestError>> {
+    let px = obj.element_opt(tags::PIXEL_DATA).ok().flatten()?;
+    let fragments = px.fragments()?;
+    let first = fragments.first()?;
+    let reduce = j2k::plan(first, meta, at_least);
+    if reduce == 0 {
+        return None;
+    }
+    let stream: Vec<u8> = if fragments.len() == 1 {
+        first.to_vec()
+    } else {
+        fragments.iter().flat_map(|f| f.iter().copied()).collect()
+    };
+    Some(j2k::decode_reduced(&stream, meta, reduce))
 }
 
 impl std::ops::Deref for Decoded<'_> {
@@ -705,6 +778,7 @@ impl std::ops::Deref for Decoded<'_> {
         match self {
             Decoded::Pixeldata(d) => d.data(),
             Decoded::Samples(v) => v,
+            Decoded::Reduced(r) => &r.bytes,
         }
     }
 }
@@ -760,7 +834,11 @@ fn without_fill_before_eoi(mut s: Vec<u8>) -> Vec<u8> {
 }
 
 /// Decompress and run the grey-level pipeline.
-fn decode(obj: &DefaultDicomObject, meta: MammoMeta) -> Result<Mammogram, IngestError> {
+fn decode(
+    obj: &DefaultDicomObject,
+    meta: MammoMeta,
+    at_least: Option<(usize, usize)>,
+) -> Result<Mammogram, IngestError> {
     check_pixel_data(obj, &meta)?;
     let format = SampleFormat {
         bits_allocated: meta.bits_allocated,
@@ -771,7 +849,7 @@ fn decode(obj: &DefaultDicomObject, meta: MammoMeta) -> Result<Mammogram, Ingest
     format.validate()?;
     let t0 = Instant::now();
     let decoded =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode_pixels(obj, &meta)))
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode_pixels(obj, &meta, at_least)))
             .map_err(|p| {
                 let msg = p
                     .downcast_ref::<String>()
@@ -782,7 +860,8 @@ fn decode(obj: &DefaultDicomObject, meta: MammoMeta) -> Result<Mammogram, Ingest
             })??;
     let decode_ms = t0.elapsed().as_secs_f64() * 1e3;
     let data: &[u8] = &decoded;
-    let n = meta.rows as usize * meta.columns as usize;
+    let (width, height, reduce) = decoded.size(&meta);
+    let n = width * height;
     let expected = n * (meta.bits_allocated as usize / 8);
     if data.len() < expected {
         return Err(IngestError::Inconsistent(format!(
@@ -821,7 +900,7 @@ fn decode(obj: &DefaultDicomObject, meta: MammoMeta) -> Result<Mammogram, Ingest
         voi,
         invert,
     };
-    let image = pipeline.render(data, meta.columns as usize, meta.rows as usize)?;
+    let image = pipeline.render(data, width, height)?;
     drop(decoded);
     let grey_ms = t1.elapsed().as_secs_f64() * 1e3;
     Ok(Mammogram {
@@ -831,6 +910,7 @@ fn decode(obj: &DefaultDicomObject, meta: MammoMeta) -> Result<Mammogram, Ingest
             modality_min,
             modality_max,
             decode_ms,
+            reduce,
             grey_ms,
         },
         meta,
