@@ -1,12 +1,4 @@
 //! `mammo-train eval`: evaluation of the ONNX file that ships, run with tract (the daemon's runner)
-//! through the daemon's ingest and preprocessing, per DICOM vendor and overall, per image and per
-//! breast (max over the breast's views): cancer AUC with bootstrap 95 % CI and sensitivity /
-//! specificity at the model's operating threshold, normal AUC, density macro-F1 and linearly
-//! weighted Cohen's kappa, percent-density MAE (points), vendor macro-F1 (vendors seen in
-//! training only), view accuracy, Dice of the mask, reconstruction-error distribution.
-//! Writes `report.json` and `report.md`.
-
-//! `mammo-train eval`: evaluation of the ONNX file that ships, run with tract (the daemon's runner)
 //! through the one preprocessing module, on DICOM and image files alike, per source (the
 //! manifest's `source`: RSNA machine, data set, phantom vendor; else the DICOM vendor), pooled per
 //! data set over the sources the model was trained on and those it never saw, and overall. Per
@@ -257,13 +249,13 @@ fn group(s: &[&Scored], runner: &ModelRunner, seen: &[String]) -> GroupReport {
 /// `mammo-edge infer` does). Returns the grey image, the laterality to preprocess with and the
 /// DICOM vendor (none for an image file).
 type Input = (GreyImage, Option<Laterality>, Option<Vendor>);
-fn read_input(path: &Path) -> Result<Input, String> {
+fn read_input(path: &Path, opts: &IngestOptions) -> Result<Input, String> {
     if is_image_file(path) {
         read_image_file(path)
             .map(|f| (f.image, None, None))
             .map_err(|e| e.to_string())
     } else {
-        read_mammogram(path, &IngestOptions::default())
+        read_mammogram(path, opts)
             .map(|m| (m.image, m.meta.laterality, Some(m.meta.vendor)))
             .map_err(|e| e.to_string())
     }
@@ -306,11 +298,13 @@ pub fn evaluate(
         .cloned()
         .collect();
     let pre = runner.meta.preprocess();
+    // JPEG 2000 at the resolution the appliance decodes it at (ingest.reduced_decode)
+    let opts = crate::model::score::for_model(&runner, &IngestOptions::default());
     let mut scored = Vec::new();
     let mut skipped = 0;
     for r in rows.iter().filter(|r| r.split == split) {
         let path = root.join(&r.path);
-        let (image, laterality, vendor) = match read_input(&path) {
+        let (image, laterality, vendor) = match read_input(&path, &opts) {
             Ok(x) => x,
             Err(e) => {
                 log::warn!("{}: skipped ({e})", r.path);

@@ -127,13 +127,19 @@ pub fn assert_outputs_agree(name: &str, full: &serde_json::Value, reduced: &serd
         ("ood_score", 0.15),
     ] {
         let d = (f(full, k) - f(reduced, k)).abs();
-        assert!(d <= tol, "{name}: {k} differs by {d:.4} (> {tol}): {full} vs {reduced}");
+        assert!(
+            d <= tol,
+            "{name}: {k} differs by {d:.4} (> {tol}): {full} vs {reduced}"
+        );
     }
     for i in 0..4 {
         let d = (full["density_probabilities"][i].as_f64().unwrap()
             - reduced["density_probabilities"][i].as_f64().unwrap())
         .abs();
-        assert!(d <= 0.08, "{name}: density probability {i} differs by {d:.4}");
+        assert!(
+            d <= 0.08,
+            "{name}: density probability {i} differs by {d:.4}"
+        );
     }
     for k in ["density", "view_predicted", "laterality", "ood"] {
         assert_eq!(full[k], reduced[k], "{name}: {k}");

@@ -386,7 +386,10 @@ fn jpeg2000_at_reduced_resolution_keeps_the_models_outputs_on_real_hologic_files
         resolution: Resolution::Full,
         ..IngestOptions::default()
     };
-    for name in ["hologic_selenia_L_CC_j2k.dcm", "hologic_selenia_R_MLO_j2k.dcm"] {
+    for name in [
+        "hologic_selenia_L_CC_j2k.dcm",
+        "hologic_selenia_R_MLO_j2k.dcm",
+    ] {
         let path = file(&dir, "real-mammo", name);
         let (rows, columns) = int8_model.runner.meta.preprocess().decode_at_least();
         let small = read_mammogram(

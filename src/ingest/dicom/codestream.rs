@@ -108,7 +108,9 @@ fn sniff_siz(cs: &[u8], jp2_wrapped: bool) -> Option<CodestreamInfo> {
 pub fn j2k_decomposition_levels(fragment: &[u8]) -> Option<u8> {
     let start = match sniff_kind(fragment) {
         CodestreamKind::Jpeg2000 { jp2_wrapped: false } => 0,
-        CodestreamKind::Jpeg2000 { jp2_wrapped: true } => find(fragment, &[0xff, 0x4f, 0xff, 0x51])?,
+        CodestreamKind::Jpeg2000 { jp2_wrapped: true } => {
+            find(fragment, &[0xff, 0x4f, 0xff, 0x51])?
+        }
         _ => return None,
     };
     let cs = &fragment[start..];
@@ -236,7 +238,11 @@ mod tests {
         assert_eq!(info.kind, CodestreamKind::Jpeg2000 { jp2_wrapped: false });
         assert_eq!((info.width, info.height, info.precision), (640, 480, 16));
         assert_eq!(sniff_kind(b"garbage"), CodestreamKind::Unknown);
-        assert_eq!(j2k_decomposition_levels(&j2k), None, "no COD before the end");
+        assert_eq!(
+            j2k_decomposition_levels(&j2k),
+            None,
+            "no COD before the end"
+        );
         // COD: Lcod 12, Scod 0, LRCP, 1 layer, no MCT, NL 5, then SOT
         j2k.extend_from_slice(&[0xff, 0x52, 0, 12, 0, 0, 0, 1, 0, 5, 4, 4, 0, 0]);
         j2k.extend_from_slice(&[0xff, 0x90, 0, 10]);

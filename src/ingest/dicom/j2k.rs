@@ -39,7 +39,11 @@ pub struct Reduced {
 /// decoder's, a component count other than one, or a size other than ⌈Rows / 2^r⌉ ×
 /// ⌈Columns / 2^r⌉ ([`IngestError::Undecodable`] / [`IngestError::Inconsistent`]); the caller
 /// then decodes at full resolution.
-pub fn decode_reduced(stream: &[u8], meta: &MammoMeta, reduce: u32) -> Result<Reduced, IngestError> {
+pub fn decode_reduced(
+    stream: &[u8],
+    meta: &MammoMeta,
+    reduce: u32,
+) -> Result<Reduced, IngestError> {
     let params = jpeg2k::DecodeParameters::new().reduce(reduce);
     let image = jpeg2k::Image::from_bytes_with(stream, params)
         .map_err(|e| IngestError::Undecodable(format!("JPEG 2000 at reduce {reduce}: {e}")))?;

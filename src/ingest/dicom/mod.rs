@@ -848,16 +848,17 @@ fn decode(
     };
     format.validate()?;
     let t0 = Instant::now();
-    let decoded =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode_pixels(obj, &meta, at_least)))
-            .map_err(|p| {
-                let msg = p
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| p.downcast_ref::<&str>().copied())
-                    .unwrap_or("decoder panicked");
-                IngestError::Undecodable(format!("decoder panicked: {msg}"))
-            })??;
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        decode_pixels(obj, &meta, at_least)
+    }))
+    .map_err(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied())
+            .unwrap_or("decoder panicked");
+        IngestError::Undecodable(format!("decoder panicked: {msg}"))
+    })??;
     let decode_ms = t0.elapsed().as_secs_f64() * 1e3;
     let data: &[u8] = &decoded;
     let (width, height, reduce) = decoded.size(&meta);
