@@ -61,6 +61,7 @@ rescan_secs = 2
 dir = "$work/state"
 [model]
 path = "$PWD/models/mammo-mtl-demo.int8.onnx"
+precision = "file"
 [mqtt]
 url = "mqtt://127.0.0.1:$port"
 topic_prefix = "$prefix"

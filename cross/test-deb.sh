@@ -62,6 +62,7 @@ for arch in "${archs[@]}"; do
   for entry in "usr/bin/mammo-edge -rwxr-xr-x" "etc/mammo-edge/config.toml -rw-r-----" \
     "usr/lib/systemd/system/mammo-edge.service -rw-r--r--" "usr/lib/sysusers.d/mammo-edge.conf -rw-r--r--" \
     "usr/share/mammo-edge/models/mammo-mtl-demo.int8.onnx -rw-r--r--" \
+    "usr/share/mammo-edge/models/mammo-mtl-demo.onnx -rw-r--r--" \
     "usr/share/doc/mammo-edge/deploy.md -rw-r--r--" "usr/share/doc/mammo-edge/MODEL_CARD.md -rw-r--r--"; do
     read -r path mode <<<"$entry"
     # owner printed by name or number, depending on the tar headers
@@ -74,6 +75,7 @@ for arch in "${archs[@]}"; do
   check "sysusers = systemd/mammo-edge.sysusers" cmp "$root/usr/lib/sysusers.d/mammo-edge.conf" systemd/mammo-edge.sysusers
   check "config = systemd/config.toml" cmp "$root/etc/mammo-edge/config.toml" systemd/config.toml
   check "model = models/mammo-mtl-demo.int8.onnx" cmp "$root/usr/share/mammo-edge/models/mammo-mtl-demo.int8.onnx" models/mammo-mtl-demo.int8.onnx
+  check "float32 model beside it (model.precision = auto)" cmp "$root/usr/share/mammo-edge/models/mammo-mtl-demo.onnx" models/mammo-mtl-demo.onnx
   check "unit runs /usr/bin/mammo-edge with /etc/mammo-edge/config.toml" \
     grep -qx 'ExecStart=/usr/bin/mammo-edge run --config /etc/mammo-edge/config.toml' "$root/usr/lib/systemd/system/mammo-edge.service"
   check "default config points at the packaged model" \

@@ -64,10 +64,10 @@ for kind in f32 int8; do
   model=models/mammo-mtl-demo.onnx
   [ "$kind" = int8 ] && model=models/mammo-mtl-demo.int8.onnx
   t0=$(date +%s)
-  "$X64_BIN" infer --json --model "$model" "${inputs[@]}" > "$out/x86_64-$kind.jsonl" 2> "$out/x86_64-$kind.log"
+  "$X64_BIN" infer --json --precision file --model "$model" "${inputs[@]}" > "$out/x86_64-$kind.jsonl" 2> "$out/x86_64-$kind.log"
   t_x64=$(since "$t0")
   t0=$(date +%s)
-  qemu_a64 "$A64_BIN" infer --json --model "$model" "${inputs[@]}" > "$out/aarch64-$kind.jsonl" \
+  qemu_a64 "$A64_BIN" infer --json --precision file --model "$model" "${inputs[@]}" > "$out/aarch64-$kind.jsonl" \
     2> "$out/aarch64-$kind.log"
   echo "infer $kind ($(grep -c '"file":' "$out/aarch64-$kind.jsonl") files): x86_64 ${t_x64} s, aarch64 under qemu $(since "$t0") s"
   pairs+=("$kind" "$model" "$out/x86_64-$kind.jsonl" "$out/aarch64-$kind.jsonl")
@@ -79,7 +79,7 @@ done
 # matmuls its dispatch gives it.
 one="$(find "$work/phantom/images" -name '*.dcm' | sort | head -1)"
 qemu-aarch64 -cpu "$QEMU_CPU" -L "$A64_SYSROOT" -d in_asm -D "$work/in_asm.log" \
-  "$A64_BIN" infer --model models/mammo-mtl-demo.int8.onnx "$one" > /dev/null 2>&1
+  "$A64_BIN" infer --precision file --model models/mammo-mtl-demo.int8.onnx "$one" > /dev/null 2>&1
 # lines like "0x5501aadf38:  0f492150  smlal    v16.4s, v10.4h, v9.h[0]"
 sdot="$(grep -cE '^0x[0-9a-f]+: +[0-9a-f]+ +sdot ' "$work/in_asm.log" || true)"
 smlal="$(grep -cE '^0x[0-9a-f]+: +[0-9a-f]+ +smlal2? ' "$work/in_asm.log" || true)"

@@ -43,6 +43,13 @@ struct Cli {
     command: Command,
 }
 
+/// `infer --precision`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PrecisionArg {
+    Auto,
+    File,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon: watch the export folders, score each new mammogram, publish over MQTT.
@@ -138,6 +145,11 @@ enum Command {
         /// The ONNX model (default: the bundled int8 demo model).
         #[arg(long)]
         model: Option<PathBuf>,
+        /// `auto`: also time the model's other precision (X.onnx / X.int8.onnx beside it, the
+        /// same model; the bundled float32 twin for the bundled model) and score with the faster
+        /// on this CPU, as the daemon does; `file`: the model as given (always with `--tensor`).
+        #[arg(long, value_enum, default_value = "auto")]
+        precision: PrecisionArg,
         /// Print the messages as JSON, one per line (docs/schemas/; `file` is the path as given).
         #[arg(long)]
         json: bool,
@@ -546,6 +558,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Infer {
             model,
+            precision,
             json,
             any,
             sr,
@@ -553,7 +566,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             tensor,
             files,
         } => {
-            let model = mammo_edge::model::score::load_model(model.as_deref())?;
+            let model = if tensor.is_some() || precision == PrecisionArg::File {
+                mammo_edge::model::score::load_model(model.as_deref())?
+            } else {
+                mammo_edge::model::score::load_model_for_cpu(model.as_deref())?
+            };
             if let Some(t) = tensor {
                 let bytes =
                     std::fs::read(&t).with_context(|| format!("--tensor {}", t.display()))?;

@@ -390,6 +390,9 @@ pub async fn run(
             std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
             let p = dir.join("mammo-mtl-demo.int8.onnx");
             std::fs::write(&p, bundled::DEMO_MODEL_INT8).map_err(io("writing", &p))?;
+            // its float32 twin beside it: the daemon keeps the faster on this CPU
+            let f = dir.join("mammo-mtl-demo.onnx");
+            std::fs::write(&f, bundled::DEMO_MODEL_F32).map_err(io("writing", &f))?;
             p
         }
     };

@@ -435,6 +435,19 @@ pub struct ModelConfig {
     /// worker thread, N > 1 on a pool of N. 1–16 (the unit's `TasksMax=64` counts them).
     /// Default 1.
     pub threads: u32,
+    /// `auto` (default): when the other precision's file of the same model lies beside `path`
+    /// (`X.onnx` ↔ `X.int8.onnx`), time both at start-up and on reload and score with the faster
+    /// on this CPU (`model::precision`, logged); `file`: always `path`.
+    pub precision: Precision,
+}
+
+/// `model.precision`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Auto,
+    File,
 }
 
 impl Default for ModelConfig {
@@ -442,6 +455,7 @@ impl Default for ModelConfig {
         ModelConfig {
             path: PathBuf::from("/usr/share/mammo-edge/models/mammo-mtl-demo.int8.onnx"),
             threads: 1,
+            precision: Precision::Auto,
         }
     }
 }
@@ -751,6 +765,9 @@ min_free_mb = 256
 path = "/usr/share/mammo-edge/models/mammo-mtl-demo.int8.onnx"
 # Threads of the model's matrix products: 1 = on the worker thread, N = a pool of N (1-16).
 threads = 1
+# "auto": when the model's other precision (X.onnx <-> X.int8.onnx, same model) lies beside
+# `path`, time both at start-up and score with the faster on this CPU (logged); "file": `path`.
+precision = "auto"
 
 [ingest]
 # Largest image decoded, pixels (Rows x Columns).

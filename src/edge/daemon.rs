@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use thiserror::Error;
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::edge::config::{Config, FilesAfter};
+use crate::edge::config::{Config, FilesAfter, Precision};
 use crate::edge::dicom_scp::{received_dir, Received, Scp, ScpError, ScpSettings};
 use crate::edge::exam::{aggregate, next_revision};
 use crate::edge::health::{
@@ -36,6 +36,7 @@ use crate::edge::store::{
 use crate::edge::watch::{scan, FsEvents, Stability, WatchError};
 use crate::ingest::dicom::{Category, IngestOptions, MammoMeta};
 use crate::ingest::files::sha256_hex;
+use crate::model::precision::{self, Candidate, Choice};
 use crate::model::score::{infer_file_detailed, Scored};
 use crate::model::{ContractError, ModelRunner};
 
@@ -108,35 +109,60 @@ pub struct LoadedModel {
     pub runner: ModelRunner,
     /// SHA-256 of the model file, lower-case hex.
     pub sha256: String,
+    /// With `model.precision = "auto"` and both precisions present: which file was chosen over
+    /// which, with their times on this CPU (logged at start-up and reload).
+    pub choice: Option<Choice>,
 }
 
 /// Load `model.path`, check the contract (`ModelRunner::load`, which also runs one warm-up
-/// pass) and hash the file. Errors: `Model`.
+/// pass) and hash the file; with `model.precision = "auto"`, also its other precision beside
+/// it and keep the faster ([`load_model_if_changed`]). Errors: `Model`.
 pub fn load_model(config: &Config) -> Result<LoadedModel, DaemonError> {
-    let path = &config.model.path;
-    let (bytes, sha256) = read_model(path)?;
-    let runner = ModelRunner::from_bytes(&bytes, &path.display().to_string())
-        .map_err(model_err(path))?
-        .with_threads(config.model.threads as usize);
-    Ok(LoadedModel { runner, sha256 })
+    let m = &config.model;
+    load_model_if_changed(&m.path, m.threads as usize, m.precision, ("", 0))?
+        .ok_or_else(|| DaemonError::Runtime("model load reported no change on first load".into()))
 }
 
-/// Read `path` and, unless its sha256 is `running.0` and `threads` is `running.1`, check it as
-/// a model (contract and warm-up pass) on `threads` inference threads. `Ok(None)`: the same
-/// model file and threads as the running one. Errors: `Model`.
+/// Read `path` and, unless its sha256 (or, with `Precision::Auto`, that of its other-precision
+/// file beside it) is `running.0` and `threads` is `running.1`, check it as a model (contract
+/// and warm-up pass) on `threads` inference threads. With `Precision::Auto` and the other
+/// precision of the same model beside it ([`precision::sibling`], [`precision::same_model`]),
+/// both are timed on this CPU and the faster is kept; a sibling that is not the same model, or
+/// does not load, is ignored with a warning. `Ok(None)`: the running model and threads.
+/// Errors: `Model` (of `path`).
 fn load_model_if_changed(
     path: &Path,
     threads: usize,
+    mode: Precision,
     running: (&str, usize),
 ) -> Result<Option<LoadedModel>, DaemonError> {
     let (bytes, sha256) = read_model(path)?;
-    if sha256 == running.0 && threads.max(1) == running.1 {
+    let other = match (mode, precision::sibling(path)) {
+        (Precision::Auto, Some(p)) if p.is_file() => Some((read_model(&p), p)),
+        _ => None,
+    };
+    let unchanged = |sha: &str| sha == running.0 && threads.max(1) == running.1;
+    if unchanged(&sha256) || matches!(&other, Some((Ok((_, sha)), _)) if unchanged(sha)) {
         return Ok(None);
     }
-    let runner = ModelRunner::from_bytes(&bytes, &path.display().to_string())
-        .map_err(model_err(path))?
-        .with_threads(threads);
-    Ok(Some(LoadedModel { runner, sha256 }))
+    let load = |bytes: &[u8], label: String, sha256: String| {
+        ModelRunner::from_bytes(bytes, &label).map(|r| Candidate {
+            runner: r.with_threads(threads),
+            label,
+            sha256,
+        })
+    };
+    let configured = load(&bytes, path.display().to_string(), sha256).map_err(model_err(path))?;
+    let other = other.map(|(read, p)| {
+        read.map_err(|e| e.to_string())
+            .and_then(|(b, sha)| load(&b, p.display().to_string(), sha).map_err(|e| e.to_string()))
+    });
+    let (kept, choice) = precision::faster(configured, other).map_err(model_err(path))?;
+    Ok(Some(LoadedModel {
+        runner: kept.runner,
+        sha256: kept.sha256,
+        choice,
+    }))
 }
 
 /// The bytes of the model file at `path` and their sha256 (hex). Errors: `Model` (`Read`).
@@ -390,9 +416,13 @@ fn load_for_reload(path: &Path, running: (&str, usize)) -> Reloaded {
     let result = (|| {
         let config = Config::load(path).map_err(|e| format!("configuration refused: {e}"))?;
         let privacy = Privacy::from_config(&config).map_err(|e| e.to_string())?;
-        let model =
-            load_model_if_changed(&config.model.path, config.model.threads as usize, running)
-                .map_err(|e| format!("model refused: {e}"))?;
+        let model = load_model_if_changed(
+            &config.model.path,
+            config.model.threads as usize,
+            config.model.precision,
+            running,
+        )
+        .map_err(|e| format!("model refused: {e}"))?;
         Ok((config, model, privacy))
     })();
     Reloaded { result }

@@ -4,6 +4,7 @@
 pub mod bundled;
 pub mod contract;
 pub mod labels;
+pub mod precision;
 pub mod runner;
 pub mod score;
 

@@ -16,6 +16,7 @@ use crate::ingest::dicom::{
 use crate::ingest::files::sha256_hex;
 use crate::ingest::image_file::{read_bounded, read_image_bytes, ImageFileError, ImageFileReport};
 use crate::ingest::preprocess::{preprocess, preprocess_image, PreprocessError};
+use crate::model::precision::{faster, sibling, Candidate};
 use crate::model::{bundled, ContractError, ModelOutputs, ModelRunner};
 
 /// Why an image has no result.
@@ -235,6 +236,46 @@ pub struct Model {
     pub sha256: String,
     /// The path, or the bundled model's name.
     pub source: String,
+}
+
+/// As [`load_model`], then the faster precision on this CPU (`model::precision`): with `None`
+/// the bundled float32 and int8 demo models are timed, with a path `X.onnx` / `X.int8.onnx` its
+/// other precision beside it when that is the same model. What `infer` scores with, as the
+/// daemon does with `model.precision = "auto"`. Errors: [`load_model`]'s; the other file's are
+/// logged and it is ignored.
+pub fn load_model_for_cpu(path: Option<&Path>) -> Result<Model, ContractError> {
+    let configured = load_model(path)?;
+    let other = match path {
+        None => Some(
+            ModelRunner::from_bytes(bundled::DEMO_MODEL_F32, bundled::DEMO_MODEL_F32_NAME)
+                .map(|runner| Candidate {
+                    runner,
+                    label: bundled::DEMO_MODEL_F32_NAME.into(),
+                    sha256: sha256_hex(bundled::DEMO_MODEL_F32),
+                })
+                .map_err(|e| e.to_string()),
+        ),
+        Some(p) => sibling(p).filter(|s| s.is_file()).map(|s| {
+            load_model(Some(&s))
+                .map(|m| Candidate {
+                    runner: m.runner,
+                    label: m.source,
+                    sha256: m.sha256,
+                })
+                .map_err(|e| e.to_string())
+        }),
+    };
+    let configured = Candidate {
+        runner: configured.runner,
+        label: configured.source,
+        sha256: configured.sha256,
+    };
+    let (kept, _) = faster(configured, other)?;
+    Ok(Model {
+        runner: kept.runner,
+        sha256: kept.sha256,
+        source: kept.label,
+    })
 }
 
 /// Load `path` (contract checked), or the bundled int8 demo model when `None`.

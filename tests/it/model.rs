@@ -101,3 +101,70 @@ fn model_threads_gives_tract_that_many_threads_and_the_same_outputs() {
         assert_eq!(a.percent_density, b.percent_density);
     }
 }
+
+/// `model.precision = "auto"` (issue 15): with the demo model's float32 file beside its int8
+/// file, the daemon's loader times both on this CPU and keeps the faster (the choice names both
+/// files with their times, and the kept file's SHA-256 is the one that scores); `file` keeps the
+/// configured one; a file beside it that is not the same model (the tiny test model under the
+/// demo's name) is ignored and the configured file kept. `infer --precision auto` does the same
+/// with the bundled pair.
+#[test]
+fn precision_auto_keeps_the_faster_of_the_two_files_of_one_model() {
+    use mammo_edge::edge::config::{Config, Precision};
+    use mammo_edge::edge::daemon::load_model;
+    use mammo_edge::ingest::files::sha256_file;
+    use mammo_edge::model::bundled;
+
+    let d = tmp();
+    let int8 = d.path().join("demo.int8.onnx");
+    let f32 = d.path().join("demo.onnx");
+    std::fs::write(&int8, bundled::DEMO_MODEL_INT8).unwrap();
+    std::fs::write(&f32, bundled::DEMO_MODEL_F32).unwrap();
+    let mut config = Config::default();
+    config.model.path = int8.clone();
+    let m = load_model(&config).unwrap();
+    let choice = m.choice.expect("both precisions present: a choice");
+    assert_eq!(choice.timed.len(), 2);
+    assert_eq!(choice.timed[0].label, int8.display().to_string());
+    assert_eq!(choice.timed[1].label, f32.display().to_string());
+    assert_eq!(choice.timed[1].quantization, "float32");
+    assert_ne!(choice.timed[0].quantization, "float32");
+    assert!(choice.timed.iter().all(|t| t.median_ms > 0.0));
+    let fastest = if choice.timed[0].median_ms <= choice.timed[1].median_ms {
+        0
+    } else {
+        1
+    };
+    assert_eq!(choice.chosen, fastest, "{choice}");
+    let kept = [&int8, &f32][choice.chosen];
+    assert_eq!(m.sha256, sha256_file(kept).unwrap());
+    assert_eq!(
+        m.runner.meta.quantization,
+        choice.timed[choice.chosen].quantization
+    );
+    assert!(choice.to_string().contains("chosen over"), "{choice}");
+
+    config.model.precision = Precision::File;
+    let m = load_model(&config).unwrap();
+    assert!(m.choice.is_none());
+    assert_eq!(m.sha256, sha256_file(&int8).unwrap());
+
+    // not the same model beside it: ignored
+    crate::daemon::harness::tiny_model(&f32);
+    config.model.precision = Precision::Auto;
+    let m = load_model(&config).unwrap();
+    assert!(m.choice.is_none());
+    assert_eq!(m.sha256, sha256_file(&int8).unwrap());
+
+    // infer: the bundled pair, the choice logged
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mammo-edge"))
+        .args(["infer", "--json"])
+        .arg(d.path().join("nothing-here"))
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("model precision: bundled models/mammo-mtl-demo"),
+        "{log}"
+    );
+}
