@@ -370,9 +370,29 @@ pub struct WatchConfig {
     /// Folders watched (recursively) for DICOM files. Default `["/srv/dicom-export"]`.
     pub dirs: Vec<PathBuf>,
     /// A file is taken once its size and mtime have not changed for this long, s. Default 2.
+    /// With `settle = "events"` only files without a completion event wait for it (found by
+    /// the rescan: network mounts, files present at start-up).
     pub stable_secs: u64,
     /// Full rescan period besides file-system events, s. Default 30.
     pub rescan_secs: u64,
+    /// When a file counts as complete ([`Settle`]). Default `events`.
+    pub settle: Settle,
+}
+
+/// `watch.settle`: how the daemon knows a file is completely written (docs/daemon.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Settle {
+    /// A file closed after writing (inotify `IN_CLOSE_WRITE`) or moved into the folder
+    /// (`IN_MOVED_TO`) is taken at once, unless it changes again; files found only by the
+    /// rescan wait `stable_secs`. For local writers that write a file in one open–close: dcmtk
+    /// `storescp`, `cp`/`rsync`, Samba (SMB) shares served by this machine.
+    #[default]
+    Events,
+    /// Every file waits until its size and mtime are unchanged for `stable_secs`. For writers
+    /// that close a file before it is complete, e.g. a folder this machine exports over NFS
+    /// (the kernel server may close between write calls).
+    Timer,
 }
 
 impl Default for WatchConfig {
@@ -381,6 +401,7 @@ impl Default for WatchConfig {
             dirs: vec![PathBuf::from("/srv/dicom-export")],
             stable_secs: 2,
             rescan_secs: 30,
+            settle: Settle::Events,
         }
     }
 }
@@ -750,6 +771,10 @@ dirs = ["/srv/dicom-export"]
 stable_secs = 2
 # Full rescan period besides file-system events, seconds.
 rescan_secs = 30
+# "events": a file closed after writing or moved in is taken at once (local writers: storescp,
+# cp, Samba shares served here); files found only by the rescan wait stable_secs. "timer": every
+# file waits stable_secs (folders exported over NFS by this machine, writers that close early).
+settle = "events"
 
 [state]
 # Folder of state.sqlite (ledger, results, outbox).

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use thiserror::Error;
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::edge::config::{Config, FilesAfter, Precision};
+use crate::edge::config::{Config, FilesAfter, Precision, Settle};
 use crate::edge::dicom_scp::{received_dir, Received, Scp, ScpError, ScpSettings};
 use crate::edge::exam::{aggregate, next_revision};
 use crate::edge::health::{
@@ -742,7 +742,17 @@ pub async fn run_with(
         let deadline = p.busy.as_ref().map(|b| b.deadline);
         tokio::select! {
             _ = &mut shutdown => break,
-            Some(path) = fs_rx.recv() => p.stability.observe(path, Instant::now()),
+            Some(path) = fs_rx.recv() => {
+                // a close-write or moved-to event: complete (watch.settle = "events")
+                let now = Instant::now();
+                if p.config.watch.settle == Settle::Events {
+                    p.stability.observe_closed(path, now);
+                    let ready = p.stability.ready(now);
+                    p.queue.extend(ready);
+                } else {
+                    p.stability.observe(path, now);
+                }
+            }
             _ = stable_tick.tick() => {
                 let ready = p.stability.ready(Instant::now());
                 p.queue.extend(ready);

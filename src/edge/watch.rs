@@ -1,8 +1,9 @@
 //! Folder watcher of `watch.dirs`: inotify events through `notify` (`Access(Close(Write))` and
 //! `Modify(Name(To))`, i.e. a file written and closed or moved in) forwarded into a tokio
 //! channel, a periodic full rescan (missed events, files present at start-up), and the
-//! write-stability rule: a file is handed on only once its size and mtime have not changed for
-//! `watch.stable_secs`. Temporary names (`*.tmp`, `*.part`, dot-files) and DICOMDIR are ignored.
+//! write-stability rule: a file is handed on once a completion event (closed after writing,
+//! moved in) says so with `watch.settle = "events"`, otherwise only once its size and mtime have
+//! not changed for `watch.stable_secs`. Temporary names (`*.tmp`, `*.part`, dot-files) and DICOMDIR are ignored.
 //! Main items: [`FsEvents`], [`scan`], [`Stability`], [`is_candidate`].
 
 use std::collections::HashMap;
@@ -208,15 +209,17 @@ impl FsEvents {
 /// Size (bytes) and modification time of a file as last seen.
 type Seen = (u64, Option<SystemTime>);
 
-/// The write-stability rule: [`Stability::observe`] registers a path (event or rescan);
-/// [`Stability::ready`] returns the paths whose size and mtime have not changed for `stable`
-/// since they were last seen to change. A path handed on once is not handed on again until its
-/// size or mtime change, or until [`Stability::forget`] (a retry).
+/// The write-stability rule: [`Stability::observe`] registers a path (event or rescan),
+/// [`Stability::observe_closed`] one with a completion event; [`Stability::ready`] returns the
+/// paths whose size and mtime have not changed for `stable` since they were last seen to change,
+/// and at once those closed (or moved in) and unchanged since. A path handed on once is not
+/// handed on again until its size or mtime change, or until [`Stability::forget`] (a retry).
 #[derive(Debug)]
 pub struct Stability {
     stable: Duration,
-    /// Candidates: what was seen and since when it is unchanged.
-    pending: HashMap<PathBuf, (Seen, Instant)>,
+    /// Candidates: what was seen, since when it is unchanged, and whether a completion event
+    /// came for what was seen.
+    pending: HashMap<PathBuf, (Seen, Instant, bool)>,
     /// Handed on, with what they were when handed on.
     handed: HashMap<PathBuf, Seen>,
 }
@@ -241,6 +244,16 @@ impl Stability {
     /// Note a path seen by an event or a rescan (ignored when not a candidate, gone, or already
     /// handed on unchanged).
     pub fn observe(&mut self, path: PathBuf, now: Instant) {
+        self.note(path, now, false);
+    }
+
+    /// Note a path with a completion event (closed after writing, or moved in): handed on by
+    /// the next [`Stability::ready`] unless its size or mtime change before.
+    pub fn observe_closed(&mut self, path: PathBuf, now: Instant) {
+        self.note(path, now, true);
+    }
+
+    fn note(&mut self, path: PathBuf, now: Instant, closed: bool) {
         if !is_candidate(&path) {
             return;
         }
@@ -249,13 +262,17 @@ impl Stability {
             return;
         }
         match self.pending.get_mut(&path) {
-            Some((old, since)) if *old != seen => {
-                *old = seen;
-                *since = now;
+            Some((old, since, was_closed)) => {
+                if *old != seen {
+                    *old = seen;
+                    *since = now;
+                    *was_closed = closed;
+                } else {
+                    *was_closed |= closed;
+                }
             }
-            Some(_) => {}
             None => {
-                self.pending.insert(path, (seen, now));
+                self.pending.insert(path, (seen, now, closed));
             }
         }
     }
@@ -265,14 +282,16 @@ impl Stability {
     pub fn ready(&mut self, now: Instant) -> Vec<PathBuf> {
         let mut out: Vec<(Instant, PathBuf)> = Vec::new();
         let mut gone = Vec::new();
-        for (path, (seen, since)) in self.pending.iter_mut() {
+        for (path, (seen, since, closed)) in self.pending.iter_mut() {
             match stat(path) {
                 None => gone.push(path.clone()),
                 Some(now_seen) if now_seen != *seen => {
+                    // written again after its event: the timer decides until the next one
                     *seen = now_seen;
                     *since = now;
+                    *closed = false;
                 }
-                Some(_) if now.duration_since(*since) >= self.stable => {
+                Some(_) if *closed || now.duration_since(*since) >= self.stable => {
                     out.push((*since, path.clone()));
                 }
                 Some(_) => {}
@@ -284,7 +303,7 @@ impl Stability {
         out.sort();
         out.into_iter()
             .map(|(_, p)| {
-                if let Some((seen, _)) = self.pending.remove(&p) {
+                if let Some((seen, _, _)) = self.pending.remove(&p) {
                     self.handed.insert(p.clone(), seen);
                 }
                 p
@@ -384,6 +403,37 @@ mod tests {
         s.forget(&f);
         s.observe(f.clone(), t0 + Duration::from_secs(5));
         assert_eq!(s.ready(t0 + Duration::from_secs(7)), vec![f.clone()]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_closed_file_is_ready_at_once_unless_written_again() {
+        let dir = std::env::temp_dir().join(format!("mammo-closed-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("a.dcm");
+        std::fs::write(&f, b"1234").unwrap();
+        let mut s = Stability::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        // seen by the rescan first: the timer; then its close-write event: at once
+        s.observe(f.clone(), t0);
+        assert!(s.ready(t0).is_empty());
+        s.observe_closed(f.clone(), t0);
+        assert_eq!(s.ready(t0), vec![f.clone()]);
+        assert_eq!(s.pending(), 0);
+        // the event of an unchanged file handed on already: not again
+        s.observe_closed(f.clone(), t0);
+        assert_eq!(s.pending(), 0);
+        // written again after its event (a writer that reopens): the timer decides again …
+        std::fs::write(&f, b"123456").unwrap();
+        s.observe_closed(f.clone(), t0);
+        std::fs::write(&f, b"12345678").unwrap();
+        assert!(s.ready(t0 + Duration::from_secs(1)).is_empty());
+        assert!(s.ready(t0 + Duration::from_secs(60)).is_empty());
+        assert_eq!(s.ready(t0 + Duration::from_secs(61)), vec![f.clone()]);
+        // … until its next close
+        std::fs::write(&f, b"1234567890").unwrap();
+        s.observe_closed(f.clone(), t0 + Duration::from_secs(62));
+        assert_eq!(s.ready(t0 + Duration::from_secs(62)), vec![f.clone()]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -654,3 +654,47 @@ fn half_written_file_is_scored_once_after_it_is_complete() {
     );
     assert!(d.stop().success());
 }
+
+/// Issue 15, `watch.settle`: with `events` (the default) a file closed after writing or moved in
+/// is taken at once, even with `stable_secs = 30`; with `timer` the same file waits the 30 s
+/// (not scored within 8 s, though the 2 s rescan has seen it).
+#[test]
+fn settle_events_take_a_closed_file_at_once_and_timer_waits_stable_secs() {
+    let broker = Broker::start();
+    let src = tmp();
+    let files = exam(src.path(), 29);
+    for (settle, scored_within) in [("events", Some(20)), ("timer", None)] {
+        let s = Setup::new(&broker.url(), "");
+        let text = std::fs::read_to_string(&s.config).unwrap().replace(
+            "stable_secs = 1\n",
+            &format!("stable_secs = 30\nsettle = \"{settle}\"\n"),
+        );
+        std::fs::write(&s.config, text).unwrap();
+        let sub = Subscriber::start(broker.port, &s.prefix, "sub-settle", Arc::default());
+        let mut d = s.start();
+        // the daemon is up once its state database has its tables
+        assert_eq!(s.count("SELECT COUNT(*) FROM ledger"), 0);
+        let t0 = std::time::Instant::now();
+        // copied in place (one open, write, close), not renamed
+        std::fs::copy(&files[0], s.watch.join("one.dcm")).unwrap();
+        match scored_within {
+            Some(secs) => {
+                sub.wait(secs, "1 image", |s| s.on("image").len() == 1);
+                assert!(
+                    t0.elapsed() < Duration::from_secs(secs),
+                    "{settle}: {:?}",
+                    t0.elapsed()
+                );
+            }
+            None => {
+                std::thread::sleep(Duration::from_secs(8));
+                assert!(
+                    sub.on("image").is_empty(),
+                    "{settle}: scored before stable_secs"
+                );
+                assert_eq!(s.count("SELECT COUNT(*) FROM ledger"), 0, "{settle}");
+            }
+        }
+        assert!(d.stop().success());
+    }
+}
