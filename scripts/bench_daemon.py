@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Daemon benchmark: per-image latency from file close to PUBACK on real mammograms, the same
 files and a four-view exam sent by C-STORE (to PUBACK, and to the Mammography CAD SR stored at
-dcmtk's storescp playing the PACS), and the 500-file burst (peak RSS, throughput, latency spread). Drives the real `mammo-edge run` against
+dcmtk's storescp playing the PACS), and the 500-file burst (peak RSS, throughput, latency spread);
+beside them, measured in the same run, the anchors: pydicom + pylibjpeg full decode and OpenJPEG's
+own `opj_decompress` (full and at the reduce level the daemon used) of the same files, and
+onnxruntime against tract on the same ONNX files, one thread. Drives the real `mammo-edge run` against
 a real mosquitto on a free loopback port; READY=1 comes over an sd_notify socket; latencies come
 from the daemon's own state.sqlite (ledger.mtime_ns = file close, outbox.delivered_at = PUBACK).
 
@@ -124,6 +127,84 @@ def pct(xs, q):
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
 
 
+def median_ms(fn, runs=3):
+    t = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        t.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(t)
+
+
+def anchors(a, reals, ours):
+    """Decode anchors on the same files: pydicom + pylibjpeg (full), opj_decompress full and at
+    the reduce level our decoder used (from the decoded size `inspect` cannot see: the level is
+    the one that keeps four times the model input, recomputed here from Rows/Columns)."""
+    try:
+        import pydicom
+        from pydicom.encaps import generate_frames
+    except ImportError:
+        print("(pydicom not installed: no decode anchors)\n")
+        return
+    opj = shutil.which("opj_decompress")
+    print("## Decode anchors, same files, same run\n")
+    print("| file | ours ms (daemon) | pydicom + pylibjpeg full ms | ratio | "
+          "opj_decompress full ms | opj_decompress at our level ms | level |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-anchor-"))
+    for f in reals:
+        ds = pydicom.dcmread(f)
+        py = median_ms(lambda: pydicom.dcmread(f).pixel_array)
+        full = red = "–"
+        level = 0
+        if ds.file_meta.TransferSyntaxUID in ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"):
+            # four times the 256 x 160 input, as PreprocessConfig::decode_at_least
+            while ((ds.Rows + (1 << (level + 1)) - 1) >> (level + 1)) >= 4 * 256 and \
+                    ((ds.Columns + (1 << (level + 1)) - 1) >> (level + 1)) >= 4 * 160:
+                level += 1
+            if opj:
+                cs = next(generate_frames(ds.PixelData, number_of_frames=1))
+                start = cs.find(b"\xff\x4f\xff\x51")
+                j2k = tmp / (f.stem + ".j2k")
+                j2k.write_bytes(cs[start:])
+                out = tmp / "out.pgm"
+                run = lambda r: subprocess.run([opj, "-i", str(j2k), "-o", str(out), "-r", str(r)],
+                                               capture_output=True, check=True)
+                full = f"{median_ms(lambda: run(0)):.0f}"
+                red = f"{median_ms(lambda: run(level)):.0f}"
+        o = ours.get(f.name, 0)
+        print(f"| {f.name} | {o:.0f} | {py:.0f} | {py / max(o, 1e-3):.1f}× faster | {full} | {red} | "
+              f"{level or '–'} |")
+    shutil.rmtree(tmp, ignore_errors=True)
+    print("\nopj_decompress times include starting the process and writing the PGM.\n")
+    models = [m for m in (a.model, str(Path(a.model).with_name(
+        Path(a.model).name.replace(".int8.onnx", ".onnx")))) if Path(m).is_file()]
+    models = sorted(set(models), key=lambda m: ".int8" in m)
+    print("## Inference: tract against onnxruntime, same files, one thread, same run\n")
+    tr = subprocess.run([a.bin, "bench", "--runs", "200", *models], capture_output=True, text=True)
+    ort = subprocess.run([sys.executable, "scripts/bench_ort.py", "--runs", "200", *models],
+                         capture_output=True, text=True)
+    def medians(md):
+        out = {}
+        for line in md.splitlines():
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if len(cells) > 3 and cells[0].endswith(".onnx"):
+                # tract: | model | weights | input | median | ...; ort: | model | median | ...
+                v = cells[3] if len(cells) > 6 else cells[1]
+                try:
+                    out[cells[0]] = float(v)
+                except ValueError:
+                    pass
+        return out
+    t, o = medians(tr.stdout), medians(ort.stdout)
+    print("| model | tract median ms | onnxruntime median ms | tract / onnxruntime |")
+    print("|---|---:|---:|---:|")
+    for m in t:
+        if m in o:
+            print(f"| {m} | {t[m]:.2f} | {o[m]:.2f} | {t[m] / o[m]:.2f}× |")
+    print()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True)
@@ -160,8 +241,10 @@ def main():
     print(f"Machine: {os.cpu_count()} cores, {cpu}; {time.strftime('%Y-%m-%d')}. "
           f"Release build, model `{Path(a.model).name}`, {a.threads} inference thread(s), "
           "mosquitto on loopback. Latency = PUBACK time (outbox.delivered_at) minus the file's "
-          "mtime (its close by the exporter), both from the daemon's state.sqlite; "
-          "`stable_secs = 1` is part of it.\n")
+          "mtime (its close by the exporter), both from the daemon's state.sqlite; files are "
+          "copied in under a temporary name and renamed (moved-to: complete at once with the "
+          "default `watch.settle = \"events\"`, no stability wait). JPEG 2000 decoded at reduced "
+          "resolution (`ingest.reduced_decode`, default).\n")
     version = subprocess.run([a.bin, "--version"], capture_output=True, text=True).stdout.strip()
     print(f"Binary: `{version}`\n")
 
@@ -173,7 +256,7 @@ def main():
         print("## Real mammograms, one at a time\n")
         print("| file | matrix | latency ms (close → PUBACK) | decode ms | preprocess ms | inference ms |")
         print("|---|---|---:|---:|---:|---:|")
-        lat = []
+        lat, decode_ms = [], {}
         for i, f in enumerate(reals):
             shutil.copy(f, watch / f"{i}.part")
             os.rename(watch / f"{i}.part", watch / f"{i}.dcm")
@@ -184,12 +267,19 @@ def main():
                                  text=True)
             m = json.loads(hdr.stdout) if hdr.returncode == 0 else {}
             lat.append(ms)
+            decode_ms[f.name] = t.get("decode", 0)
             print(f"| {f.name} | {m.get('columns', '?')}×{m.get('rows', '?')} | {ms:.0f} | "
                   f"{t.get('decode', 0):.0f} | {t.get('preprocess', 0):.0f} | "
                   f"{t.get('inference', 0):.0f} |")
         peak, _ = d.stop()
+        chosen = [l for l in (root / "real" / "daemon.log").read_text(errors="replace").splitlines()
+                  if "model precision:" in l]
         print(f"\nMedian latency over {len(lat)} real mammograms: **{statistics.median(lat):.0f} ms**; "
-              f"peak RSS of the daemon: {peak / 1024:.0f} MiB.\n")
+              f"peak RSS of the daemon (VmHWM, whole run of the four files): {peak / 1024:.0f} MiB.\n")
+        if chosen:
+            print("Model file scored with (`model.precision = \"auto\"`): "
+                  + chosen[-1].split("model precision:", 1)[1].strip() + "\n")
+        anchors(a, reals, decode_ms)
 
     # 1b. the same files sent by storescu to the C-STORE receiver (no settle wait), each
     # exam's Mammography CAD SR sent back to dcmtk's storescp playing the PACS

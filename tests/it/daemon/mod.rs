@@ -672,8 +672,11 @@ fn settle_events_take_a_closed_file_at_once_and_timer_waits_stable_secs() {
         std::fs::write(&s.config, text).unwrap();
         let sub = Subscriber::start(broker.port, &s.prefix, "sub-settle", Arc::default());
         let mut d = s.start();
-        // the daemon is up once its state database has its tables
-        assert_eq!(s.count("SELECT COUNT(*) FROM ledger"), 0);
+        // the watcher is started once the daemon logs "watching …" (before that a file would
+        // be found by the rescan only)
+        harness::wait_for(60, "the daemon watching", &s, || {
+            s.log_text().contains("watching 1 folder")
+        });
         let t0 = std::time::Instant::now();
         // copied in place (one open, write, close), not renamed
         std::fs::copy(&files[0], s.watch.join("one.dcm")).unwrap();
