@@ -3,7 +3,9 @@
 # MAMMO_TEST_DATA, the same files sent by C-STORE (storescu → PUBACK, → SR at storescp), a four-view
 # exam by C-STORE, and the burst of BURST (500) phantoms (peak RSS, throughput).
 # Usage: MAMMO_TEST_DATA=../shared/data scripts/bench-daemon.sh > docs/bench-daemon.md
-# Env: BIN (skip the build), MODEL (default the int8 demo model), BURST, SCALE, THREADS.
+# Env: BIN (skip the build), MODEL (default the int8 demo model; its float32 twin beside it is
+# timed too, model.precision = "auto"), BURST, SCALE, THREADS. Anchors need pydicom +
+# pylibjpeg-openjpeg, onnxruntime and opj_decompress (apt-get install libopenjp2-tools).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/mammo-edge/target}"
