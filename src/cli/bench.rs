@@ -38,16 +38,7 @@ fn bench_one(path: &Path, runs: usize) -> Result<ModelTiming, ContractError> {
     let (h, w) = (runner.meta.input_height, runner.meta.input_width);
     let mut rng = SplitMix64::new(42);
     let input: Vec<f32> = (0..h * w).map(|_| rng.normal() as f32).collect();
-    for _ in 0..3 {
-        runner.run(&input)?;
-    }
-    let mut t: Vec<f64> = (0..runs)
-        .map(|_| {
-            let s = Instant::now();
-            runner.run(&input).map(|_| s.elapsed().as_secs_f64() * 1e3)
-        })
-        .collect::<Result<_, _>>()?;
-    t.sort_by(f64::total_cmp);
+    let t = crate::model::precision::pass_times(&runner, &input, 3, runs)?;
     Ok(ModelTiming {
         model: path.to_path_buf(),
         quantization: runner.meta.quantization.clone(),

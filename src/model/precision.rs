@@ -90,17 +90,29 @@ pub fn time_one(runner: &ModelRunner) -> Result<f64, ContractError> {
     let input: Vec<f32> = (0..h * w)
         .map(|i| if i % w < w * 2 / 3 { fg } else { bg })
         .collect();
-    for _ in 0..WARMUP {
-        runner.run(&input)?;
+    let t = pass_times(runner, &input, WARMUP, TIMED)?;
+    Ok(t[TIMED / 2])
+}
+
+/// `runs` timed forward passes of `runner` on `input` after `warmup` untimed ones, in ms,
+/// sorted (also `mammo-edge bench`). Errors: the runner's.
+pub fn pass_times(
+    runner: &ModelRunner,
+    input: &[f32],
+    warmup: usize,
+    runs: usize,
+) -> Result<Vec<f64>, ContractError> {
+    for _ in 0..warmup {
+        runner.run(input)?;
     }
-    let mut t: Vec<f64> = (0..TIMED)
+    let mut t: Vec<f64> = (0..runs.max(1))
         .map(|_| {
             let t0 = Instant::now();
-            runner.run(&input).map(|_| t0.elapsed().as_secs_f64() * 1e3)
+            runner.run(input).map(|_| t0.elapsed().as_secs_f64() * 1e3)
         })
         .collect::<Result<_, _>>()?;
     t.sort_by(f64::total_cmp);
-    Ok(t[TIMED / 2])
+    Ok(t)
 }
 
 /// Time the candidates (each already checked against the contract, same model) and return the

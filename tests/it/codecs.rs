@@ -111,6 +111,19 @@ fn jpeg_extended_8bit_is_close() {
     lossy_8bit("+ee", ts::JPEG_EXTENDED);
 }
 
+/// `path` read as the scorer reads it for `runner`: JPEG 2000 at the coarsest level that keeps
+/// four times the model's input.
+pub fn read_for_model(
+    path: &std::path::Path,
+    runner: &mammo_edge::model::ModelRunner,
+) -> mammo_edge::ingest::dicom::Mammogram {
+    let opts = mammo_edge::model::score::for_model(
+        runner,
+        &mammo_edge::ingest::dicom::IngestOptions::default(),
+    );
+    mammo_edge::ingest::dicom::read_mammogram(path, &opts).unwrap()
+}
+
 /// The outputs of one image scored at full and at reduced JPEG 2000 resolution may differ by
 /// at most this much (the stated tolerance of `ingest.reduced_decode`, docs/bench-daemon.md):
 /// cancer and normal probabilities 0.03, density probabilities 0.08, percent density 1.5
@@ -177,16 +190,11 @@ fn jpeg2000_at_reduced_resolution_keeps_the_models_outputs_on_phantoms() {
         let whole = read_mammogram(&path, &full_opts).unwrap();
         assert_eq!(whole.meta.transfer_syntax, ts::JPEG2000_LOSSLESS);
         assert_eq!((whole.meta.rows, whole.meta.columns), (2048, 1664));
-        let (rows, columns) = model.runner.meta.preprocess().decode_at_least();
-        assert_eq!((rows, columns), (1024, 640));
-        let small = read_mammogram(
-            &path,
-            &IngestOptions {
-                resolution: Resolution::AtLeast { rows, columns },
-                ..IngestOptions::default()
-            },
-        )
-        .unwrap();
+        assert_eq!(
+            model.runner.meta.preprocess().decode_at_least(),
+            (1024, 640)
+        );
+        let small = read_for_model(&path, &model.runner);
         assert_eq!(
             (small.grey.reduce, small.image.height, small.image.width),
             (1, 1024, 832)

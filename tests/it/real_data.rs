@@ -391,15 +391,7 @@ fn jpeg2000_at_reduced_resolution_keeps_the_models_outputs_on_real_hologic_files
         "hologic_selenia_R_MLO_j2k.dcm",
     ] {
         let path = file(&dir, "real-mammo", name);
-        let (rows, columns) = int8_model.runner.meta.preprocess().decode_at_least();
-        let small = read_mammogram(
-            &path,
-            &IngestOptions {
-                resolution: Resolution::AtLeast { rows, columns },
-                ..IngestOptions::default()
-            },
-        )
-        .unwrap();
+        let small = crate::codecs::read_for_model(&path, &int8_model.runner);
         let (r, c) = (small.meta.rows as usize, small.meta.columns as usize);
         assert_eq!(small.grey.reduce, 2, "{name}: {r}x{c}");
         assert_eq!(
