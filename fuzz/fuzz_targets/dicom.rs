@@ -1,10 +1,9 @@
-//! DICOM reader (full and reduced-resolution JPEG 2000 decoding) + grey pipeline + THE
-//! preprocessing on arbitrary bytes: any input gives a
+//! DICOM reader + grey pipeline + THE preprocessing on arbitrary bytes: any input gives a
 //! `Mammogram` or an `IngestError`, never a panic, abort or unbounded allocation.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mammo_edge::ingest::dicom::{read_mammogram, IngestOptions, Resolution};
+use mammo_edge::ingest::dicom::{read_mammogram, IngestOptions};
 use mammo_edge::ingest::preprocess::{preprocess, PreprocessConfig};
 
 fuzz_target!(|data: &[u8]| {
@@ -16,15 +15,6 @@ fuzz_target!(|data: &[u8]| {
     let opts = IngestOptions {
         // a small budget keeps each run fast; the limit itself is what is tested
         max_pixel_bytes: 8 << 20,
-        // every other input through the reduced JPEG 2000 decoder too (the scorer's path)
-        resolution: if data.len() % 2 == 0 {
-            Resolution::AtLeast {
-                rows: 64,
-                columns: 40,
-            }
-        } else {
-            Resolution::Full
-        },
         ..IngestOptions::any_image()
     };
     if let Ok(m) = read_mammogram(&path, &opts) {
