@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Benchmark of model inference on this machine, all models measured in one run on the same input:
+# Benchmark of model inference on this machine, all models measured in one run on the same input
+# (`mammo-edge bench --profile` and `scripts/bench_ort.py --profile` add the time per operator):
 # tract (the appliance's runtime, `mammo-edge bench`) and onnxruntime (Python, one thread like
 # tract), for each model given, e.g. the float32 and the int8 demo model.
 # Usage: scripts/bench-model.sh MODEL.onnx [MODEL.int8.onnx ...] > docs/bench-model.md

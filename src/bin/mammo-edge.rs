@@ -187,6 +187,9 @@ enum Command {
         /// Also write the timings as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Also print where the time goes: ms per pass by operator kind of tract's plan.
+        #[arg(long)]
+        profile: bool,
     },
     /// Generate synthetic mammograms (DICOM) with ground truth: masks and manifest.csv (docs/synth.md).
     Synth {
@@ -547,9 +550,20 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::from(EXIT_REJECTED)
             })
         }
-        Command::Bench { models, runs, json } => {
+        Command::Bench {
+            models,
+            runs,
+            json,
+            profile,
+        } => {
             let t = mammo_edge::cli::bench::bench(&models, runs)?;
             print!("{}", mammo_edge::cli::bench::markdown(&t));
+            if profile {
+                print!(
+                    "{}",
+                    mammo_edge::cli::bench::profile_markdown(&models, runs)?
+                );
+            }
             if let Some(j) = json {
                 std::fs::write(&j, serde_json::to_string_pretty(&t)?)
                     .with_context(|| format!("--json {}", j.display()))?;

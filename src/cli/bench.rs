@@ -25,6 +25,36 @@ pub struct ModelTiming {
     pub load_ms: f64,
 }
 
+/// Where tract's time goes for each model: ms per forward pass by operator kind
+/// ([`ModelRunner::profile`]), as a Markdown table per model with the share of the total.
+/// Errors: a model that cannot be loaded.
+pub fn profile_markdown(models: &[PathBuf], runs: usize) -> Result<String, ContractError> {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for m in models {
+        let runner = ModelRunner::load(m)?;
+        let (h, w) = (runner.meta.input_height, runner.meta.input_width);
+        let mut rng = SplitMix64::new(42);
+        let input: Vec<f32> = (0..h * w).map(|_| rng.normal() as f32).collect();
+        let ops = runner.profile(&input, runs)?;
+        let sum: f64 = ops.iter().map(|(_, ms)| ms).sum();
+        let _ = writeln!(
+            out,
+            "\n{} ({}): {sum:.2} ms per pass in its operators\n\n| operator | ms per pass | share |\n|---|---:|---:|",
+            m.display(),
+            runner.meta.quantization
+        );
+        for (op, ms) in ops {
+            let _ = writeln!(
+                out,
+                "| {op} | {ms:.3} | {:.1} % |",
+                100.0 * ms / sum.max(1e-9)
+            );
+        }
+    }
+    Ok(out)
+}
+
 /// Time `runs` forward passes of each model (after 3 warm-up passes), one model after the other.
 /// Errors: a model that cannot be loaded or refuses the contract.
 pub fn bench(models: &[PathBuf], runs: usize) -> Result<Vec<ModelTiming>, ContractError> {

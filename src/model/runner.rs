@@ -172,6 +172,39 @@ impl ModelRunner {
         Ok(runner)
     }
 
+    /// Time spent per operator kind of the optimised plan (e.g. `OptMatMul`, `Im2col`), summed
+    /// over its nodes, ms per forward pass, averaged over `runs` passes after one warm-up, on
+    /// the calling thread; sorted by time, largest first. Shows where tract's time goes
+    /// (`mammo-edge bench --profile`). Errors: tract's.
+    pub fn profile(&self, input: &[f32], runs: usize) -> Result<Vec<(String, f64)>, ContractError> {
+        let (h, w) = (self.meta.input_height, self.meta.input_width);
+        let x: Tensor = tract_ndarray::Array4::from_shape_vec((1, 1, h, w), input.to_vec())
+            .map_err(tract_err)?
+            .into();
+        let mut total: HashMap<String, f64> = HashMap::new();
+        let runs = runs.max(1);
+        for k in 0..=runs {
+            let mut state = self.plan.spawn().map_err(tract_err)?;
+            let mut times: Vec<(String, f64)> = Vec::new();
+            state
+                .run_plan_with_eval(tvec!(x.clone().into()), |ctx, op_state, node, inputs| {
+                    let t0 = std::time::Instant::now();
+                    let r = tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
+                    times.push((node.op.name().to_string(), t0.elapsed().as_secs_f64() * 1e3));
+                    r
+                })
+                .map_err(tract_err)?;
+            if k > 0 {
+                for (op, ms) in times {
+                    *total.entry(op).or_default() += ms / runs as f64;
+                }
+            }
+        }
+        let mut v: Vec<(String, f64)> = total.into_iter().collect();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Ok(v)
+    }
+
     /// Tract's optimised plan, one entry per node in evaluation order: what actually runs. Used
     /// to prove that a quantised model runs integer kernels (`mammo-train quantize`).
     pub fn plan_ops(&self) -> Vec<PlanOp> {

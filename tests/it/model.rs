@@ -168,3 +168,35 @@ fn precision_auto_keeps_the_faster_of_the_two_files_of_one_model() {
         "{log}"
     );
 }
+
+/// `mammo-edge bench --profile` (issue 15): tract's time per operator kind of the shipped float32
+/// model; the convolutions' matrix products are there, the list is sorted, largest first, and
+/// the table names the model and every share.
+#[test]
+fn bench_profile_says_where_tracts_time_goes() {
+    let runner = ModelRunner::from_bytes(
+        mammo_edge::model::bundled::DEMO_MODEL_F32,
+        mammo_edge::model::bundled::DEMO_MODEL_F32_NAME,
+    )
+    .unwrap();
+    let (h, w) = (runner.meta.input_height, runner.meta.input_width);
+    let ops = runner.profile(&vec![0.1; h * w], 3).unwrap();
+    assert!(ops.iter().any(|(op, _)| op.contains("MatMul")), "{ops:?}");
+    assert!(ops.windows(2).all(|p| p[0].1 >= p[1].1), "{ops:?}");
+    assert!(ops.iter().map(|(_, ms)| ms).sum::<f64>() > 0.0);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mammo-edge"))
+        .args(["bench", "--runs", "3", "--profile"])
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/mammo-mtl-demo.onnx"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("(float32):") && text.contains("| operator | ms per pass | share |"),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with("| OptMatMul |")),
+        "{text}"
+    );
+}
