@@ -253,6 +253,11 @@ fn broker_down_while_files_arrive_loses_nothing_and_keeps_the_outbox_order() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(d.alive());
+    // files are now taken at their moved-to event (watch.settle = "events"), so the outbox is
+    // full within a second of the shutdown; a mosquitto restarted that soon came back without
+    // the subscriber's persistent session (3 of 3 local runs; not understood yet). Keep the
+    // outage at least 3 s long, as it was when files waited stable_secs.
+    std::thread::sleep(Duration::from_secs(3));
     broker.up();
     let sub = Subscriber::start(broker.port, &s.prefix, "sub-outage", got);
     sub.wait(60, "4 images, 1 error, 1 exam", |s| {
