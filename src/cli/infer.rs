@@ -44,7 +44,7 @@ impl<'a> Batch<'a> {
                 model: ModelInfo::new(&model.runner.meta, &model.sha256),
                 privacy: Privacy::local(),
             },
-            opts,
+            opts: crate::model::score::for_model(&model.runner, &opts).into_owned(),
             studies: Vec::new(),
         }
     }

@@ -301,6 +301,8 @@ fn spawn_worker(
     n: u64,
 ) -> Result<Worker, DaemonError> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(1);
+    // the decode resolution of this worker's model, once
+    let opts = crate::model::score::for_model(&runner, &opts).into_owned();
     std::thread::Builder::new()
         .name(format!("mammo-worker-{n}"))
         .spawn(move || {

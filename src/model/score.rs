@@ -157,8 +157,8 @@ pub fn infer_file_detailed(
     opts: &IngestOptions,
 ) -> Result<Scored, (Option<Box<MammoMeta>>, InferError)> {
     let t0 = Instant::now();
-    let opts = &for_model(runner, opts);
-    let m = read_mammogram_detailed(path, opts).map_err(|(meta, e)| (meta, e.into()))?;
+    let opts = for_model(runner, opts);
+    let m = read_mammogram_detailed(path, &opts).map_err(|(meta, e)| (meta, e.into()))?;
     let t1 = Instant::now();
     let with_meta = |e: InferError| (Some(Box::new(m.meta.clone())), e);
     let p = preprocess(&m, &runner.meta.preprocess()).map_err(|e| with_meta(e.into()))?;
@@ -179,14 +179,20 @@ pub fn infer_file_detailed(
     })
 }
 
-/// `opts` with [`Resolution::ForModel`] made concrete for `runner`'s input size.
-pub fn for_model(runner: &ModelRunner, opts: &IngestOptions) -> IngestOptions {
-    let mut opts = opts.clone();
-    if opts.resolution == Resolution::ForModel {
-        let (rows, columns) = runner.meta.preprocess().decode_at_least();
-        opts.resolution = Resolution::AtLeast { rows, columns };
+/// `opts` with [`Resolution::ForModel`] made concrete for `runner`'s input size (a copy only
+/// then: callers that hold options for one model resolve them once, at start-up).
+pub fn for_model<'a>(
+    runner: &ModelRunner,
+    opts: &'a IngestOptions,
+) -> std::borrow::Cow<'a, IngestOptions> {
+    if opts.resolution != Resolution::ForModel {
+        return std::borrow::Cow::Borrowed(opts);
     }
-    opts
+    let (rows, columns) = runner.meta.preprocess().decode_at_least();
+    std::borrow::Cow::Owned(IngestOptions {
+        resolution: Resolution::AtLeast { rows, columns },
+        ..opts.clone()
+    })
 }
 
 /// A scored image file with what the reader found (format, bits, polarity).

@@ -299,7 +299,7 @@ pub fn evaluate(
         .collect();
     let pre = runner.meta.preprocess();
     // JPEG 2000 at the resolution the appliance decodes it at (ingest.reduced_decode)
-    let opts = crate::model::score::for_model(&runner, &IngestOptions::default());
+    let opts = crate::model::score::for_model(&runner, &IngestOptions::default()).into_owned();
     let mut scored = Vec::new();
     let mut skipped = 0;
     for r in rows.iter().filter(|r| r.split == split) {

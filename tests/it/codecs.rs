@@ -117,10 +117,8 @@ pub fn read_for_model(
     path: &std::path::Path,
     runner: &mammo_edge::model::ModelRunner,
 ) -> mammo_edge::ingest::dicom::Mammogram {
-    let opts = mammo_edge::model::score::for_model(
-        runner,
-        &mammo_edge::ingest::dicom::IngestOptions::default(),
-    );
+    let default = mammo_edge::ingest::dicom::IngestOptions::default();
+    let opts = mammo_edge::model::score::for_model(runner, &default);
     mammo_edge::ingest::dicom::read_mammogram(path, &opts).unwrap()
 }
 

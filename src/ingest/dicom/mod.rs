@@ -764,10 +764,11 @@ fn decode_jpeg2000_reduced(
     if reduce == 0 {
         return None;
     }
-    let stream: Vec<u8> = if fragments.len() == 1 {
-        first.to_vec()
+    // one fragment (the usual case) is the codestream itself; several are joined
+    let stream: std::borrow::Cow<[u8]> = if fragments.len() == 1 {
+        std::borrow::Cow::Borrowed(first)
     } else {
-        fragments.iter().flat_map(|f| f.iter().copied()).collect()
+        std::borrow::Cow::Owned(fragments.iter().flat_map(|f| f.iter().copied()).collect())
     };
     Some(j2k::decode_reduced(&stream, meta, reduce))
 }
