@@ -207,6 +207,20 @@ enum Command {
         #[arg(long)]
         show_plan: bool,
     },
+    /// Write the drift monitor's reference distributions (`mammo.drift_reference`: cancer
+    /// probability, density class, percent density, OOD rate per source) into a model, from
+    /// tract's outputs on a manifest split; export and quantize write it themselves.
+    Reference {
+        /// The ONNX model (float32 or int8); rewritten in place.
+        #[arg(long)]
+        model: PathBuf,
+        /// The manifest the model was trained on.
+        #[arg(long)]
+        manifest: PathBuf,
+        /// Split whose images make the reference: val (default), train or test.
+        #[arg(long, default_value = "val", value_parser = ["train", "val", "test"])]
+        split: String,
+    },
     /// Evaluate an ONNX model with tract on a manifest split, per vendor and overall
     /// (report.json, report.md).
     Eval {
@@ -480,6 +494,31 @@ fn run(command: Command) -> anyhow::Result<()> {
                 "quantize: {} calibration images; thresholds from tract on {} validation images: cancer {:.4}, recon_error {:.5}, ood_score {}; {}",
                 r.calibration_images, r.validation_images, r.cancer_threshold, r.recon_error_threshold,
                 r.ood_threshold.map_or("-".into(), |t| format!("{t:.3}")), r.script_summary
+            );
+            Ok(())
+        }
+        Command::Reference {
+            model,
+            manifest,
+            split,
+        } => {
+            use mammo_edge::model::labels::Split;
+            let sp = match split.as_str() {
+                "train" => Split::Train,
+                "test" => Split::Test,
+                _ => Split::Val,
+            };
+            let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+            let r = mammo_edge::train::export::set_drift_reference(&model, &manifest, sp, threads)?;
+            println!(
+                "drift reference of {}: {}; sources {}",
+                model.display(),
+                r.images,
+                r.sources
+                    .iter()
+                    .map(|(k, v)| format!("{k} ({} images, OOD {:.3})", v.images, v.ood_rate))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             Ok(())
         }

@@ -75,6 +75,7 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub mqtt: MqttConfig,
     pub exam: ExamConfig,
+    pub drift: DriftConfig,
     pub files: FilesConfig,
     pub privacy: PrivacyConfig,
     /// `[dicom]`: the C-STORE receiver; absent = no listener (the default).
@@ -676,6 +677,63 @@ impl Default for ExamConfig {
     }
 }
 
+/// `[drift]`: the drift monitor (docs/drift.md): rolling windows of the outputs per source
+/// (Manufacturer, ManufacturerModelName) compared with the model's reference distributions
+/// (`mammo.drift_reference`); a retained `<prefix>/drift/<source>` message after each image
+/// and an `<prefix>/alert` message when a threshold is crossed (and when it is back under).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DriftConfig {
+    /// Off: no window is kept and no drift or alert message is sent. Default on.
+    pub enabled: bool,
+    /// Images per source in the rolling window (the newest are kept). Default 200.
+    pub window: usize,
+    /// Images a window needs before it is judged (no alert before). Default 100.
+    pub min_images: usize,
+    /// Population stability index of an output (cancer probability, density class, percent
+    /// density) above which the source is alerted. Default 0.25 (the usual "significant shift").
+    pub psi_alert: f64,
+    /// Share of the window flagged out of distribution above which the source is alerted.
+    /// Default 0.10 (the flag's threshold is the 99th percentile of the validation images).
+    pub ood_rate_alert: f64,
+}
+
+impl Default for DriftConfig {
+    fn default() -> Self {
+        DriftConfig {
+            enabled: true,
+            window: 200,
+            min_images: 100,
+            psi_alert: 0.25,
+            ood_rate_alert: 0.10,
+        }
+    }
+}
+
+impl DriftConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(10..=100_000).contains(&self.window) {
+            return Err(invalid("drift.window", "must be between 10 and 100000"));
+        }
+        if self.min_images == 0 || self.min_images > self.window {
+            return Err(invalid(
+                "drift.min_images",
+                "must be at least 1 and at most drift.window",
+            ));
+        }
+        if !(self.psi_alert.is_finite() && self.psi_alert > 0.0) {
+            return Err(invalid("drift.psi_alert", "must be a number above 0"));
+        }
+        if !(self.ood_rate_alert > 0.0 && self.ood_rate_alert <= 1.0) {
+            return Err(invalid(
+                "drift.ood_rate_alert",
+                "must be above 0 and at most 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// What happens to an input file once it is handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", try_from = "String")]
@@ -810,7 +868,7 @@ reduced_decode = true
 [mqtt]
 # mqtt://host[:port] (plaintext, 1883) or mqtts://host[:port] (TLS, 8883).
 url = "mqtt://127.0.0.1:1883"
-# Messages go to <topic_prefix>/image, /exam, /skipped, /error, /status, /health.
+# Messages go to <topic_prefix>/image, /exam, /skipped, /error, /status, /health, /drift/<source>, /alert.
 topic_prefix = "mammo/site-1/edge-1"
 client_id = "mammo-edge-1"
 # TLS: CA bundle (required with mqtts://), client certificate and key (PEM, both or neither).
@@ -832,6 +890,19 @@ ack_timeout_secs = 30
 [exam]
 # An incomplete exam is published once no image has arrived for this many seconds.
 quiet_secs = 300
+
+[drift]
+# The drift monitor (docs/drift.md): per source (Manufacturer + ManufacturerModelName) a rolling
+# window of the model's outputs compared with the model's reference distributions; a retained
+# <topic_prefix>/drift/<source> message after each image, <topic_prefix>/alert when crossed.
+enabled = true
+# Images per source in the window, and how many it needs before it is judged.
+window = 200
+min_images = 100
+# Population stability index of an output (cancer probability, density class, percent density)
+# above which the source is alerted; share of out-of-distribution images above which it is.
+psi_alert = 0.25
+ood_rate_alert = 0.1
 
 [files]
 # keep: leave input files in place; move: into done/, skipped/, failed/ next to the watched folder.
@@ -995,6 +1066,7 @@ impl Config {
             d.validate()?;
         }
         self.sr.validate()?;
+        self.drift.validate()?;
         if self.privacy.uids == UidMode::Hashed && is_unset(&self.privacy.key_file) {
             return Err(invalid(
                 "privacy.key_file",

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, watch, Notify};
 
 use crate::edge::config::{Config, FilesAfter, Precision, Settle};
 use crate::edge::dicom_scp::{received_dir, Received, Scp, ScpError, ScpSettings};
+use crate::edge::drift::Monitor;
 use crate::edge::exam::{aggregate, next_revision};
 use crate::edge::health::{
     free_bytes, Counters, Health, HealthModel, Intake, PauseCode, StateSpace,
@@ -500,6 +501,33 @@ struct Pipeline {
     /// While `[sr]` is on (SRs are made only then): the SR sender's waker and its destination
     /// keys (each SR is queued once per key).
     sr: Option<(Arc<Notify>, Vec<String>)>,
+    /// The drift monitor of the running model (`None` with `drift.enabled = false`).
+    drift: Option<Monitor>,
+}
+
+/// The drift monitor for `meta` (its `mammo.drift_reference`) resuming the windows the state
+/// database holds for the model `sha256`; `None` when `[drift]` is off. Errors: `Store`.
+fn drift_monitor(
+    config: &Config,
+    store: &mut Store,
+    meta: &crate::model::ModelMeta,
+    sha256: &str,
+) -> Result<Option<Monitor>, DaemonError> {
+    if !config.drift.enabled {
+        return Ok(None);
+    }
+    let stored = store.drift_windows(sha256, config.drift.window)?;
+    let m = Monitor::new(config.drift.clone(), meta.drift_reference.clone(), stored);
+    log::info!(
+        "drift monitor: {} source window(s) resumed; {}",
+        m.sources(),
+        match &meta.drift_reference {
+            Some(r) => format!("reference of {} source(s) ({})", r.sources.len(), r.images),
+            None => "the model has no drift reference: only the out-of-distribution rate is judged"
+                .into(),
+        }
+    );
+    Ok(Some(m))
 }
 
 /// Run the daemon until `shutdown` resolves: recover the ledger, start the publisher, watch,
@@ -640,6 +668,7 @@ pub async fn run_with(
     let mut sr_ended = None;
 
     let (_fs, mut fs_rx) = FsEvents::start(&config.watch.dirs)?;
+    let drift = drift_monitor(&config, &mut store, &model.runner.meta, &model.sha256)?;
     let runner = Arc::new(model.runner);
     let opts = config.ingest_options();
     let (replies_tx, mut replies_rx) = mpsc::unbounded_channel();
@@ -692,6 +721,7 @@ pub async fn run_with(
         last_reload: None,
         ticks_changed: false,
         sr,
+        drift,
     };
     log::info!(
         "watching {} folder(s); broker {}; topics {}/…",
@@ -1133,7 +1163,10 @@ impl Pipeline {
             restart.push("privacy.key_file");
         }
         let mut done = Vec::new();
+        let drift_changed = new.drift != self.config.drift;
+        let mut new_meta = None;
         if let Some(m) = model {
+            new_meta = Some(m.runner.meta.clone());
             let info = ModelInfo::new(&m.runner.meta, &m.sha256);
             done.push(format!(
                 "model {} {} (sha256 {}) replaces {} {} (sha256 {})",
@@ -1162,6 +1195,23 @@ impl Pipeline {
         self.ticks_changed = new.watch.rescan_secs != self.config.watch.rescan_secs
             || new.mqtt.health_secs != self.config.mqtt.health_secs;
         self.config = new;
+        // the drift windows belong to one model and configuration: a new model starts new
+        // windows (its outputs differ), a new [drift] section re-reads the stored ones
+        if new_meta.is_some() || drift_changed {
+            let meta = new_meta.unwrap_or_else(|| self.runner.meta.clone());
+            match drift_monitor(
+                &self.config,
+                &mut self.store,
+                &meta,
+                &self.msgs.model.sha256,
+            ) {
+                Ok(m) => self.drift = m,
+                Err(e) => {
+                    log::error!("reload: drift windows not read ({e}); the monitor is off until the next start");
+                    self.drift = None;
+                }
+            }
+        }
         // a fresh worker with the new model and ingest options (the old one is idle: it ends)
         match self.start_worker(self.workers_started + 1) {
             Ok(w) => {
@@ -1345,14 +1395,45 @@ impl Pipeline {
                 };
                 let payload = msg.payload.clone();
                 let source = self.sr_source(&path, &label);
+                let drift = self.drift.as_ref().map(|m| {
+                    m.preview(
+                        &s.meta.manufacturer,
+                        &s.meta.model_name,
+                        s.meta.vendor.as_str(),
+                        crate::edge::drift::observation(&s.result),
+                    )
+                });
+                let mut messages = vec![msg];
+                if let Some(u) = &drift {
+                    messages.push(self.msgs.drift(&u.status));
+                    if let Some(raised) = u.change {
+                        messages.push(self.msgs.alert(&u.status, raised));
+                    }
+                }
                 match self.store.commit_result_with_source(
                     &ticket,
                     &key,
                     &payload,
-                    std::slice::from_ref(&msg),
+                    &messages,
                     source.as_deref(),
+                    drift.as_ref().map(|u| &u.record),
                 ) {
                     Ok(Committed::Stored(id)) => {
+                        if let (Some(m), Some(u)) = (self.drift.as_mut(), &drift) {
+                            m.apply(u);
+                            if let Some(raised) = u.change {
+                                let what = if raised { "raised" } else { "cleared" };
+                                log::warn!(
+                                    "drift alert {what} for source {}: {}",
+                                    u.status.source.id,
+                                    if u.status.reasons.is_empty() {
+                                        "every value back under its threshold".to_string()
+                                    } else {
+                                        u.status.reasons.join("; ")
+                                    }
+                                );
+                            }
+                        }
                         self.stats.scored += 1;
                         log::info!(
                             "{label}: scored {} {} cancer {:.3} density {} ood {} ({:.0} ms); result {id}",

@@ -28,6 +28,8 @@ pub mod schema {
     pub const EXAM: &str = "mammo-edge.exam/1";
     pub const SKIPPED: &str = "mammo-edge.skipped/1";
     pub const ERROR: &str = "mammo-edge.error/1";
+    pub const DRIFT: &str = "mammo-edge.drift/1";
+    pub const ALERT: &str = "mammo-edge.alert/1";
 }
 
 /// Shortest accepted UID hash key, bytes.
@@ -484,6 +486,57 @@ impl Messages {
         if let Value::Object(rest) = rest {
             m.extend(rest);
         }
+    }
+
+    /// `<prefix>/drift/<source id>` (`mammo-edge.drift/1`, retained): the drift monitor's state
+    /// of one source after an image ([`crate::edge::drift::DriftStatus`]); `result_id` = UUIDv5
+    /// of `drift:<source id>` + model sha256 (the same for every update of that source).
+    pub fn drift(&self, status: &crate::edge::drift::DriftStatus) -> OutboxMessage {
+        let id = result_id(&format!("drift:{}", status.source.id), &self.model.sha256);
+        let mut m = self.base(schema::DRIFT, &id.to_string());
+        if let Ok(Value::Object(body)) = serde_json::to_value(status) {
+            m.extend(body);
+        }
+        self.bounded(OutboxMessage {
+            topic: self.topics.topic(&format!("drift/{}", status.source.id)),
+            payload: Value::Object(m),
+            retain: true,
+        })
+    }
+
+    /// `<prefix>/alert` (`mammo-edge.alert/1`): a drift alert of one source `raised` or
+    /// `cleared` by the image just counted, with the numbers of its drift message; `result_id`
+    /// = UUIDv5 of `alert:drift:<source id>:<state>:<images in the window>:<time>` + model sha256.
+    pub fn alert(&self, status: &crate::edge::drift::DriftStatus, raised: bool) -> OutboxMessage {
+        let state = if raised { "raised" } else { "cleared" };
+        let produced = now_rfc3339();
+        let id = result_id(
+            &format!(
+                "alert:drift:{}:{state}:{}:{produced}",
+                status.source.id, status.window.images
+            ),
+            &self.model.sha256,
+        );
+        let mut m = self.base(schema::ALERT, &id.to_string());
+        m.insert("kind".into(), "drift".into());
+        m.insert("state".into(), state.into());
+        let body = json!({
+            "source": status.source,
+            "reference": status.reference,
+            "window": status.window,
+            "psi": status.psi,
+            "ood_rate": status.ood_rate,
+            "thresholds": status.thresholds,
+            "reasons": status.reasons,
+        });
+        if let Value::Object(body) = body {
+            m.extend(body);
+        }
+        self.bounded(OutboxMessage {
+            topic: self.topics.topic("alert"),
+            payload: Value::Object(m),
+            retain: false,
+        })
     }
 
     /// `<prefix>/exam` (`mammo-edge.exam/1`): the exam rule's result for a study, given by its

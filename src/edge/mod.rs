@@ -6,6 +6,7 @@ pub mod config;
 pub mod daemon;
 pub mod dicom_scp;
 pub mod dicom_scu;
+pub mod drift;
 pub mod exam;
 pub mod health;
 pub mod logging;

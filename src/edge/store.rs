@@ -105,6 +105,29 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX sr_outbox_undelivered ON sr_outbox (destination, id)
         WHERE delivered_at IS NULL;",
+    // 5: the drift monitor (issue 16): the rolling window of outputs per model and source
+    // (Manufacturer, ManufacturerModelName), trimmed to `drift.window` rows in the transaction
+    // that adds one, and whether each source is alerted, so a restart resumes both.
+    "CREATE TABLE drift_obs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        model_sha256 TEXT NOT NULL,
+        manufacturer TEXT NOT NULL,
+        model_name TEXT NOT NULL,
+        cancer REAL NOT NULL,
+        density INTEGER NOT NULL,
+        percent_density REAL NOT NULL,
+        ood INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX drift_obs_source ON drift_obs (model_sha256, manufacturer, model_name, id);
+    CREATE TABLE drift_state (
+        model_sha256 TEXT NOT NULL,
+        manufacturer TEXT NOT NULL,
+        model_name TEXT NOT NULL,
+        alerting INTEGER NOT NULL,
+        changed_at INTEGER NOT NULL,
+        PRIMARY KEY (model_sha256, manufacturer, model_name)
+    );",
 ];
 
 /// Prefix of an identifier kept (and published) as a keyed hash: `hmac-sha256:<64 hex>`. No
@@ -114,6 +137,29 @@ pub const HASHED_PREFIX: &str = "hmac-sha256:";
 /// Ledger reason of a file whose content was handled before its rows were purged past
 /// retention: finished again with the status it had, without decoding or a message.
 pub const PURGED_BEFORE_REASON: &str = "handled_before_purge";
+
+/// One image's entry in the drift monitor's window, written with its result
+/// ([`Store::commit_result_with_source`]).
+#[derive(Debug, Clone)]
+pub struct DriftRecord {
+    /// The source: DICOM Manufacturer and ManufacturerModelName as read (may be empty).
+    pub manufacturer: String,
+    pub model_name: String,
+    pub observation: crate::model::reference::Observation,
+    /// Rows kept per (model, source): the oldest beyond it are deleted.
+    pub window: usize,
+    /// Whether the source is alerted once this image is counted.
+    pub alerting: bool,
+}
+
+/// A source's window as stored ([`Store::drift_windows`]), oldest first.
+#[derive(Debug, Clone)]
+pub struct DriftWindow {
+    pub manufacturer: String,
+    pub model_name: String,
+    pub observations: Vec<crate::model::reference::Observation>,
+    pub alerting: bool,
+}
 
 /// An SR to deliver, given to [`Store::commit_exam_with_srs`].
 #[derive(Debug, Clone)]
@@ -770,13 +816,15 @@ impl Store {
         result: &T,
         messages: &[OutboxMessage],
     ) -> Result<Committed, StoreError> {
-        self.commit_result_with_source(ticket, key, result, messages, None)
+        self.commit_result_with_source(ticket, key, result, messages, None, None)
     }
 
     /// [`Store::commit_result`], and in the same transaction, when the result is new,
     /// `sr_source` (the image's header attributes an SR copies, JSON of
     /// [`crate::edge::sr::SourceImage::to_json`]) kept under its result id until the result
-    /// is purged. Errors: as `commit_result`.
+    /// is purged; and `drift`, the image's entry in the drift monitor's window of its model and
+    /// source (the window trimmed to `drift.window` rows, the source's alert state set).
+    /// `messages` then also carry the drift and alert messages. Errors: as `commit_result`.
     pub fn commit_result_with_source<T: Serialize>(
         &mut self,
         ticket: &Ticket,
@@ -784,6 +832,7 @@ impl Store {
         result: &T,
         messages: &[OutboxMessage],
         sr_source: Option<&str>,
+        drift: Option<&DriftRecord>,
     ) -> Result<Committed, StoreError> {
         let json = serde_json::to_string(result)?;
         let sha = key.model_sha256.trim().to_ascii_lowercase();
@@ -831,6 +880,9 @@ impl Store {
                  VALUES (?1, ?2, ?3)",
                 params![id.to_string(), src, now],
             )?;
+        }
+        if let Some(d) = drift {
+            record_drift(&tx, &sha, d, now)?;
         }
         push(&tx, messages, now)?;
         tx.commit()?;
@@ -1300,6 +1352,64 @@ impl Store {
         .transpose()
     }
 
+    /// The drift monitor's windows of the model `model_sha256` (at most `window` newest rows
+    /// per source, oldest first) with each source's alert state; the rows of other models are
+    /// deleted (a new model starts new windows). Errors: `Sqlite`.
+    pub fn drift_windows(
+        &mut self,
+        model_sha256: &str,
+        window: usize,
+    ) -> Result<Vec<DriftWindow>, StoreError> {
+        let sha = model_sha256.trim().to_ascii_lowercase();
+        let tx = self.write_tx()?;
+        tx.execute("DELETE FROM drift_obs WHERE model_sha256 != ?1", [&sha])?;
+        tx.execute("DELETE FROM drift_state WHERE model_sha256 != ?1", [&sha])?;
+        tx.commit()?;
+        let mut out: Vec<DriftWindow> = Vec::new();
+        let mut st = self.conn.prepare(
+            "SELECT s.manufacturer, s.model_name, s.alerting FROM drift_state s
+             WHERE s.model_sha256 = ?1
+             UNION SELECT DISTINCT manufacturer, model_name, 0 FROM drift_obs
+             WHERE model_sha256 = ?1 AND (manufacturer, model_name) NOT IN
+             (SELECT manufacturer, model_name FROM drift_state WHERE model_sha256 = ?1)
+             ORDER BY 1, 2",
+        )?;
+        let sources = st
+            .query_map([&sha], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, bool>(2)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut obs = self.conn.prepare(
+            "SELECT cancer, density, percent_density, ood FROM drift_obs
+             WHERE model_sha256 = ?1 AND manufacturer = ?2 AND model_name = ?3
+             ORDER BY id DESC LIMIT ?4",
+        )?;
+        for (manufacturer, model_name, alerting) in sources {
+            let mut observations = obs
+                .query_map(params![sha, manufacturer, model_name, window as i64], |r| {
+                    Ok(crate::model::reference::Observation {
+                        cancer: r.get::<_, f64>(0)? as f32,
+                        density: r.get::<_, i64>(1)?.clamp(0, 3) as usize,
+                        percent_density: r.get::<_, f64>(2)? as f32,
+                        ood: r.get(3)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            observations.reverse();
+            out.push(DriftWindow {
+                manufacturer,
+                model_name,
+                observations,
+                alerting,
+            });
+        }
+        Ok(out)
+    }
+
     /// Results of a study for one model, in commit order (the aggregator's input).
     pub fn study_results(
         &self,
@@ -1552,6 +1662,44 @@ fn stale(ticket: &Ticket) -> StoreError {
         ledger_id: ticket.ledger_id,
         path: ticket.path.clone(),
     }
+}
+
+/// Add `d`'s observation to its window, trim the window, set the source's alert state.
+fn record_drift(
+    tx: &Transaction<'_>,
+    model_sha256: &str,
+    d: &DriftRecord,
+    now: i64,
+) -> Result<(), StoreError> {
+    let o = &d.observation;
+    tx.execute(
+        "INSERT INTO drift_obs (model_sha256, manufacturer, model_name, cancer, density,
+         percent_density, ood, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            model_sha256,
+            d.manufacturer,
+            d.model_name,
+            f64::from(o.cancer),
+            o.density as i64,
+            f64::from(o.percent_density),
+            o.ood,
+            now
+        ],
+    )?;
+    tx.execute(
+        "DELETE FROM drift_obs WHERE model_sha256 = ?1 AND manufacturer = ?2 AND model_name = ?3
+         AND id <= (SELECT id FROM drift_obs WHERE model_sha256 = ?1 AND manufacturer = ?2
+                    AND model_name = ?3 ORDER BY id DESC LIMIT 1 OFFSET ?4)",
+        params![model_sha256, d.manufacturer, d.model_name, d.window as i64],
+    )?;
+    tx.execute(
+        "INSERT INTO drift_state (model_sha256, manufacturer, model_name, alerting, changed_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT DO UPDATE SET alerting = excluded.alerting,
+         changed_at = CASE WHEN alerting = excluded.alerting THEN changed_at ELSE excluded.changed_at END",
+        params![model_sha256, d.manufacturer, d.model_name, d.alerting, now],
+    )?;
+    Ok(())
 }
 
 fn push(tx: &Transaction<'_>, messages: &[OutboxMessage], now: i64) -> Result<(), StoreError> {

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::ingest::preprocess::{PreprocessConfig, Standardize, PREPROCESS_VERSION};
+use crate::model::reference::DriftReference;
 
 /// Version of this contract (`mammo.schema_version`).
 pub const SCHEMA_VERSION: u32 = 1;
@@ -87,6 +88,9 @@ pub struct ModelMeta {
     /// How the weights are stored: `float32`, or the int8 scheme (`mammo-train quantize`).
     /// Optional key; absent means `float32`.
     pub quantization: String,
+    /// Output distributions on the validation images per source, for the drift monitor
+    /// (`mammo.drift_reference`, JSON of [`DriftReference`]); optional.
+    pub drift_reference: Option<DriftReference>,
 }
 
 const P: &str = "mammo.";
@@ -141,6 +145,12 @@ impl ModelMeta {
         ]
         .into_iter()
         .chain(self.ood_threshold.map(|t| ("ood_threshold", t.to_string())))
+        .chain(
+            self.drift_reference
+                .as_ref()
+                .and_then(|r| serde_json::to_string(r).ok())
+                .map(|j| ("drift_reference", j)),
+        )
         .map(|(k, v)| (format!("{P}{k}"), v))
         .collect()
     }
@@ -218,6 +228,20 @@ impl ModelMeta {
                 .ok()
                 .map(|v| num("ood_threshold", v))
                 .transpose()?,
+            drift_reference: match get("drift_reference") {
+                Err(_) => None,
+                Ok(v) => {
+                    let r: DriftReference = serde_json::from_str(&v).map_err(|e| {
+                        ContractError::Metadata(format!(
+                            "key {P}drift_reference is not a drift reference: {e}"
+                        ))
+                    })?;
+                    r.validate().map_err(|e| {
+                        ContractError::Metadata(format!("key {P}drift_reference: {e}"))
+                    })?;
+                    Some(r)
+                }
+            },
         };
         if meta.intended_use.trim().is_empty() {
             return Err(ContractError::Metadata(format!(

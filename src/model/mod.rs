@@ -5,6 +5,7 @@ pub mod bundled;
 pub mod contract;
 pub mod labels;
 pub mod precision;
+pub mod reference;
 pub mod runner;
 pub mod score;
 

@@ -44,6 +44,32 @@ impl ModelOutputs {
             _ => (self.recon_error, meta.recon_error_threshold),
         }
     }
+
+    /// What the drift monitor keeps of this pass ([`crate::model::reference`]): the cancer
+    /// probability, the most probable density class, the percent density, the OOD flag.
+    pub fn observation(&self, meta: &ModelMeta) -> crate::model::reference::Observation {
+        let (score, threshold) = self.ood(meta);
+        crate::model::reference::Observation {
+            cancer: self.cancer,
+            density: argmax(&self.density),
+            percent_density: self.percent_density,
+            ood: score > threshold,
+        }
+    }
+}
+
+/// Index of the largest value (the first of equals; 0 when empty).
+fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| {
+            if x > bv {
+                (i, x)
+            } else {
+                (bi, bv)
+            }
+        })
+        .0
 }
 
 /// One node of tract's optimised plan.

@@ -635,6 +635,7 @@ pub fn meta_for(
         recon_error_threshold,
         ood_threshold: None,
         quantization: "float32".into(),
+        drift_reference: None,
     }
 }
 
@@ -712,7 +713,8 @@ fn p99(v: &[f64]) -> f32 {
 /// Set the operating thresholds of the model file at `path` from what tract computes on that
 /// very file (the daemon's runner) for `samples` (validation images): the cancer threshold at
 /// `sensitivity`, the 99th percentile of `recon_error` ([`thresholds`]) and, when the model has
-/// the `ood_score` output, its 99th percentile. Returns them.
+/// the `ood_score` output, its 99th percentile; and the drift monitor's reference of the same
+/// outputs per source (`mammo.drift_reference`). Returns the thresholds.
 pub fn calibrate_thresholds(
     path: &Path,
     samples: &[super::data::Sample],
@@ -722,6 +724,7 @@ pub fn calibrate_thresholds(
     let mut scored = Vec::new();
     let mut recon = Vec::new();
     let mut ood = Vec::new();
+    let mut outputs = Vec::with_capacity(samples.len());
     for s in samples {
         let o = runner.run(&s.input)?;
         recon.push(o.recon_error as f64);
@@ -731,6 +734,7 @@ pub fn calibrate_thresholds(
         if let Some(l) = s.labels.cancer {
             scored.push((o.cancer as f64, l));
         }
+        outputs.push((s.labels.source.clone().unwrap_or_default(), o));
     }
     if !scored.iter().any(|(_, l)| *l) {
         log::warn!("no cancer-positive validation image: cancer threshold left at 0.5");
@@ -746,8 +750,67 @@ pub fn calibrate_thresholds(
     meta.cancer_threshold_sensitivity = sensitivity as f32;
     meta.recon_error_threshold = recon_thr;
     meta.ood_threshold = t.ood;
+    // the drift monitor's reference: these outputs with the thresholds just set
+    let observed: Vec<_> = outputs
+        .iter()
+        .map(|(src, o)| (src.clone(), o.observation(&meta)))
+        .collect();
+    meta.drift_reference = crate::model::reference::DriftReference::build(
+        &observed,
+        &format!(
+            "{} validation images, outputs of this file computed by tract",
+            samples.len()
+        ),
+    );
     write_meta(path, &meta)?;
     Ok(t)
+}
+
+/// Write the drift monitor's reference (`mammo.drift_reference`) into the model file at
+/// `manifest_path`'s `split` rows (e.g. validation): tract runs that very file on each image, the
+/// thresholds already in it decide the OOD flag; nothing else of the metadata changes. For a
+/// model exported before the reference existed. Returns the reference written. Errors: the
+/// model, the manifest or its images unreadable, no image in the split (`Data`).
+pub fn set_drift_reference(
+    path: &Path,
+    manifest_path: &Path,
+    split: crate::model::labels::Split,
+    threads: usize,
+) -> Result<crate::model::reference::DriftReference, ExportError> {
+    let runner = crate::model::ModelRunner::load(path)?;
+    let rows = crate::dataset::manifest::read(manifest_path)?;
+    let root = manifest_path.parent().unwrap_or(Path::new("."));
+    let picked: Vec<_> = rows
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.split == split)
+        .collect();
+    let samples = super::data::load(root, &picked, &runner.meta.preprocess(), None, threads)?;
+    let mut observed = Vec::with_capacity(samples.len());
+    for s in &samples {
+        let o = runner.run(&s.input)?;
+        observed.push((
+            s.labels.source.clone().unwrap_or_default(),
+            o.observation(&runner.meta),
+        ));
+    }
+    let reference = crate::model::reference::DriftReference::build(
+        &observed,
+        &format!(
+            "{} {} images of {}, outputs of this file computed by tract",
+            samples.len(),
+            split.as_str(),
+            manifest_path
+                .file_name()
+                .map(|f| f.to_string_lossy().to_string())
+                .unwrap_or_default()
+        ),
+    )
+    .ok_or_else(|| ExportError::Data(format!("no {} image in the manifest", split.as_str())))?;
+    let mut meta = runner.meta.clone();
+    meta.drift_reference = Some(reference.clone());
+    write_meta(path, &meta)?;
+    Ok(reference)
 }
 
 /// The [`MtlNet::stage_stats`] features of `samples` (no augmentation), per depth one `[d]`

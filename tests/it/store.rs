@@ -713,6 +713,7 @@ fn the_sr_outbox_keeps_sources_with_results_and_drains_each_destination_in_order
         &json!({ "laterality": "L" }),
         &[],
         Some(r#"{"sop_instance_uid":"1.1"}"#),
+        None,
     )
     .unwrap();
     let t = process(s.claim(Path::new("/x/b.dcm"), 1, mtime(0)).unwrap());

@@ -163,6 +163,7 @@ pub(crate) fn tiny_model_variant(path: &Path, variant: Tiny) {
         recon_error_threshold: 0.1,
         ood_threshold: None,
         quantization: "float32".into(),
+        drift_reference: None,
     };
     let cancer = match variant {
         Tiny::Plain => vec![node("Sigmoid", &["f"], "cancer", vec![])],

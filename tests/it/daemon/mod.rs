@@ -8,6 +8,7 @@ mod agree;
 mod broker_faults;
 mod demo;
 mod dicom;
+mod drift;
 pub(crate) mod harness;
 mod ops;
 mod real;
