@@ -46,7 +46,9 @@ def main_table(r):
 
 
 def infer(model, files, extra=()):
-    p = subprocess.run([edge, "infer", "--json", "--model", model, *extra, *files],
+    # --precision file: the file given, not its faster sibling (model.onnx / model.int8.onnx)
+    p = subprocess.run([edge, "infer", "--json", "--precision", "file", "--model", model, *extra,
+                        *files],
                        capture_output=True, text=True)
     return [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
 
