@@ -63,7 +63,7 @@ fn open_sets_wal_full_sync_and_schema_version() {
     let s = Store::open(&state, 3).unwrap();
     assert_eq!(s.path(), state.join(DB_FILE));
     assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
-    assert_eq!(SCHEMA_VERSION, 4);
+    assert_eq!(SCHEMA_VERSION, 5);
     drop(s);
     // Read back by a separate connection: WAL is persistent, user_version is in the header.
     let c = rusqlite::Connection::open(state.join(DB_FILE)).unwrap();
@@ -264,7 +264,19 @@ fn a_version_1_database_is_migrated_keeping_its_rows() {
         .unwrap();
     }
     let mut s = Store::open(dir.path(), 3).unwrap();
-    assert_eq!(s.schema_version().unwrap(), 4);
+    assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+    // the last migration's tables are there (drift windows, migration 5)
+    {
+        let c = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let n: i64 = c
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name IN ('drift_obs', 'drift_state')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 2);
+    }
     let old = PathBuf::from("/x/old.dcm");
     assert_eq!(status(&s, &old), Status::Done);
     assert_eq!(
