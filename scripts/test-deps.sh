@@ -6,6 +6,7 @@
 #   evaluation plots; systemd-analyze for the unit checks; pydicom + pylibjpeg: an independent
 #   reader of the phantoms; onnx + onnxruntime: checks of the exported model and the int8 step;
 #   PyTorch 2.9.0: LibTorch, the trainer's fast backend (feature `libtorch`).
+#   chromium + chromium-driver: the dashboard page in a real browser (tests/it/dashboard.rs).
 set -euo pipefail
 sudo=(); [ "$(id -u)" = 0 ] || sudo=(sudo)
 pkgs=()
@@ -17,6 +18,9 @@ command -v dciodvfy >/dev/null || pkgs+=(dicom3tools)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || pkgs+=(fonts-dejavu-core)
 command -v systemd-analyze >/dev/null || pkgs+=(systemd)
 command -v setpriv >/dev/null || pkgs+=(util-linux)
+# the dashboard's browser test: headless Chromium driven by chromedriver (WebDriver)
+[ -x /usr/bin/chromium ] || pkgs+=(chromium)
+[ -x /usr/bin/chromedriver ] || pkgs+=(chromium-driver)
 if [ ${#pkgs[@]} -gt 0 ]; then
   echo "== apt-get install ${pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -233,6 +233,46 @@ enum Command {
         #[arg(long, value_name = "PNG")]
         contact_sheet: Option<PathBuf>,
     },
+    /// The hospital-side dashboard: subscribe to the appliances' brokers, keep what arrives in
+    /// SQLite, serve a live web page (worklist, appliances, drift, charts) and a JSON API
+    /// (docs/dashboard.md). Not for the appliance itself.
+    #[cfg(feature = "dashboard")]
+    #[command(
+        after_help = "Exit status: 0 stopped by SIGTERM / SIGINT, 1 error (database, listen \
+                      address, broker URL, token).\n\nExample: mammo-edge dashboard --broker \
+                      mqtt://127.0.0.1:1883 --topics 'mammo/#' --listen 127.0.0.1:8080 --db \
+                      sqlite:/var/lib/mammo-dashboard/db.sqlite"
+    )]
+    Dashboard {
+        /// MQTT broker, mqtt://HOST:PORT or mqtts://HOST:PORT (repeat for several).
+        #[arg(long = "broker", value_name = "URL", required = true)]
+        brokers: Vec<String>,
+        /// Topic filter to subscribe to (repeat for several).
+        #[arg(long = "topics", value_name = "FILTER", default_value = "mammo/#")]
+        topics: Vec<String>,
+        /// Address of the page and the API. Anything but loopback needs --token-file.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Database: sqlite:PATH (created if missing).
+        #[arg(long, default_value = "sqlite:mammo-dashboard.sqlite")]
+        db: String,
+        /// File whose first line is the token the page and API require (>= 16 characters):
+        /// open the page as /?token=…, call the API with `Authorization: Bearer …`.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// PEM CA bundle that signs mqtts:// brokers' certificates.
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<PathBuf>,
+        /// PEM client certificate and key for mqtts:// brokers that require one.
+        #[arg(long, value_name = "FILE", requires = "client_key")]
+        client_cert: Option<PathBuf>,
+        #[arg(long, value_name = "FILE", requires = "client_cert")]
+        client_key: Option<PathBuf>,
+        /// MQTT client id prefix (the broker's index is appended); keep it stable, the brokers
+        /// keep this dashboard's session and queue what arrives while it is down.
+        #[arg(long, default_value = "mammo-dashboard")]
+        client_id: String,
+    },
     /// The daemon end to end with nothing installed: an MQTT broker on loopback (embedded, or
     /// --broker), the daemon on a temporary export folder with the bundled model, a four-view
     /// phantom exam and four files it must refuse; prints each message as it arrives.
@@ -746,6 +786,42 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 mammo_edge::synth::sheet::contact_sheet(&out, &rows, &png)?;
                 eprintln!("synth: contact sheet {}", png.display());
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        #[cfg(feature = "dashboard")]
+        Command::Dashboard {
+            brokers,
+            topics,
+            listen,
+            db,
+            token_file,
+            ca_file,
+            client_cert,
+            client_key,
+            client_id,
+        } => {
+            use mammo_edge::dashboard;
+            let token = token_file
+                .as_deref()
+                .map(dashboard::read_token)
+                .transpose()?;
+            let opts = dashboard::Options {
+                brokers,
+                topics,
+                listen,
+                db,
+                token,
+                ca_file: ca_file.unwrap_or_default(),
+                client_cert: client_cert.unwrap_or_default(),
+                client_key: client_key.unwrap_or_default(),
+                client_id,
+            };
+            let rt = runtime()?;
+            rt.block_on(dashboard::run(
+                opts,
+                mammo_edge::edge::daemon::shutdown_signal(),
+                |addr| emit(&format!("dashboard: http://{addr}/")),
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo {

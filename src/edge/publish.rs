@@ -186,6 +186,12 @@ pub fn mqtt_options(m: &MqttConfig) -> Result<MqttOptions, PublishError> {
     options(m, true)
 }
 
+/// rumqttc options of `[mqtt]` for a subscriber (the dashboard): as [`mqtt_options`], without
+/// the LWT; the caller sets its own client id and session.
+pub fn subscriber_options(m: &MqttConfig) -> Result<MqttOptions, PublishError> {
+    options(m, false)
+}
+
 fn options(m: &MqttConfig, will: bool) -> Result<MqttOptions, PublishError> {
     let broker: Broker = m.broker()?;
     let topics = Topics::new(&m.topic_prefix);

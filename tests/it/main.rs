@@ -5,6 +5,8 @@ mod cli;
 mod codecs;
 mod config;
 mod daemon;
+#[cfg(feature = "dashboard")]
+mod dashboard;
 mod exam;
 #[cfg(feature = "train")]
 mod export;
