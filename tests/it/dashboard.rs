@@ -18,6 +18,8 @@ struct Dashboard {
     port: u16,
     child: Child,
     log: PathBuf,
+    /// Everything but `--listen` (kept for a restart on the same database and client id).
+    args: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -26,26 +28,54 @@ impl Dashboard {
         let dir = tmp();
         let port = free_port();
         let log = dir.path().join("dashboard.log");
-        let mut cmd = Command::new(BIN);
-        cmd.arg("dashboard");
+        let mut args = vec!["dashboard".to_string()];
         for b in brokers {
-            cmd.args(["--broker", b]);
+            args.extend(["--broker".to_string(), b.clone()]);
         }
-        cmd.args(["--topics", topics, "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--db")
-            .arg(format!("sqlite:{}", dir.path().join("db.sqlite").display()))
-            .args(["--client-id", &format!("dash-{port}")])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        let child = cmd.spawn().unwrap();
-        wait_port(port, true);
+        args.extend(["--topics".to_string(), topics.to_string()]);
+        args.extend([
+            "--db".to_string(),
+            format!("sqlite:{}", dir.path().join("db.sqlite").display()),
+            "--client-id".to_string(),
+            format!("dash-{port}"),
+        ]);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let child = Self::spawn(&args, port, &log);
         Dashboard {
             port,
             child,
             log,
+            args,
             _dir: dir,
         }
+    }
+
+    fn spawn(args: &[String], port: u16, log: &Path) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(args)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        wait_port(port, true);
+        child
+    }
+
+    /// SIGKILL: no clean disconnect, the broker keeps the persistent session.
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start again on the same database, client id and port.
+    fn restart(&mut self) {
+        self.child = Self::spawn(&self.args, self.port, &self.log);
     }
 
     fn url(&self, path: &str) -> String {
@@ -58,6 +88,17 @@ impl Dashboard {
             panic!("GET {path}: {e}\n{}", self.log_text());
         });
         serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
+    }
+
+    /// GET a route, `None` when nothing listens.
+    fn get_or_refused(&self, path: &str) -> Option<Value> {
+        match ureq::get(&self.url(path)).call() {
+            Ok(mut r) => {
+                Some(serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap())
+            }
+            Err(ureq::Error::Io(_)) | Err(ureq::Error::ConnectionFailed) => None,
+            Err(e) => panic!("GET {path}: {e}"),
+        }
     }
 
     fn log_text(&self) -> String {
@@ -533,4 +574,46 @@ fn a_fleet_of_two_sites_bridged_to_a_central_broker_shows_both_appliances_on_one
         })
     });
     assert!(db.stop().success());
+}
+
+#[test]
+fn a_dashboard_killed_gets_what_arrived_meanwhile_from_its_persistent_session() {
+    let broker = Broker::start();
+    let s = Setup::new(&broker.url(), "");
+    let mut dash = Dashboard::start(&[broker.url()], "mammo/test/#", &[]);
+    let mut d = s.start();
+    // subscribed: the appliance's retained status has been recorded
+    dash.wait(30, "/api/devices", "the appliance online", |v| {
+        v[0]["online"] == true
+    });
+    dash.kill9();
+    drop_exam(&s, 41);
+    // the whole exam delivered to the broker (PUBACK) while no dashboard was connected
+    wait_for(90, "the exam delivered", &s, || {
+        s.count(
+            "SELECT COUNT(*) FROM outbox WHERE topic LIKE '%/exam' AND delivered_at IS NOT NULL",
+        ) == 1
+            && s.count("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL") == 0
+    });
+    assert_eq!(
+        dash.get_or_refused("/api/exams"),
+        None,
+        "the dashboard is down"
+    );
+    dash.restart();
+    let exams = dash.wait(30, "/api/exams", "the exam queued by the broker", |v| {
+        v.as_array()
+            .is_some_and(|a| a.len() == 1 && a[0]["complete"] == true)
+    });
+    assert_eq!(exams[0]["device"], s.prefix.as_str());
+    let dev = dash.wait(10, "/api/devices", "4 images counted", |v| {
+        v[0]["counts"]["image"] == 4
+    });
+    assert_eq!(dev[0]["counts"]["exam"], 1);
+    assert!(
+        dash.log_text().contains("session present: true"),
+        "{}",
+        dash.log_text()
+    );
+    assert!(d.stop().success());
 }
