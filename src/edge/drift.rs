@@ -436,19 +436,17 @@ mod tests {
             ..Default::default()
         };
         let mut m = Monitor::new(cfg, Some(reference()), Vec::new());
+        // the reference's values in a scrambled order: any prefix is spread alike
+        let like = |i: usize| {
+            o(
+                ((i * 37) % 100) as f32 / 100.0,
+                i % 4,
+                ((i * 37) % 50) as f32 * 2.0,
+                false,
+            )
+        };
         for i in 0..100 {
-            let u = m.preview(
-                "HOLOGIC",
-                "X",
-                "hologic",
-                // the reference's values in a scrambled order: any prefix is spread alike
-                o(
-                    ((i * 37) % 100) as f32 / 100.0,
-                    i % 4,
-                    ((i * 37) % 50) as f32 * 2.0,
-                    false,
-                ),
-            );
+            let u = m.preview("HOLOGIC", "X", "hologic", like(i));
             assert_eq!(u.change, None, "image {i}: {:?}", u.status.reasons);
             m.apply(&u);
         }
@@ -468,17 +466,7 @@ mod tests {
         // like images again: cleared only once the shifted ones have left the window
         let mut cleared = None;
         for i in 0..100 {
-            let u = m.preview(
-                "HOLOGIC",
-                "X",
-                "hologic",
-                o(
-                    ((i * 37) % 100) as f32 / 100.0,
-                    i % 4,
-                    ((i * 37) % 50) as f32 * 2.0,
-                    false,
-                ),
-            );
+            let u = m.preview("HOLOGIC", "X", "hologic", like(i));
             if u.change == Some(false) {
                 cleared = Some(i);
             }

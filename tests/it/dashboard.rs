@@ -498,13 +498,7 @@ impl SiteBroker {
             ),
         )
         .unwrap();
-        let child = Command::new("/usr/sbin/mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let child = mosquitto(&conf);
         wait_port(port, true);
         SiteBroker {
             port,

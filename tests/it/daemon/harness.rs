@@ -348,6 +348,17 @@ pub(crate) fn wait_port(port: u16, up: bool) {
     panic!("port {port} not {}", if up { "open" } else { "closed" });
 }
 
+/// mosquitto started on a configuration file (quiet); the caller waits for its port.
+pub(crate) fn mosquitto(conf: &Path) -> Child {
+    Command::new("/usr/sbin/mosquitto")
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto not runnable (apt-get install mosquitto)")
+}
+
 /// mosquitto on 127.0.0.1:`port` with persistence in its own folder (sessions of the
 /// subscriber survive a restart). Killed on drop.
 pub(crate) struct Broker {
@@ -379,14 +390,7 @@ impl Broker {
             ),
         )
         .unwrap();
-        let child = Command::new("/usr/sbin/mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto not runnable (apt-get install mosquitto)");
-        self.child = Some(child);
+        self.child = Some(mosquitto(&conf));
         wait_port(self.port, true);
     }
 
