@@ -6,7 +6,8 @@
 #   evaluation plots; systemd-analyze for the unit checks; pydicom + pylibjpeg: an independent
 #   reader of the phantoms; onnx + onnxruntime: checks of the exported model and the int8 step;
 #   PyTorch 2.9.0: LibTorch, the trainer's fast backend (feature `libtorch`).
-#   chromium + chromium-driver: the dashboard page in a real browser (tests/it/dashboard.rs).
+#   chromium + chromium-driver: the dashboard page in a real browser (tests/it/dashboard.rs);
+#   postgresql: the server binaries the dashboard's PostgreSQL test starts a throw-away server with.
 set -euo pipefail
 sudo=(); [ "$(id -u)" = 0 ] || sudo=(sudo)
 pkgs=()
@@ -21,6 +22,8 @@ command -v setpriv >/dev/null || pkgs+=(util-linux)
 # the dashboard's browser test: headless Chromium driven by chromedriver (WebDriver)
 [ -x /usr/bin/chromium ] || pkgs+=(chromium)
 [ -x /usr/bin/chromedriver ] || pkgs+=(chromium-driver)
+# the dashboard's PostgreSQL backend: initdb + postgres (the test runs its own server)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || pkgs+=(postgresql)
 if [ ${#pkgs[@]} -gt 0 ]; then
   echo "== apt-get install ${pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive

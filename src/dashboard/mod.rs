@@ -49,10 +49,10 @@ pub enum DashboardError {
     Unprotected(SocketAddr),
     #[error("--token-file {path}: {detail}")]
     Token { path: PathBuf, detail: String },
-    #[error("--listen {addr}: {source}")]
+    #[error("--listen {addr}: {error}")]
     Listen {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("at least one --broker and one --topics are needed")]
     Nothing,
@@ -89,6 +89,17 @@ pub async fn run(
     }
     let db = Arc::new(db::Db::open(&opts.db)?);
     let (changes, _) = broadcast::channel(1024);
+    let brokers: subscribe::Brokers = Arc::new(std::sync::Mutex::new(
+        opts.brokers
+            .iter()
+            .map(|url| subscribe::BrokerStatus {
+                url: url.clone(),
+                connected: false,
+                since: None,
+                error: None,
+            })
+            .collect(),
+    ));
     let mut tasks = Vec::new();
     for (i, url) in opts.brokers.iter().enumerate() {
         let mut m = MqttConfig::default();
@@ -110,7 +121,8 @@ pub async fn run(
                 detail: e.to_string(),
             })?;
         tasks.push(tokio::spawn(subscribe::subscribe(
-            url.clone(),
+            i,
+            brokers.clone(),
             o,
             opts.topics.clone(),
             db.clone(),
@@ -119,21 +131,22 @@ pub async fn run(
     }
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
-        .map_err(|source| DashboardError::Listen {
+        .map_err(|error| DashboardError::Listen {
             addr: opts.listen,
-            source,
+            error,
         })?;
     let addr = listener
         .local_addr()
-        .map_err(|source| DashboardError::Listen {
+        .map_err(|error| DashboardError::Listen {
             addr: opts.listen,
-            source,
+            error,
         })?;
     log::info!("dashboard: page at http://{addr}/");
     on_listening(addr);
     let app = web::router(web::AppState {
         db,
         changes,
+        brokers,
         token: opts.token.map(Arc::from),
     });
     // the live page's event streams never end by themselves: on shutdown the server is dropped

@@ -1,5 +1,5 @@
 //! The dashboard's HTTP side (axum): the page at `/` (one self-contained HTML file, no CDN), the
-//! JSON API (`/api/exams`, `/api/devices`, `/api/alerts`, `/api/stats`) and the live updates as
+//! JSON API (`/api/exams`, `/api/devices`, `/api/alerts`, `/api/stats`, `/api/brokers`) and the live updates as
 //! server-sent events (`/api/events`). With a token every route wants `Authorization: Bearer
 //! <token>` or `?token=<token>` (the page passes on the one it was opened with).
 
@@ -18,7 +18,7 @@ use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::{Stream, StreamExt};
 
-use super::db::{Change, Db};
+use super::db::{Change, Db, DbError};
 
 /// The page: HTML, CSS and JavaScript in one file, charts drawn as inline SVG.
 const PAGE: &str = include_str!("page.html");
@@ -31,6 +31,8 @@ const MAX_EXAMS: usize = 1000;
 pub struct AppState {
     pub db: Arc<Db>,
     pub changes: broadcast::Sender<Change>,
+    /// The connection to each broker (`/api/brokers`).
+    pub brokers: super::subscribe::Brokers,
     pub token: Option<Arc<str>>,
 }
 
@@ -42,6 +44,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/devices", get(devices))
         .route("/api/alerts", get(alerts))
         .route("/api/stats", get(stats))
+        .route("/api/brokers", get(brokers))
         .route("/api/events", get(events))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
@@ -105,25 +108,31 @@ fn limit(q: &HashMap<String, String>, default: usize) -> usize {
         .clamp(1, MAX_EXAMS)
 }
 
-async fn exams(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Response {
-    match s.db.exams(limit(&q, 200)) {
-        Ok(rows) => Json(rows).into_response(),
+/// Run a database query on a blocking thread (the database calls block) and answer its JSON.
+async fn answer<T: serde::Serialize + Send + 'static>(
+    db: &Arc<Db>,
+    query: impl FnOnce(&Db) -> Result<T, DbError> + Send + 'static,
+) -> Response {
+    let db = db.clone();
+    match tokio::task::spawn_blocking(move || query(&db)).await {
+        Ok(Ok(rows)) => Json(rows).into_response(),
+        Ok(Err(e)) => failed(e),
         Err(e) => failed(e),
     }
+}
+
+async fn exams(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let n = limit(&q, 200);
+    answer(&s.db, move |db| db.exams(n)).await
 }
 
 async fn devices(State(s): State<AppState>) -> Response {
-    match s.db.devices() {
-        Ok(rows) => Json(rows).into_response(),
-        Err(e) => failed(e),
-    }
+    answer(&s.db, |db| db.devices()).await
 }
 
 async fn alerts(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Response {
-    match s.db.alerts(limit(&q, 50)) {
-        Ok(rows) => Json(rows).into_response(),
-        Err(e) => failed(e),
-    }
+    let n = limit(&q, 50);
+    answer(&s.db, move |db| db.alerts(n)).await
 }
 
 async fn stats(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Response {
@@ -132,10 +141,12 @@ async fn stats(State(s): State<AppState>, Query(q): Query<HashMap<String, String
         .and_then(|d| d.parse().ok())
         .unwrap_or(14i64)
         .clamp(1, 3660);
-    match s.db.stats(days) {
-        Ok(st) => Json(st).into_response(),
-        Err(e) => failed(e),
-    }
+    answer(&s.db, move |db| db.stats(days)).await
+}
+
+async fn brokers(State(s): State<AppState>) -> Response {
+    let b = s.brokers.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    Json(b).into_response()
 }
 
 /// `text/event-stream`: one event per change (`event: exam|device|drift|alert`, data `{kind,

@@ -33,12 +33,13 @@ impl Dashboard {
             args.extend(["--broker".to_string(), b.clone()]);
         }
         args.extend(["--topics".to_string(), topics.to_string()]);
-        args.extend([
-            "--db".to_string(),
-            format!("sqlite:{}", dir.path().join("db.sqlite").display()),
-            "--client-id".to_string(),
-            format!("dash-{port}"),
-        ]);
+        if !extra.contains(&"--db") {
+            args.extend([
+                "--db".to_string(),
+                format!("sqlite:{}", dir.path().join("db.sqlite").display()),
+            ]);
+        }
+        args.extend(["--client-id".to_string(), format!("dash-{port}")]);
         args.extend(extra.iter().map(|a| a.to_string()));
         let child = Self::spawn(&args, port, &log);
         Dashboard {
@@ -295,7 +296,7 @@ fn screenshot_path(name: &str) -> PathBuf {
 
 #[test]
 fn the_page_in_chromium_shows_the_exam_card_an_appliance_going_offline_and_a_drift_alert() {
-    let broker = Broker::start();
+    let mut broker = Broker::start();
     let s = Setup::new(&broker.url(), "");
     let dash = Dashboard::start(&[broker.url()], "mammo/test/#", &[]);
     let mut d = s.start();
@@ -414,6 +415,18 @@ fn the_page_in_chromium_shows_the_exam_card_an_appliance_going_offline_and_a_dri
             .expect("the density chart")
             .remove(0);
         assert!(svg.contains('A') && svg.contains('D'), "{svg}");
+        // the broker goes away: the page says its appliances' states are the last known
+        broker.down();
+        let banner = texts(
+            &c,
+            &format!(".broker-down[data-url=\"{}\"]", broker.url()),
+            &[],
+            wait,
+        )
+        .await
+        .expect("the broker shown disconnected")
+        .remove(0);
+        assert!(banner.contains("last known"), "{banner}");
         let png = c.screenshot().await.unwrap();
         assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000);
         std::fs::write(&shot, &png).unwrap();
@@ -572,7 +585,7 @@ fn a_fleet_of_two_sites_bridged_to_a_central_broker_shows_both_appliances_on_one
 
 #[test]
 fn a_dashboard_killed_gets_what_arrived_meanwhile_from_its_persistent_session() {
-    let broker = Broker::start();
+    let mut broker = Broker::start();
     let s = Setup::new(&broker.url(), "");
     let mut dash = Dashboard::start(&[broker.url()], "mammo/test/#", &[]);
     let mut d = s.start();
@@ -580,6 +593,7 @@ fn a_dashboard_killed_gets_what_arrived_meanwhile_from_its_persistent_session() 
     dash.wait(30, "/api/devices", "the appliance online", |v| {
         v[0]["online"] == true
     });
+    let info_count = dash.get("/api/devices")[0]["counts"]["status/info"].clone();
     dash.kill9();
     drop_exam(&s, 41);
     // the whole exam delivered to the broker (PUBACK) while no dashboard was connected
@@ -609,5 +623,196 @@ fn a_dashboard_killed_gets_what_arrived_meanwhile_from_its_persistent_session() 
         "{}",
         dash.log_text()
     );
+    // the retained status, health and drift handed over again on subscribing are not counted
+    // twice, and do not make the appliance "seen" at the restart
+    assert_eq!(dev[0]["counts"]["status/info"], info_count, "{:#}", dev[0]);
+    assert_eq!(dash.get("/api/brokers")[0]["connected"], true);
     assert!(d.stop().success());
+    broker.down();
+    let b = dash.wait(30, "/api/brokers", "the broker shown disconnected", |v| {
+        v[0]["connected"] == false
+    });
+    assert!(b[0]["error"].is_string(), "{b:#}");
+}
+
+/// A throw-away PostgreSQL server from Debian's `postgresql` binaries: `initdb` into a temporary
+/// folder (as `nobody` when the tests run as root, which PostgreSQL refuses), trust
+/// authentication on loopback, fsync off. Stopped on drop.
+struct PgServer {
+    port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl PgServer {
+    fn start() -> PgServer {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|d| {
+                d.filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+                    .filter(|b| b.join("initdb").is_file())
+                    .max()
+            })
+            .expect(
+                "PostgreSQL's server binaries (/usr/lib/postgresql/*/bin) are missing: \
+                 apt-get install postgresql (scripts/test-deps.sh installs it)",
+            );
+        let dir = tmp();
+        let port = free_port();
+        let as_user = |exe: &str| {
+            let mut c = if is_root() {
+                let mut c = Command::new("setpriv");
+                c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+                c.arg(bin.join(exe));
+                c
+            } else {
+                Command::new(bin.join(exe))
+            };
+            c.stdout(Stdio::null()).stderr(Stdio::null());
+            c
+        };
+        if is_root() {
+            let st = Command::new("chown")
+                .arg("65534:65534")
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }
+        let data = dir.path().join("data");
+        let st = as_user("initdb")
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "-D",
+            ])
+            .arg(&data)
+            .status()
+            .unwrap();
+        assert!(st.success(), "initdb failed");
+        let child = as_user("postgres")
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-k"])
+            .arg(dir.path())
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .spawn()
+            .unwrap();
+        wait_port(port, true);
+        PgServer {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `v` without the keys that are the receiving dashboard's own clock, at any depth.
+fn without_receipt_times(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "received_at" | "last_seen" | "since"))
+                .map(|(k, x)| (k.clone(), without_receipt_times(x)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(without_receipt_times).collect()),
+        x => x.clone(),
+    }
+}
+
+#[test]
+fn postgresql_keeps_what_sqlite_keeps_and_survives_a_restart() {
+    let pg = PgServer::start();
+    let broker = Broker::start();
+    let s = Setup::new(&broker.url(), "");
+    let lite = Dashboard::start(&[broker.url()], "mammo/test/#", &[]);
+    let mut post = Dashboard::start(&[broker.url()], "mammo/test/#", &["--db", &pg.url()]);
+    let mut d = s.start();
+    drop_exam(&s, 51);
+    let complete = |v: &Value| {
+        v.as_array()
+            .is_some_and(|a| a.len() == 1 && a[0]["complete"] == true)
+    };
+    lite.wait(90, "/api/exams", "the exam in SQLite", complete);
+    post.wait(30, "/api/exams", "the exam in PostgreSQL", complete);
+    let model_sha = lite.get("/api/exams")[0]["model"]["sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (drift, alert) = drift_alert(&model_sha);
+    let msgs = [
+        (format!("{}/drift/acme-detector-9", s.prefix), drift, true),
+        (format!("{}/alert", s.prefix), alert, false),
+    ];
+    publish(broker.port, &msgs);
+    for dash in [&lite, &post] {
+        dash.wait(30, "/api/alerts", "the alert", |v| {
+            v.as_array().is_some_and(|a| a.len() == 1)
+        });
+        dash.wait(30, "/api/devices", "4 images and the drift", |v| {
+            v[0]["counts"]["image"] == 4 && v[0]["drift"].as_array().is_some_and(|a| a.len() == 2)
+        });
+    }
+    assert!(d.stop().success());
+    for dash in [&lite, &post] {
+        dash.wait(30, "/api/devices", "the appliance offline", |v| {
+            v[0]["online"] == false
+        });
+    }
+    let routes = [
+        "/api/exams",
+        "/api/devices",
+        "/api/alerts",
+        "/api/stats",
+        "/api/brokers",
+    ];
+    let seen: Vec<Value> = routes
+        .iter()
+        .map(|r| without_receipt_times(&lite.get(r)))
+        .collect();
+    for (r, want) in routes.iter().zip(&seen) {
+        assert_eq!(&without_receipt_times(&post.get(r)), want, "{r}");
+    }
+    // typed columns, not text: the exam's numbers and flags come back as JSON numbers / booleans
+    let x = &seen[0][0];
+    assert!(
+        x["cancer_probability"].is_f64() && x["revision"].is_i64(),
+        "{x:#}"
+    );
+    assert!(
+        x["dense_breasts"].is_boolean() && x["complete"] == true,
+        "{x:#}"
+    );
+    assert_eq!(seen[3]["exams"], 1);
+    assert_eq!(seen[3]["alerts_raised"], 1);
+    // the PostgreSQL dashboard killed and started again: everything is still there
+    post.kill9();
+    post.restart();
+    post.wait(30, "/api/brokers", "connected again", |v| {
+        v[0]["connected"] == true
+    });
+    for (r, want) in routes.iter().zip(&seen) {
+        assert_eq!(
+            &without_receipt_times(&post.get(r)),
+            want,
+            "{r} after a restart"
+        );
+    }
 }
