@@ -355,6 +355,8 @@ pub struct ExamRow {
     pub views_missing: Value,
     /// `{name, version, sha256, intended_use}` of the model that scored the exam.
     pub model: Value,
+    /// How the appliance published UIDs (`plain` / `hashed`), as in the message.
+    pub uid_mode: Value,
 }
 
 /// One appliance as `GET /api/devices` lists it.
@@ -525,6 +527,7 @@ impl Db {
                     views_present: v["views_present"].clone(),
                     views_missing: v["views_missing"].clone(),
                     model: v["model"].clone(),
+                    uid_mode: v["uid_mode"].clone(),
                 }
             })
             .collect())

@@ -101,11 +101,23 @@ fn failed(e: impl std::fmt::Display) -> Response {
     (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
 }
 
-fn limit(q: &HashMap<String, String>, default: usize) -> usize {
-    q.get("limit")
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(default)
-        .clamp(1, MAX_EXAMS)
+/// The query parameter `name` as an integer in `1..=max`, `default` when absent; a 400 naming
+/// the parameter and its range otherwise.
+fn param(q: &HashMap<String, String>, name: &str, default: i64, max: i64) -> Result<i64, Response> {
+    match q.get(name) {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| {
+                (
+                    StatusCode::BAD_REQUEST,
+                    format!("?{name}= wants an integer from 1 to {max}, not {v:?}"),
+                )
+                    .into_response()
+            }),
+    }
 }
 
 /// Run a database query on a blocking thread (the database calls block) and answer its JSON.
@@ -122,8 +134,10 @@ async fn answer<T: serde::Serialize + Send + 'static>(
 }
 
 async fn exams(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Response {
-    let n = limit(&q, 200);
-    answer(&s.db, move |db| db.exams(n)).await
+    match param(&q, "limit", 200, MAX_EXAMS as i64) {
+        Ok(n) => answer(&s.db, move |db| db.exams(n as usize)).await,
+        Err(r) => r,
+    }
 }
 
 async fn devices(State(s): State<AppState>) -> Response {
@@ -131,17 +145,17 @@ async fn devices(State(s): State<AppState>) -> Response {
 }
 
 async fn alerts(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Response {
-    let n = limit(&q, 50);
-    answer(&s.db, move |db| db.alerts(n)).await
+    match param(&q, "limit", 50, MAX_EXAMS as i64) {
+        Ok(n) => answer(&s.db, move |db| db.alerts(n as usize)).await,
+        Err(r) => r,
+    }
 }
 
 async fn stats(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Response {
-    let days = q
-        .get("days")
-        .and_then(|d| d.parse().ok())
-        .unwrap_or(14i64)
-        .clamp(1, 3660);
-    answer(&s.db, move |db| db.stats(days)).await
+    match param(&q, "days", 14, 3660) {
+        Ok(days) => answer(&s.db, move |db| db.stats(days)).await,
+        Err(r) => r,
+    }
 }
 
 async fn brokers(State(s): State<AppState>) -> Response {
@@ -149,7 +163,7 @@ async fn brokers(State(s): State<AppState>) -> Response {
     Json(b).into_response()
 }
 
-/// `text/event-stream`: one event per change (`event: exam|device|drift|alert`, data `{kind,
+/// `text/event-stream`: one event per change (`event: exam|device|drift|alert|broker`, data `{kind,
 /// device}`), and `lagged` when this client fell behind (the page then reloads everything).
 async fn events(State(s): State<AppState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let stream = BroadcastStream::new(s.changes.subscribe()).map(|c| {

@@ -308,6 +308,7 @@ fn the_page_in_chromium_shows_the_exam_card_an_appliance_going_offline_and_a_dri
     });
     let x = &exams[0];
     assert_eq!(x["device"], s.prefix.as_str());
+    assert_eq!(x["uid_mode"], "plain");
     assert_eq!(x["breasts"].as_array().unwrap().len(), 2);
     assert!(["priority", "review", "routine"].contains(&x["triage"].as_str().unwrap()));
     let model_sha = x["model"]["sha256"].as_str().unwrap().to_string();
@@ -484,6 +485,18 @@ fn a_token_is_required_beyond_loopback_and_checked_on_every_route() {
         .header("Authorization", "Bearer 0123456789abcdef-tokeX")
         .call();
     assert!(matches!(r, Err(ureq::Error::StatusCode(401))));
+    // a parameter out of its range is refused, not silently replaced
+    for q in ["limit=0", "limit=-1", "limit=1001", "limit=abc"] {
+        let r = ureq::get(&dash.url(&format!("/api/exams?{q}")))
+            .header("Authorization", "Bearer 0123456789abcdef-token")
+            .call();
+        assert!(matches!(r, Err(ureq::Error::StatusCode(400))), "{q}: {r:?}");
+    }
+    let r = ureq::get(&dash.url("/api/stats?days=7"))
+        .header("Authorization", "Bearer 0123456789abcdef-token")
+        .call()
+        .unwrap();
+    assert_eq!(r.status(), 200);
 }
 
 /// mosquitto of one site, bridged to `central` (mosquitto's bridge: `topic mammo/# out 1`,
