@@ -101,23 +101,22 @@ fn failed(e: impl std::fmt::Display) -> Response {
     (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
 }
 
-/// The query parameter `name` as an integer in `1..=max`, `default` when absent; a 400 naming
-/// the parameter and its range otherwise.
-fn param(q: &HashMap<String, String>, name: &str, default: i64, max: i64) -> Result<i64, Response> {
+/// The query parameter `name` as an integer in `1..=max`, `default` when absent; otherwise the
+/// message of a 400 naming the parameter and its range.
+fn param(q: &HashMap<String, String>, name: &str, default: i64, max: i64) -> Result<i64, String> {
     match q.get(name) {
         None => Ok(default),
         Some(v) => v
             .parse::<i64>()
             .ok()
             .filter(|n| (1..=max).contains(n))
-            .ok_or_else(|| {
-                (
-                    StatusCode::BAD_REQUEST,
-                    format!("?{name}= wants an integer from 1 to {max}, not {v:?}"),
-                )
-                    .into_response()
-            }),
+            .ok_or_else(|| format!("?{name}= wants an integer from 1 to {max}, not {v:?}")),
     }
+}
+
+/// A refused request parameter.
+fn bad_request(message: String) -> Response {
+    (StatusCode::BAD_REQUEST, message).into_response()
 }
 
 /// Run a database query on a blocking thread (the database calls block) and answer its JSON.
@@ -136,7 +135,7 @@ async fn answer<T: serde::Serialize + Send + 'static>(
 async fn exams(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Response {
     match param(&q, "limit", 200, MAX_EXAMS as i64) {
         Ok(n) => answer(&s.db, move |db| db.exams(n as usize)).await,
-        Err(r) => r,
+        Err(m) => bad_request(m),
     }
 }
 
@@ -147,14 +146,14 @@ async fn devices(State(s): State<AppState>) -> Response {
 async fn alerts(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Response {
     match param(&q, "limit", 50, MAX_EXAMS as i64) {
         Ok(n) => answer(&s.db, move |db| db.alerts(n as usize)).await,
-        Err(r) => r,
+        Err(m) => bad_request(m),
     }
 }
 
 async fn stats(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Response {
     match param(&q, "days", 14, 3660) {
         Ok(days) => answer(&s.db, move |db| db.stats(days)).await,
-        Err(r) => r,
+        Err(m) => bad_request(m),
     }
 }
 
