@@ -211,10 +211,13 @@ fn drift_of_one_vendor_style_stays_quiet_a_shifted_style_alerts_and_a_restart_re
     let v = latest_drift(&sub, fw2).unwrap();
     assert_eq!(v["window"]["images"], 100, "window kept full: {v}");
     assert_eq!(v["alert"], true, "alert state kept: {v}");
+    // at least once: an alert whose PUBACK the stop cut off is sent again after the restart with
+    // the same result_id (the contract's de-duplication key); a second raise would be a new one
     assert_eq!(
-        sub.on("alert").len(),
+        distinct_result_ids(&sub.on("alert")).len(),
         1,
-        "no second raise after the restart"
+        "no second raise after the restart: {:?}",
+        sub.on("alert")
     );
     d.stop();
 }
