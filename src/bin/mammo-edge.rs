@@ -234,7 +234,7 @@ enum Command {
         contact_sheet: Option<PathBuf>,
     },
     /// The hospital-side dashboard: subscribe to the appliances' brokers, keep what arrives in
-    /// SQLite, serve a live web page (worklist, appliances, drift, charts) and a JSON API
+    /// SQLite or PostgreSQL, serve a live web page (worklist, appliances, drift, charts) and a JSON API
     /// (docs/dashboard.md). Not for the appliance itself.
     #[cfg(feature = "dashboard")]
     #[command(
@@ -253,7 +253,8 @@ enum Command {
         /// Address of the page and the API. Anything but loopback needs --token-file.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
-        /// Database: sqlite:PATH (created if missing).
+        /// Database: sqlite:PATH (created if missing) or
+        /// postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE (tables created if missing).
         #[arg(long, default_value = "sqlite:mammo-dashboard.sqlite")]
         db: String,
         /// File whose first line is the token the page and API require (>= 16 characters):

@@ -449,14 +449,6 @@ impl Db {
         })
     }
 
-    /// Which backend: `sqlite` or `postgres`.
-    pub fn backend(&self) -> &'static str {
-        match &*self.conn() {
-            Conn::Sqlite(_) => "sqlite",
-            Conn::Postgres(_) => "postgres",
-        }
-    }
-
     fn conn(&self) -> std::sync::MutexGuard<'_, Conn> {
         // a panic while holding the lock leaves a usable connection (statements are atomic; a
         // transaction a panic left open makes the next `record` fail and roll it back)
