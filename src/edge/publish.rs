@@ -37,6 +37,9 @@ const WINDOW: usize = 16;
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 /// Longest delay between connection attempts.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// At a graceful stop, how long the PUBACKs of messages already handed over are waited for
+/// (with the 2 s of the goodbye, inside the daemon's 5 s wait for the publisher).
+const SETTLE: Duration = Duration::from_secs(2);
 /// MQTT keep-alive, s.
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// Largest MQTT packet sent or received, bytes (exam messages are a few KiB).
@@ -491,19 +494,13 @@ impl Publisher {
                     }
                     Ok(Event::Incoming(Packet::PubAck(ack))) => {
                         if let Some((Some(id), _)) = inflight.remove(&ack.pkid) {
-                            match self.store.mark_delivered(id) {
-                                Ok(true) => self.stats.delivered += 1,
-                                Ok(false) => {}
-                                Err(e) if e.is_storage_failure() => {
-                                    // the row stays undelivered: sent again on the next
-                                    // connection (at least once), once the database is writable
-                                    log::warn!(
-                                        "outbox row {id} delivered but not marked ({e}); reconnecting to send it again later"
-                                    );
+                            match self.acked(id) {
+                                Ok(()) => {}
+                                Err(PublishError::Store(e)) if e.is_storage_failure() => {
                                     // as a failed connection: the backoff grows meanwhile
                                     return Ok(Ended::Lost { connected: false });
                                 }
-                                Err(e) => return Err(e.into()),
+                                Err(e) => return Err(e),
                             }
                         }
                     }
@@ -540,6 +537,7 @@ impl Publisher {
                 },
                 _ = shutdown.changed() => {
                     if connected {
+                        self.settle(&mut poller, &mut queued, &mut inflight).await;
                         self.goodbye(&client, &mut poller).await;
                     }
                     return Ok(Ended::Shutdown);
@@ -629,6 +627,62 @@ impl Publisher {
             }
         }
         Ok(())
+    }
+
+    /// A PUBACK for outbox row `id`: mark it delivered. Errors: `Store` (a storage failure
+    /// leaves the row undelivered, so it is sent again on the next connection: at least once).
+    fn acked(&mut self, id: i64) -> Result<(), PublishError> {
+        match self.store.mark_delivered(id) {
+            Ok(true) => self.stats.delivered += 1,
+            Ok(false) => {}
+            Err(e) => {
+                if e.is_storage_failure() {
+                    log::warn!(
+                        "outbox row {id} delivered but not marked ({e}); reconnecting to send it again later"
+                    );
+                }
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Graceful end, first half: wait up to [`SETTLE`] for the PUBACKs of what was already
+    /// handed to the client, marking those rows delivered, so a clean stop does not leave them
+    /// to be sent again at the next start. Nothing new is handed over; any error ends the wait
+    /// (the rows left stay undelivered and are sent again: at least once).
+    async fn settle(
+        &mut self,
+        poller: &mut Poller,
+        queued: &mut VecDeque<(Option<i64>, Instant)>,
+        inflight: &mut HashMap<u16, (Option<i64>, Instant)>,
+    ) {
+        let wait = async {
+            while !(queued.is_empty() && inflight.is_empty()) {
+                match poller.events.recv().await {
+                    Some(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
+                        if let Some(entry) = queued.pop_front() {
+                            inflight.insert(pkid, entry);
+                        }
+                    }
+                    Some(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
+                        if let Some((Some(id), _)) = inflight.remove(&ack.pkid) {
+                            if self.acked(id).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => return,
+                }
+            }
+        };
+        if tokio::time::timeout(SETTLE, wait).await.is_err() {
+            log::info!(
+                "shutdown: {} message(s) not acknowledged within {SETTLE:?}; they are sent again at the next start",
+                queued.len() + inflight.len()
+            );
+        }
     }
 
     /// Graceful end: retained `offline` (the LWT fires only on an unclean end), then DISCONNECT.
