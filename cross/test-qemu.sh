@@ -74,17 +74,32 @@ for kind in f32 int8; do
 done
 
 # Report (not a check): which int8 matmul kernel tract runs for the shipped model on this CPU.
-# tract 0.23.9 detects FEAT_DotProd here ("ISA: aarch64,dotprod") yet lowers these QLinearConv
-# layers to the SMLAL kernel; the SDOT kernel is in the binary (cross/check-kernels.sh) for the
-# matmuls its dispatch gives it.
+# tract 0.23.9 picks arm64simd_mmm_i32_8x8_dot (SDOT) when the CPU has FEAT_DotProd (the plan says
+# so: `mammo-edge bench --kernels`). qemu 7.2's disassembler does not know SDOT and prints it as
+# `.byte`, so SDOT / UDOT (by element) are counted by their encoding, not their mnemonic.
 one="$(find "$work/phantom/images" -name '*.dcm' | sort | head -1)"
 qemu-aarch64 -cpu "$QEMU_CPU" -L "$A64_SYSROOT" -d in_asm -D "$work/in_asm.log" \
   "$A64_BIN" infer --precision file --model models/mammo-mtl-demo.int8.onnx "$one" > /dev/null 2>&1
 # lines like "0x5501aadf38:  0f492150  smlal    v16.4s, v10.4h, v9.h[0]"
-sdot="$(grep -cE '^0x[0-9a-f]+: +[0-9a-f]+ +sdot ' "$work/in_asm.log" || true)"
-smlal="$(grep -cE '^0x[0-9a-f]+: +[0-9a-f]+ +smlal2? ' "$work/in_asm.log" || true)"
-echo "int8 kernel run under qemu -cpu $QEMU_CPU (qemu -d in_asm): $sdot sdot, $smlal smlal instructions translated" |
+read -r sdot smlal < <(python3 - "$work/in_asm.log" <<'PY'
+import re, sys
+sdot = smlal = 0
+for line in open(sys.argv[1], errors="replace"):
+    m = re.match(r"^0x[0-9a-f]+:\s+([0-9a-f]{8})\s+(\S+)", line)
+    if not m:
+        continue
+    op = int(m.group(1), 16)
+    sdot += (op & 0xBF00F400) == 0x0F00E000  # SDOT/UDOT (by element), Q either
+    smlal += m.group(2) in ("smlal", "smlal2")
+print(sdot, smlal)
+PY
+)
+echo "int8 kernel run under qemu -cpu $QEMU_CPU (qemu -d in_asm, instructions translated): $sdot sdot (by encoding), $smlal smlal" |
   tee "$out/int8-kernel.txt"
+qemu_a64 "$A64_BIN" bench --runs 1 --kernels models/mammo-mtl-demo.onnx models/mammo-mtl-demo.int8.onnx \
+  2>/dev/null > "$out/kernels.md"
+echo "kernels of the shipped models' matrix products (bench --kernels; times are qemu's):"
+grep -E '^\| (arm64|OptMatMul|sve|arm64fp16)[^|]* \| [0-9]+ \|' "$out/kernels.md" | sed 's/^/  /'
 rm -f "$work/in_asm.log"
 
 echo "== x86_64 vs aarch64 (qemu -cpu $QEMU_CPU)"

@@ -20,6 +20,10 @@ seed() {
       "${CARGO_TARGET_DIR:-target}/debug/mammo-edge" synth --out "$dir.synth" --count 8 --seed 1 --scale 0.03 >/dev/null 2>&1 || true
       find "$dir.synth" -name '*.dcm' -exec cp {} "$dir/" \; 2>/dev/null || true
       rm -rf "$dir.synth"
+      # the vendors' codecs (JPEG 2000 of the Hologic style: the reduced-resolution decode)
+      "${CARGO_TARGET_DIR:-target}/debug/mammo-edge" synth --out "$dir.synth" --count 8 --seed 2 --scale 0.03 --compress >/dev/null 2>&1 || true
+      find "$dir.synth" -name '*.dcm' -exec sh -c 'cp "$1" "$2/z-$(basename "$1")"' _ {} "$dir" \; 2>/dev/null || true
+      rm -rf "$dir.synth"
       # small real and non-mammography files (the large ones slow every run down)
       # (head closes the pipe early: find's SIGPIPE is expected, hence || true under pipefail)
       find "$data" -name '*.dcm' -size -2M 2>/dev/null | head -20 | xargs -r -I{} cp {} "$dir/" || true ;;

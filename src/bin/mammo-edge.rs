@@ -190,6 +190,10 @@ enum Command {
         /// Also print where the time goes: ms per pass by operator kind of tract's plan.
         #[arg(long)]
         profile: bool,
+        /// Also print the kernel tract chose for each matrix product on this CPU, with its time
+        /// (under qemu-aarch64: the ARM kernels, docs/deploy.md).
+        #[arg(long)]
+        kernels: bool,
     },
     /// Generate synthetic mammograms (DICOM) with ground truth: masks and manifest.csv (docs/synth.md).
     Synth {
@@ -596,6 +600,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             runs,
             json,
             profile,
+            kernels,
         } => {
             let t = mammo_edge::cli::bench::bench(&models, runs)?;
             print!("{}", mammo_edge::cli::bench::markdown(&t));
@@ -603,6 +608,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 print!(
                     "{}",
                     mammo_edge::cli::bench::profile_markdown(&models, runs)?
+                );
+            }
+            if kernels {
+                print!(
+                    "{}",
+                    mammo_edge::cli::bench::kernels_markdown(&models, runs)?
                 );
             }
             if let Some(j) = json {

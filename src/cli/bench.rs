@@ -55,6 +55,75 @@ pub fn profile_markdown(models: &[PathBuf], runs: usize) -> Result<String, Contr
     Ok(out)
 }
 
+/// The matrix products of tract's plan for each model, the kernels tract chose for them on this
+/// CPU (e.g. `avx512_mmm_f32_16x12`, `arm64simd_mmm_f32_16x4`, `arm64simd_mmm_i32_8x8`) and their
+/// time: a Markdown table per node (ms per pass, share of the pass) and one per kernel. Under
+/// `qemu-aarch64 -cpu …` it names the ARM kernels an appliance would run (the times are the
+/// emulator's, not the CPU's). Errors: a model that cannot be loaded.
+pub fn kernels_markdown(models: &[PathBuf], runs: usize) -> Result<String, ContractError> {
+    use std::collections::BTreeMap;
+    use std::fmt::Write;
+    let mut out = String::new();
+    for m in models {
+        let runner = ModelRunner::load(m)?;
+        let (h, w) = (runner.meta.input_height, runner.meta.input_width);
+        let mut rng = SplitMix64::new(42);
+        let input: Vec<f32> = (0..h * w).map(|_| rng.normal() as f32).collect();
+        let times: std::collections::HashMap<String, f64> = runner
+            .profile_nodes(&input, runs)?
+            .into_iter()
+            .map(|(name, _, ms)| (name, ms))
+            .collect();
+        let pass: f64 = times.values().sum();
+        let _ = writeln!(
+            out,
+            "\n{} ({}): matrix products of tract's plan ({pass:.2} ms per pass in all its operators)\n\n| node | inputs → output | output shape | kernels | ms per pass | share |\n|---|---|---|---|---:|---:|",
+            m.display(),
+            runner.meta.quantization
+        );
+        let mut by_kernel: BTreeMap<String, (usize, f64)> = BTreeMap::new();
+        for op in runner.plan_ops().iter().filter(|o| o.op.contains("MatMul")) {
+            let ks = crate::model::runner::kernels(op);
+            let ms = times.get(&op.name).copied().unwrap_or(0.0);
+            let _ = writeln!(
+                out,
+                "| {} | {} → {} | {} | {} | {ms:.3} | {:.1} % |",
+                op.name,
+                op.inputs.join(", "),
+                op.output,
+                op.shape,
+                if ks.is_empty() {
+                    "–".into()
+                } else {
+                    ks.join(", ")
+                },
+                100.0 * ms / pass.max(1e-9)
+            );
+            let e = by_kernel
+                .entry(if ks.is_empty() {
+                    op.op.clone()
+                } else {
+                    ks.join(" + ")
+                })
+                .or_default();
+            e.0 += 1;
+            e.1 += ms;
+        }
+        let _ = writeln!(
+            out,
+            "\n| kernel | nodes | ms per pass | share |\n|---|---:|---:|---:|"
+        );
+        for (k, (n, ms)) in by_kernel {
+            let _ = writeln!(
+                out,
+                "| {k} | {n} | {ms:.3} | {:.1} % |",
+                100.0 * ms / pass.max(1e-9)
+            );
+        }
+    }
+    Ok(out)
+}
+
 /// Time `runs` forward passes of each model (after 3 warm-up passes), one model after the other.
 /// Errors: a model that cannot be loaded or refuses the contract.
 pub fn bench(models: &[PathBuf], runs: usize) -> Result<Vec<ModelTiming>, ContractError> {

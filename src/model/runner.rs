@@ -84,6 +84,22 @@ pub struct PlanOp {
     /// Datum type of each input and of the first output, e.g. `F32`, `I8`, `U8`.
     pub inputs: Vec<String>,
     pub output: String,
+    /// Shape of the first output, e.g. `1,32,64,40`.
+    pub shape: String,
+}
+
+/// The kernel names tract chose for a node, e.g. `avx512vnni_mmm_i32_8x8` (from its description).
+pub fn kernels(op: &PlanOp) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = op.info.as_str();
+    while let Some(i) = rest.find("with [") {
+        rest = &rest[i + 6..];
+        if let Some(j) = rest.find(']') {
+            out.extend(rest[..j].split(',').map(|k| k.trim().to_string()));
+            rest = &rest[j..];
+        }
+    }
+    out
 }
 
 type Plan = std::sync::Arc<TypedRunnableModel>;
@@ -203,32 +219,48 @@ impl ModelRunner {
     /// the calling thread; sorted by time, largest first. Shows where tract's time goes
     /// (`mammo-edge bench --profile`). Errors: tract's.
     pub fn profile(&self, input: &[f32], runs: usize) -> Result<Vec<(String, f64)>, ContractError> {
-        let (h, w) = (self.meta.input_height, self.meta.input_width);
-        let x: Tensor = tract_ndarray::Array4::from_shape_vec((1, 1, h, w), input.to_vec())
-            .map_err(tract_err)?
-            .into();
         let mut total: HashMap<String, f64> = HashMap::new();
-        let runs = runs.max(1);
-        for k in 0..=runs {
-            let mut state = self.plan.spawn().map_err(tract_err)?;
-            let mut times: Vec<(String, f64)> = Vec::new();
-            state
-                .run_plan_with_eval(tvec!(x.clone().into()), |ctx, op_state, node, inputs| {
-                    let t0 = std::time::Instant::now();
-                    let r = tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
-                    times.push((node.op.name().to_string(), t0.elapsed().as_secs_f64() * 1e3));
-                    r
-                })
-                .map_err(tract_err)?;
-            if k > 0 {
-                for (op, ms) in times {
-                    *total.entry(op).or_default() += ms / runs as f64;
-                }
-            }
+        for (_, op, ms) in self.profile_nodes(input, runs)? {
+            *total.entry(op).or_default() += ms;
         }
         let mut v: Vec<(String, f64)> = total.into_iter().collect();
         v.sort_by(|a, b| b.1.total_cmp(&a.1));
         Ok(v)
+    }
+
+    /// Time spent in each node of the optimised plan: `(node name, operator, ms per forward
+    /// pass)` in evaluation order, averaged over `runs` passes after one warm-up, on the calling
+    /// thread (`mammo-edge bench --kernels`). Errors: tract's.
+    pub fn profile_nodes(
+        &self,
+        input: &[f32],
+        runs: usize,
+    ) -> Result<Vec<(String, String, f64)>, ContractError> {
+        let (h, w) = (self.meta.input_height, self.meta.input_width);
+        let x: Tensor = tract_ndarray::Array4::from_shape_vec((1, 1, h, w), input.to_vec())
+            .map_err(tract_err)?
+            .into();
+        let runs = runs.max(1);
+        let mut total: Vec<(String, String, f64)> = Vec::new();
+        for k in 0..=runs {
+            let mut state = self.plan.spawn().map_err(tract_err)?;
+            let mut i = 0;
+            state
+                .run_plan_with_eval(tvec!(x.clone().into()), |ctx, op_state, node, inputs| {
+                    let t0 = std::time::Instant::now();
+                    let r = tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
+                    let ms = t0.elapsed().as_secs_f64() * 1e3 / runs as f64;
+                    if k == 0 {
+                        total.push((node.name.clone(), node.op.name().to_string(), 0.0));
+                    } else if let Some(t) = total.get_mut(i) {
+                        t.2 += ms;
+                    }
+                    i += 1;
+                    r
+                })
+                .map_err(tract_err)?;
+        }
+        Ok(total)
     }
 
     /// Tract's optimised plan, one entry per node in evaluation order: what actually runs. Used
@@ -253,6 +285,16 @@ impl ModelRunner {
                     info: node.op.info().unwrap_or_default().join("; "),
                     inputs: node.inputs.iter().map(|&o| ty(o)).collect(),
                     output: ty(OutletId::new(id, 0)),
+                    shape: model
+                        .outlet_fact(OutletId::new(id, 0))
+                        .map(|f| {
+                            f.shape
+                                .iter()
+                                .map(|d| d.to_string())
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        })
+                        .unwrap_or_default(),
                 }
             })
             .collect()

@@ -87,19 +87,7 @@ pub fn is_int8(op: &PlanOp) -> bool {
             .is_some_and(|t| matches!(t.as_str(), "I8" | "U8"))
 }
 
-/// The kernel names tract chose for a node, e.g. `avx512vnni_mmm_i32_8x8` (from its description).
-pub fn kernels(op: &PlanOp) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut rest = op.info.as_str();
-    while let Some(i) = rest.find("with [") {
-        rest = &rest[i + 6..];
-        if let Some(j) = rest.find(']') {
-            out.extend(rest[..j].split(',').map(|k| k.trim().to_string()));
-            rest = &rest[j..];
-        }
-    }
-    out
-}
+pub use crate::model::runner::kernels;
 
 /// A private scratch folder, removed on drop.
 struct TempDir(PathBuf);

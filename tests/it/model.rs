@@ -200,3 +200,51 @@ fn bench_profile_says_where_tracts_time_goes() {
         "{text}"
     );
 }
+
+#[test]
+fn bench_kernels_names_the_kernel_of_every_matrix_product() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mammo-edge"))
+        .args(["bench", "--runs", "3", "--kernels"])
+        .arg(dir.join("mammo-mtl-demo.onnx"))
+        .arg(dir.join("mammo-mtl-demo.int8.onnx"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    // one node table and one kernel table per model
+    let sections: Vec<&str> = text.split(": matrix products of tract's plan").collect();
+    assert_eq!(sections.len(), 3, "{text}");
+    for (section, want) in [(sections[1], "_mmm_f32_"), (sections[2], "_mmm_i32_")] {
+        let nodes: Vec<&str> = section
+            .lines()
+            .filter(|l| l.starts_with("| ") && l.contains(" → ") && !l.starts_with("| node |"))
+            .collect();
+        // the network's 7 encoder convolutions at least; every node is a product with its
+        // kernel or the packing of a product's operand, each with a share of the pass
+        let mut products = 0;
+        for l in &nodes {
+            let cells: Vec<&str> = l.split(" | ").collect();
+            if cells[3] == "–" {
+                assert!(cells[0].contains(".pack_"), "no kernel: {l}");
+            } else {
+                assert!(cells[3].contains("_mmm_"), "not a kernel name: {l}");
+                products += 1;
+            }
+            let share: f64 = cells[5].trim_end_matches(" % |").parse().unwrap();
+            assert!((0.0..=100.0).contains(&share), "{l}");
+        }
+        assert!(products >= 7, "{section}");
+        assert!(nodes.iter().any(|l| l.contains(want)), "{want}: {section}");
+        let per_kernel = section
+            .split("| kernel | nodes | ms per pass | share |")
+            .nth(1)
+            .unwrap();
+        let counted: usize = per_kernel
+            .lines()
+            .filter(|l| l.starts_with("| ") && !l.starts_with("|---"))
+            .map(|l| l.split(" | ").nth(1).unwrap().parse::<usize>().unwrap())
+            .sum();
+        assert_eq!(counted, nodes.len(), "{section}");
+    }
+}
