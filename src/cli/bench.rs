@@ -25,6 +25,13 @@ pub struct ModelTiming {
     pub load_ms: f64,
 }
 
+/// The benchmark's input for `runner`: seeded standard normal noise of its input size, `[H·W]`.
+fn noise_input(runner: &ModelRunner) -> Vec<f32> {
+    let (h, w) = (runner.meta.input_height, runner.meta.input_width);
+    let mut rng = SplitMix64::new(42);
+    (0..h * w).map(|_| rng.normal() as f32).collect()
+}
+
 /// Where tract's time goes for each model: ms per forward pass by operator kind
 /// ([`ModelRunner::profile`]), as a Markdown table per model with the share of the total.
 /// Errors: a model that cannot be loaded.
@@ -33,9 +40,7 @@ pub fn profile_markdown(models: &[PathBuf], runs: usize) -> Result<String, Contr
     let mut out = String::new();
     for m in models {
         let runner = ModelRunner::load(m)?;
-        let (h, w) = (runner.meta.input_height, runner.meta.input_width);
-        let mut rng = SplitMix64::new(42);
-        let input: Vec<f32> = (0..h * w).map(|_| rng.normal() as f32).collect();
+        let input = noise_input(&runner);
         let ops = runner.profile(&input, runs)?;
         let sum: f64 = ops.iter().map(|(_, ms)| ms).sum();
         let _ = writeln!(
@@ -66,9 +71,7 @@ pub fn kernels_markdown(models: &[PathBuf], runs: usize) -> Result<String, Contr
     let mut out = String::new();
     for m in models {
         let runner = ModelRunner::load(m)?;
-        let (h, w) = (runner.meta.input_height, runner.meta.input_width);
-        let mut rng = SplitMix64::new(42);
-        let input: Vec<f32> = (0..h * w).map(|_| rng.normal() as f32).collect();
+        let input = noise_input(&runner);
         let times: std::collections::HashMap<String, f64> = runner
             .profile_nodes(&input, runs)?
             .into_iter()
@@ -135,8 +138,7 @@ fn bench_one(path: &Path, runs: usize) -> Result<ModelTiming, ContractError> {
     let runner = ModelRunner::load(path)?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     let (h, w) = (runner.meta.input_height, runner.meta.input_width);
-    let mut rng = SplitMix64::new(42);
-    let input: Vec<f32> = (0..h * w).map(|_| rng.normal() as f32).collect();
+    let input = noise_input(&runner);
     let t = crate::model::precision::pass_times(&runner, &input, 3, runs)?;
     Ok(ModelTiming {
         model: path.to_path_buf(),
