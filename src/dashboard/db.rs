@@ -53,53 +53,48 @@ impl From<postgres::Error> for DbError {
     }
 }
 
-/// Schema of the SQLite database (`user_version` 1).
-const SQLITE_SCHEMA: &str = "
+/// The tables, for both databases: `{int}`, `{real}` and `{bool}` stand for each backend's
+/// column types ([`schema`]), so a column is declared once.
+const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS exams (
     device TEXT NOT NULL, result_id TEXT NOT NULL, study_instance_uid TEXT NOT NULL,
-    revision INTEGER NOT NULL, triage TEXT NOT NULL, density TEXT, percent_density REAL,
-    dense_breasts INTEGER, cancer_probability REAL, cancer_threshold REAL, cancer_flag INTEGER,
-    ood INTEGER, complete INTEGER, produced_at TEXT, received_at INTEGER NOT NULL,
+    revision {int} NOT NULL, triage TEXT NOT NULL, density TEXT, percent_density {real},
+    dense_breasts {bool}, cancer_probability {real}, cancer_threshold {real}, cancer_flag {bool},
+    ood {bool}, complete {bool}, produced_at TEXT, received_at {int} NOT NULL,
     payload TEXT NOT NULL, PRIMARY KEY (device, result_id));
 CREATE INDEX IF NOT EXISTS exams_received ON exams (received_at);
 CREATE TABLE IF NOT EXISTS devices (
-    device TEXT PRIMARY KEY, online INTEGER, status_at INTEGER, last_seen INTEGER,
+    device TEXT PRIMARY KEY, online {bool}, status_at {int}, last_seen {int},
     health TEXT, info TEXT);
 CREATE TABLE IF NOT EXISTS drift (
-    device TEXT NOT NULL, source_id TEXT NOT NULL, alert INTEGER NOT NULL,
-    received_at INTEGER NOT NULL, payload TEXT NOT NULL, PRIMARY KEY (device, source_id));
+    device TEXT NOT NULL, source_id TEXT NOT NULL, alert {bool} NOT NULL,
+    received_at {int} NOT NULL, payload TEXT NOT NULL, PRIMARY KEY (device, source_id));
 CREATE TABLE IF NOT EXISTS alerts (
     device TEXT NOT NULL, result_id TEXT NOT NULL, state TEXT NOT NULL, source_id TEXT,
-    produced_at TEXT, received_at INTEGER NOT NULL, payload TEXT NOT NULL,
+    produced_at TEXT, received_at {int} NOT NULL, payload TEXT NOT NULL,
     PRIMARY KEY (device, result_id));
 CREATE TABLE IF NOT EXISTS counts (
-    device TEXT NOT NULL, kind TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (device, kind));
-PRAGMA user_version = 1;
+    device TEXT NOT NULL, kind TEXT NOT NULL, n {int} NOT NULL, PRIMARY KEY (device, kind));
 ";
 
-/// Schema of the PostgreSQL database: the same tables with PostgreSQL's types (64-bit integers,
-/// double precision, booleans).
-const PG_SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS exams (
-    device TEXT NOT NULL, result_id TEXT NOT NULL, study_instance_uid TEXT NOT NULL,
-    revision BIGINT NOT NULL, triage TEXT NOT NULL, density TEXT, percent_density DOUBLE PRECISION,
-    dense_breasts BOOLEAN, cancer_probability DOUBLE PRECISION, cancer_threshold DOUBLE PRECISION,
-    cancer_flag BOOLEAN, ood BOOLEAN, complete BOOLEAN, produced_at TEXT,
-    received_at BIGINT NOT NULL, payload TEXT NOT NULL, PRIMARY KEY (device, result_id));
-CREATE INDEX IF NOT EXISTS exams_received ON exams (received_at);
-CREATE TABLE IF NOT EXISTS devices (
-    device TEXT PRIMARY KEY, online BOOLEAN, status_at BIGINT, last_seen BIGINT,
-    health TEXT, info TEXT);
-CREATE TABLE IF NOT EXISTS drift (
-    device TEXT NOT NULL, source_id TEXT NOT NULL, alert BOOLEAN NOT NULL,
-    received_at BIGINT NOT NULL, payload TEXT NOT NULL, PRIMARY KEY (device, source_id));
-CREATE TABLE IF NOT EXISTS alerts (
-    device TEXT NOT NULL, result_id TEXT NOT NULL, state TEXT NOT NULL, source_id TEXT,
-    produced_at TEXT, received_at BIGINT NOT NULL, payload TEXT NOT NULL,
-    PRIMARY KEY (device, result_id));
-CREATE TABLE IF NOT EXISTS counts (
-    device TEXT NOT NULL, kind TEXT NOT NULL, n BIGINT NOT NULL, PRIMARY KEY (device, kind));
-";
+/// [`SCHEMA`] with PostgreSQL's types (64-bit integers, double precision, booleans) or
+/// SQLite's (INTEGER, REAL, booleans as INTEGER 0/1; `user_version` 1).
+fn schema(postgres: bool) -> String {
+    let (int, real, boolean) = if postgres {
+        ("BIGINT", "DOUBLE PRECISION", "BOOLEAN")
+    } else {
+        ("INTEGER", "REAL", "INTEGER")
+    };
+    let s = SCHEMA
+        .replace("{int}", int)
+        .replace("{real}", real)
+        .replace("{bool}", boolean);
+    if postgres {
+        s
+    } else {
+        s + "PRAGMA user_version = 1;\n"
+    }
+}
 
 /// A statement parameter.
 #[derive(Debug, Clone, Copy)]
@@ -165,7 +160,7 @@ impl Pg {
         let url = url.to_string();
         std::thread::spawn(move || {
             let mut c = postgres::Client::connect(&url, postgres::NoTls)?;
-            c.batch_execute(PG_SCHEMA)?;
+            c.batch_execute(&schema(true))?;
             Ok(Pg(Some(c)))
         })
         .join()
@@ -424,7 +419,7 @@ impl Db {
             c.pragma_update(None, "journal_mode", "wal")?;
             c.pragma_update(None, "synchronous", "NORMAL")?;
             c.busy_timeout(std::time::Duration::from_secs(5))?;
-            c.execute_batch(SQLITE_SCHEMA)?;
+            c.execute_batch(&schema(false))?;
             Ok(c)
         };
         let conn = open(path).map_err(|error| DbError::Open {
