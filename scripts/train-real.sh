@@ -11,7 +11,7 @@
 # `cargo build --release --features train,libtorch --bins`), SEED (default 1), PHANTOMS (192),
 # STANDARDIZE (0, 1 or window), VERSION (the model version written, default 0.4.0), MEMBERS (default 1: networks of seeds SEED, SEED+1, … trained
 # alike and exported as one ensemble, outputs averaged), OVERSAMPLE (JSON object source → draws per
-# epoch, default {}; e.g. '{"rsna-m29": 2}').
+# epoch, default {}; e.g. '{"rsna-m29": 2}'), IMPORT_ONLY (1: import and merge, then stop).
 # Steps whose output exists are skipped, and `fit` resumes from its checkpoint, so the same
 # command continues an interrupted run.
 set -euo pipefail
@@ -40,6 +40,8 @@ log() { echo "== $(date +%H:%M:%S) $*"; }
 [ -f "$W/all/manifest.csv" ] || "$BIN/mammo-train" merge "$W/rsna/manifest.csv" \
   "$W/mias/manifest.csv" "$W/ddsm/manifest.csv" "$W/synth/manifest.csv" \
   --out "$W/all/manifest.csv" --hold-out source=rsna-m21
+# IMPORT_ONLY=1: stop here (scripts/learning-curve.sh trains its own runs on these manifests)
+[ "${IMPORT_ONLY:-0}" = 1 ] && exit 0
 
 # 256x160: the RSNA crops are at most 256 px tall (median 138x238), so a larger input only
 # upsamples them; docs/training.md has the measurement.

@@ -524,3 +524,74 @@ fn real_research_sets_import_with_splits_by_woman_and_a_held_out_machine() {
         .iter()
         .any(|r| r.extra("biopsy") == Some("1") && r.cancer == Some(false)));
 }
+
+/// `scripts/subset_manifest.py` (the data-size learning curve of the model card): a share of the
+/// RSNA training women with all their images, the women of a smaller share among those of a larger
+/// one, and every other row (other splits, other sets) unchanged.
+#[test]
+fn subset_manifest_keeps_a_nested_share_of_rsna_training_women_and_every_other_row() {
+    let d = tmp();
+    let header = format!("{},source", manifest::COLUMNS.join(","));
+    let mut text = header.clone() + "\n";
+    // 20 RSNA training women with two images each, 3 validation and 2 test women, 4 MIAS films
+    for w in 0..20 {
+        for v in ["CC", "MLO"] {
+            text += &format!("rsna/{w}-{v}.png,p{w},,L,{v},,,,0,,,train,rsna-m49\n");
+        }
+    }
+    for (w, split) in [(100, "val"), (101, "val"), (102, "val"), (103, "test"), (104, "test")] {
+        text += &format!("rsna/{w}.png,p{w},,R,CC,,,,1,,,{split},rsna-m49\n");
+    }
+    for f in 0..4 {
+        text += &format!("mias/{f}.pgm,m{f},,L,MLO,,,,0,,,train,mias\n");
+    }
+    let input = d.path().join("manifest.csv");
+    write(&input, &text);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/subset_manifest.py");
+    let run = |share: &str| {
+        std::process::Command::new("python3")
+            .arg(&script)
+            .arg(&input)
+            .arg(share)
+            .output()
+            .expect("python3 runs")
+    };
+    let rows = |share: &str| -> Vec<Vec<String>> {
+        let out = run(share);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let s = String::from_utf8(out.stdout).unwrap();
+        let mut lines = s.lines();
+        assert_eq!(lines.next(), Some(header.as_str()));
+        lines
+            .map(|l| l.split(',').map(str::to_string).collect())
+            .collect()
+    };
+    let train_women = |rows: &[Vec<String>]| -> std::collections::BTreeSet<String> {
+        rows.iter()
+            .filter(|r| r[11] == "train" && r[12] == "rsna-m49")
+            .map(|r| r[1].clone())
+            .collect()
+    };
+    let half = rows("0.5");
+    let quarter = rows("0.25");
+    let all = rows("1");
+    assert_eq!(all.len(), 49, "share 1 keeps every row");
+    let (w_half, w_quarter) = (train_women(&half), train_women(&quarter));
+    assert_eq!(w_half.len(), 10);
+    assert_eq!(w_quarter.len(), 5);
+    assert!(w_quarter.is_subset(&w_half), "{w_quarter:?} within {w_half:?}");
+    // a kept woman keeps both images; validation, test and MIAS rows are all there
+    assert_eq!(half.len(), 20 + 5 + 4);
+    assert_eq!(quarter.len(), 10 + 5 + 4);
+    for r in &quarter {
+        assert!(r[11] != "train" || r[12] != "rsna-m49" || w_quarter.contains(&r[1]));
+    }
+    assert_eq!(half.iter().filter(|r| r[12] == "mias").count(), 4);
+    assert_eq!(half.iter().filter(|r| r[11] != "train").count(), 5);
+    // the same call gives the same women
+    assert_eq!(train_women(&rows("0.5")), w_half);
+    // a share outside (0, 1] is refused with its value
+    let bad = run("0");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("SHARE must be in (0, 1]"));
+}
