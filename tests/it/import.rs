@@ -539,7 +539,13 @@ fn subset_manifest_keeps_a_nested_share_of_rsna_training_women_and_every_other_r
             text += &format!("rsna/{w}-{v}.png,p{w},,L,{v},,,,0,,,train,rsna-m49\n");
         }
     }
-    for (w, split) in [(100, "val"), (101, "val"), (102, "val"), (103, "test"), (104, "test")] {
+    for (w, split) in [
+        (100, "val"),
+        (101, "val"),
+        (102, "val"),
+        (103, "test"),
+        (104, "test"),
+    ] {
         text += &format!("rsna/{w}.png,p{w},,R,CC,,,,1,,,{split},rsna-m49\n");
     }
     for f in 0..4 {
@@ -558,7 +564,11 @@ fn subset_manifest_keeps_a_nested_share_of_rsna_training_women_and_every_other_r
     };
     let rows = |share: &str| -> Vec<Vec<String>> {
         let out = run(share);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let s = String::from_utf8(out.stdout).unwrap();
         let mut lines = s.lines();
         assert_eq!(lines.next(), Some(header.as_str()));
@@ -579,7 +589,10 @@ fn subset_manifest_keeps_a_nested_share_of_rsna_training_women_and_every_other_r
     let (w_half, w_quarter) = (train_women(&half), train_women(&quarter));
     assert_eq!(w_half.len(), 10);
     assert_eq!(w_quarter.len(), 5);
-    assert!(w_quarter.is_subset(&w_half), "{w_quarter:?} within {w_half:?}");
+    assert!(
+        w_quarter.is_subset(&w_half),
+        "{w_quarter:?} within {w_half:?}"
+    );
     // a kept woman keeps both images; validation, test and MIAS rows are all there
     assert_eq!(half.len(), 20 + 5 + 4);
     assert_eq!(quarter.len(), 10 + 5 + 4);
