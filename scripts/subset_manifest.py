@@ -19,16 +19,21 @@ import sys
 def main():
     if len(sys.argv) not in (3, 4):
         sys.exit(__doc__)
-    path, share = sys.argv[1], float(sys.argv[2])
-    seed = sys.argv[3] if len(sys.argv) == 4 else "1"
+    path, seed = sys.argv[1], sys.argv[3] if len(sys.argv) == 4 else "1"
+    try:
+        share = float(sys.argv[2])
+    except ValueError:
+        share = float("nan")
     if not 0.0 < share <= 1.0:
-        sys.exit(f"SHARE must be in (0, 1], got {share}")
+        sys.exit(f"SHARE must be in (0, 1], got {sys.argv[2]}")
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
-        fields = reader.fieldnames
+        fields = reader.fieldnames or []
         rows = list(reader)
-    if "source" not in fields:
-        sys.exit(f"{path}: no `source` column (a merged manifest of the research importers)")
+    missing = [c for c in ("patient_id", "split", "source") if c not in fields]
+    if missing:
+        sys.exit(f"{path}: no column {', '.join(missing)} (a merged manifest of the research "
+                 "importers has them)")
 
     def in_scope(r):
         return r["split"] == "train" and r["source"].startswith("rsna-")
